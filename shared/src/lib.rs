@@ -1,0 +1,20 @@
+//! twofold-shared: the pieces both sides of the socket need.
+//!
+//! - [`otp`]: HOTP/TOTP (RFC 4226, RFC 6238) for SHA-1/256/512 and 6–8 digits.
+//! - [`secret`]: the shared-secret type (zeroed on drop, never printed) and base32.
+//! - [`uri`]: otpauth:// URIs (Google's Key Uri Format), built and parsed.
+//! - [`wire`]: request/response types and the length-prefixed JSON framing.
+//! - [`client`]: the blocking client used by the PAM module and the CLI.
+//!
+//! This crate is linked into `pam_twofold.so`: it must never panic on input, and it keeps its
+//! dependencies few.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod otp;
+pub mod secret;
+pub mod uri;
+pub mod wire;
+
+/// Where twofoldd listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/twofold/twofold.sock";

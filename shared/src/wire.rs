@@ -1,0 +1,492 @@
+//! The protocol between twofoldd and its clients.
+//!
+//! One request per connection. A frame is a u32 big-endian length followed by that many bytes
+//! of JSON. Every request and every response carries the protocol version `v`.
+
+use crate::otp::Algorithm;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+use std::io::{self, Read, Write};
+use zeroize::Zeroizing;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Frames larger than this are refused before anything is allocated for them.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Longest user name accepted anywhere (bytes).
+pub const MAX_NAME: usize = 256;
+/// Longest PAM item (service, rhost, tty) carried for the audit log (bytes).
+pub const MAX_ITEM: usize = 256;
+/// Longest code or backup code a client may send (bytes).
+pub const MAX_CODE: usize = 64;
+
+/// Text that must never be printed: codes, secrets, otpauth URIs, backup codes.
+/// `Debug` shows `[redacted]`; the memory is zeroed on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(Zeroizing<String>);
+
+impl SecretText {
+    pub fn new(text: impl Into<String>) -> Self {
+        SecretText(Zeroizing::new(text.into()))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Who a request is about. `None` means the caller's own account.
+pub type Target = Option<String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub v: u32,
+    pub body: RequestBody,
+}
+
+/// What a client asks for. PAM items are optional and only ever used for the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RequestBody {
+    /// Protocol and daemon version.
+    Ping {},
+    /// Asked by the PAM module before prompting: must this login be asked for a code?
+    Preflight {
+        user: String,
+        #[serde(default)]
+        pam: PamItems,
+    },
+    /// Check (and consume) a TOTP code or a backup code, exactly as a login does.
+    Verify {
+        user: String,
+        code: SecretText,
+        #[serde(default)]
+        pam: PamItems,
+    },
+    /// Start a pending enrollment; replaces an active one only with `force`.
+    Enroll {
+        user: Target,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        code: Option<SecretText>,
+    },
+    /// Activate the pending enrollment with a first code from the app.
+    Confirm {
+        user: Target,
+        code: SecretText,
+    },
+    Status {
+        user: Target,
+    },
+    /// Replace every backup code.
+    BackupCodes {
+        user: Target,
+        #[serde(default)]
+        code: Option<SecretText>,
+    },
+    /// Remove the enrollment.
+    Disable {
+        user: Target,
+        #[serde(default)]
+        code: Option<SecretText>,
+    },
+    List {},
+    Unlock {
+        user: String,
+    },
+}
+
+impl RequestBody {
+    pub fn into_request(self) -> Request {
+        Request {
+            v: PROTOCOL_VERSION,
+            body: self,
+        }
+    }
+
+    /// The operation's name, for logs.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            RequestBody::Ping {} => "ping",
+            RequestBody::Preflight { .. } => "preflight",
+            RequestBody::Verify { .. } => "verify",
+            RequestBody::Enroll { .. } => "enroll",
+            RequestBody::Confirm { .. } => "confirm",
+            RequestBody::Status { .. } => "status",
+            RequestBody::BackupCodes { .. } => "backup_codes",
+            RequestBody::Disable { .. } => "disable",
+            RequestBody::List {} => "list",
+            RequestBody::Unlock { .. } => "unlock",
+        }
+    }
+}
+
+/// The PAM items of a login, carried for the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PamItems {
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub rhost: Option<String>,
+    #[serde(default)]
+    pub tty: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub v: u32,
+    pub body: ResponseBody,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Totp,
+    BackupCode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseBody {
+    Pong {
+        daemon_version: String,
+    },
+    /// Preflight: ask the user for a code.
+    Prompt,
+    Accepted {
+        method: Method,
+        /// Backup codes left after this one, when a backup code was used.
+        #[serde(default)]
+        backup_codes_left: Option<u32>,
+    },
+    /// Wrong code, replayed code, or no such user: indistinguishable on purpose.
+    Rejected,
+    Throttled {
+        retry_after_secs: u64,
+    },
+    Locked,
+    /// The user has no active enrollment; `required` says whether policy refuses the login.
+    NotEnrolled {
+        required: bool,
+    },
+    /// The administrator switched two-factor off for this host.
+    Disabled,
+    Enrollment(EnrollmentInfo),
+    BackupCodes {
+        user: String,
+        codes: Vec<SecretText>,
+    },
+    Status(UserStatus),
+    Users {
+        users: Vec<UserStatus>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentInfo {
+    pub user: String,
+    pub issuer: String,
+    /// `ISSUER:NAME`, as the app will show it.
+    pub label: String,
+    pub secret: SecretText,
+    pub otpauth_uri: SecretText,
+    pub algorithm: Algorithm,
+    pub digits: u32,
+    pub period: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserStatus {
+    pub user: String,
+    pub enrolled: bool,
+    pub pending: bool,
+    pub backup_codes_left: u32,
+    pub enrolled_at: Option<u64>,
+    pub last_success: Option<u64>,
+    pub failures: u32,
+    /// Unix time before which attempts are refused unevaluated.
+    pub throttled_until: Option<u64>,
+    pub locked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Malformed frame, bad JSON, unknown operation or field, bad name.
+    BadRequest,
+    VersionMismatch,
+    PermissionDenied,
+    /// The operation needs a current code or backup code (`--code`).
+    CodeRequired,
+    NoPendingEnrollment,
+    AlreadyEnrolled,
+    NoSuchUser,
+    /// Too many connections at once.
+    Busy,
+    /// The store failed (disk full, read-only, corrupt): nothing was changed.
+    Storage,
+    Internal,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+
+#[derive(Debug)]
+pub enum FrameError {
+    /// The peer closed the connection before sending anything.
+    Closed,
+    /// The connection ended inside a frame.
+    Truncated,
+    Empty,
+    TooLarge(u64),
+    TimedOut,
+    Io(io::Error),
+    /// Valid frame, but not the JSON we expect.
+    Json(String),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Closed => f.write_str("connection closed before a frame arrived"),
+            FrameError::Truncated => f.write_str("connection closed in the middle of a frame"),
+            FrameError::Empty => f.write_str("zero-length frame"),
+            FrameError::TooLarge(n) => {
+                write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+            }
+            FrameError::TimedOut => f.write_str("timed out"),
+            FrameError::Io(e) => write!(f, "I/O error: {e}"),
+            FrameError::Json(e) => write!(f, "malformed message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+fn io_to_frame(e: io::Error, partial: bool) -> FrameError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof if partial => FrameError::Truncated,
+        io::ErrorKind::UnexpectedEof => FrameError::Closed,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FrameError::TimedOut,
+        _ => FrameError::Io(e),
+    }
+}
+
+/// Reads `buf.len()` bytes; distinguishes EOF before the first byte from EOF after it.
+fn read_full(r: &mut impl Read, buf: &mut [u8], already_partial: bool) -> Result<(), FrameError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => {
+                return Err(if filled == 0 && !already_partial {
+                    FrameError::Closed
+                } else {
+                    FrameError::Truncated
+                })
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_to_frame(e, filled > 0 || already_partial)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame's payload. The length is checked before the buffer is allocated.
+pub fn read_frame(r: &mut impl Read) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut header = [0u8; 4];
+    read_full(r, &mut header, false)?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    // Zeroizing: requests carry codes.
+    let mut payload = Zeroizing::new(vec![0u8; len]);
+    read_full(r, &mut payload, true)?;
+    Ok(payload)
+}
+
+/// Serialises `msg` and writes it as one frame (a single write call when possible).
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), FrameError> {
+    let json =
+        Zeroizing::new(serde_json::to_vec(msg).map_err(|e| FrameError::Json(e.to_string()))?);
+    if json.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(json.len() as u64));
+    }
+    let mut frame = Zeroizing::new(Vec::with_capacity(4 + json.len()));
+    frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&json);
+    w.write_all(&frame).map_err(|e| io_to_frame(e, true))?;
+    w.flush().map_err(|e| io_to_frame(e, true))
+}
+
+/// Parses a frame payload. serde_json's messages name positions and fields, never values.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(payload).map_err(|e| FrameError::Json(describe_json_error(&e)))
+}
+
+/// serde_json's messages can quote the offending value ("invalid type: string \"123456\""),
+/// and values may be codes. Keep only messages that name fields or operations, never values.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let head = text.split(", expected").next().unwrap_or("");
+    if head.starts_with("unknown variant")
+        || head.starts_with("unknown field")
+        || head.starts_with("missing field")
+    {
+        let head: String = head.chars().take(120).collect();
+        format!("{head} at line {} column {}", e.line(), e.column())
+    } else {
+        let what = match e.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "unexpected value",
+            serde_json::error::Category::Eof => "JSON ends early",
+        };
+        format!("{what} at line {} column {}", e.line(), e.column())
+    }
+}
+
+/// Reads just the version of a request, so that a client of another version gets a clear
+/// "version mismatch" rather than a parse error about fields it could not know.
+pub fn peek_version(payload: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: u32,
+    }
+    serde_json::from_slice::<Versioned>(payload)
+        .ok()
+        .map(|x| x.v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn frame_bytes(len: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = len.to_be_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn round_trip() {
+        let req = RequestBody::Verify {
+            user: "alice".into(),
+            code: SecretText::new("123456"),
+            pam: PamItems {
+                service: Some("sshd".into()),
+                rhost: None,
+                tty: None,
+            },
+        }
+        .into_request();
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        let payload = read_frame(&mut Cursor::new(buf)).unwrap();
+        assert_eq!(peek_version(&payload), Some(PROTOCOL_VERSION));
+        let back: Request = decode(&payload).unwrap();
+        assert!(
+            matches!(back.body, RequestBody::Verify { ref user, ref code, .. }
+            if user == "alice" && code.expose() == "123456")
+        );
+    }
+
+    #[test]
+    fn framing_limits() {
+        assert!(matches!(
+            read_frame(&mut Cursor::new(vec![])),
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_frame(&mut Cursor::new(vec![0, 0])),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame(&mut Cursor::new(frame_bytes(0, b""))),
+            Err(FrameError::Empty)
+        ));
+        // A 4 GiB header is refused from the header alone.
+        assert!(matches!(
+            read_frame(&mut Cursor::new(frame_bytes(u32::MAX, b"{}"))),
+            Err(FrameError::TooLarge(4294967295))
+        ));
+        let limit = MAX_FRAME as u32;
+        assert!(matches!(
+            read_frame(&mut Cursor::new(frame_bytes(limit + 1, b""))),
+            Err(FrameError::TooLarge(_))
+        ));
+        // Exactly the limit is fine.
+        let big = vec![b' '; MAX_FRAME];
+        assert_eq!(
+            read_frame(&mut Cursor::new(frame_bytes(limit, &big)))
+                .unwrap()
+                .len(),
+            MAX_FRAME
+        );
+        // Short payload.
+        assert!(matches!(
+            read_frame(&mut Cursor::new(frame_bytes(10, b"{}"))),
+            Err(FrameError::Truncated)
+        ));
+        // Writing more than the limit is refused too.
+        let huge = "x".repeat(MAX_FRAME);
+        assert!(matches!(
+            write_frame(&mut Vec::new(), &huge),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn strict_decoding() {
+        assert!(decode::<Request>(br#"{"v":1,"body":{"op":"format_disk"}}"#).is_err());
+        assert!(decode::<Request>(br#"{"v":1,"body":{"op":"ping","extra":1}}"#).is_err());
+        assert!(decode::<Request>(br#"{"v":1}"#).is_err());
+        assert!(decode::<Request>(b"\xff\xfe").is_err());
+        assert_eq!(
+            peek_version(br#"{"v":7,"body":{"op":"new_thing"}}"#),
+            Some(7)
+        );
+        assert_eq!(peek_version(b"garbage"), None);
+        // Error text names the problem, never the value that caused it.
+        let err = decode::<Request>(br#"{"v":1,"body":{"op":"verify","user":"a","code":123456}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("123456"), "{err}");
+        let err = decode::<Request>(br#"{"v":1,"body":{"op":"format_disk"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `format_disk`"), "{err}");
+    }
+
+    #[test]
+    fn codes_never_print() {
+        let req = RequestBody::Confirm {
+            user: None,
+            code: SecretText::new("987654"),
+        };
+        assert!(!format!("{req:?}").contains("987654"));
+    }
+}
