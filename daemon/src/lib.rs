@@ -1,1 +1,14 @@
+//! twofoldd and the twofold CLI, as a library: the binaries are thin.
+#![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod backup;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod throttle;
+pub mod users;
+pub mod cli;

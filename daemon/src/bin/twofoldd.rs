@@ -1,1 +1,83 @@
-fn main() {}
+//! twofoldd: the only process that reads or writes twofold's secrets.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use twofold_daemon::audit::Logger;
+use twofold_daemon::config::{Config, DEFAULT_CONFIG};
+use twofold_daemon::{engine::Engine, server, store::Store};
+
+/// Serve twofold's second-factor checks on a Unix socket (runs in the foreground).
+#[derive(Parser, Debug)]
+#[command(name = "twofoldd", version)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Socket path (overrides the configuration).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Database path (overrides the configuration).
+    #[arg(long, value_name = "PATH")]
+    database: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log = Arc::new(Logger::open());
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let mut config = match Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            log.error(&format!("configuration: {e}"));
+            eprintln!("twofoldd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    if let Some(d) = args.database {
+        config.database = d;
+    }
+    // Everything twofoldd creates (database, WAL, journal) is private to it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let store = match Store::open(&config.database) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot open database {}: {e}", config.database.display());
+            log.error(&msg);
+            eprintln!("twofoldd: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match server::bind(&config.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!("cannot listen on {}: {e}", config.socket.display());
+            log.error(&msg);
+            eprintln!("twofoldd: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    log.info(&format!(
+        "listening on {} database={} enabled={} unenrolled={}",
+        config.socket.display(),
+        config.database.display(),
+        config.enabled,
+        if config.unenrolled == twofold_daemon::config::Unenrolled::Deny { "deny" } else { "allow" }
+    ));
+    let engine = Arc::new(Engine::new(store, config, log.clone()));
+    match server::serve(listener, engine, log.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log.error(&format!("server stopped: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}

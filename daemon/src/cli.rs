@@ -1,0 +1,525 @@
+//! The `twofold` command: self-service for users, administration for root (DESIGN §5).
+
+use clap::{Parser, Subcommand};
+use qrcode::render::{svg, unicode};
+use qrcode::QrCode;
+use serde_json::json;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use twofold_shared::client::{Client, ClientError};
+use twofold_shared::secret::group4;
+use twofold_shared::wire::{EnrollmentInfo, ErrorKind, Method, RequestBody, ResponseBody, SecretText, UserStatus};
+
+/// Exit statuses: a stable interface that scripts rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const REJECTED: u8 = 1;
+    pub const ERROR: u8 = 2;
+    pub const THROTTLED: u8 = 3;
+    pub const NOT_ENROLLED: u8 = 4;
+    pub const DENIED: u8 = 5;
+    pub const UNAVAILABLE: u8 = 6;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "twofold", version, about = "Two-factor codes (TOTP) for Linux logins", long_about = None)]
+pub struct Cli {
+    /// twofoldd's socket (default: $TWOFOLD_SOCKET, else /run/twofold/twofold.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print one JSON document on standard output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set up an authenticator app: shows a QR code, asks for the first code, prints backup codes.
+    Enroll {
+        /// Account to enroll (root only; default: yourself).
+        #[arg(long)]
+        user: Option<String>,
+        /// Replace an existing enrollment.
+        #[arg(long)]
+        force: bool,
+        /// Also write the QR code as an SVG image to FILE (created 0600; it holds the key).
+        #[arg(long, value_name = "FILE")]
+        qr_svg: Option<PathBuf>,
+        /// Current code, when replacing your own enrollment ('-': read from standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Activate a pending enrollment with the code the app shows ('-': read it from standard input).
+    Confirm {
+        code: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Show what is set up: enrollment, backup codes left, last success, throttle.
+    Status {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Replace all backup codes with new ones.
+    BackupCodes {
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code or backup code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Remove the enrollment.
+    Disable {
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code or backup code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// List every enrolled or pending user (root).
+    List,
+    /// Clear a user's failure count and lock (root).
+    Unlock { user: String },
+    /// Check a code exactly as a login would, consuming it (root; '-' reads it from standard input).
+    Verify { user: String, code: String },
+}
+
+struct Ctx {
+    client: Client,
+    json: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .or_else(|| std::env::var_os("TWOFOLD_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(twofold_shared::DEFAULT_SOCKET));
+    let me = nix::unistd::geteuid().as_raw();
+    let mut trusted = vec![0];
+    if me != 0 {
+        trusted.push(me);
+    }
+    let ctx = Ctx { client: Client::new(socket, Duration::from_secs(30), trusted), json: cli.json };
+    ExitCode::from(run(&ctx, cli.command))
+}
+
+fn run(ctx: &Ctx, command: Command) -> u8 {
+    let code_arg = |c: Option<String>| -> Result<Option<SecretText>, u8> {
+        match c {
+            None => Ok(None),
+            Some(c) => read_code_arg(&c).map(Some).ok_or(exit::ERROR),
+        }
+    };
+    match command {
+        Command::Enroll { user, force, qr_svg, code } => match code_arg(code) {
+            Ok(code) => enroll(ctx, user, force, qr_svg, code),
+            Err(e) => e,
+        },
+        Command::Confirm { code, user } => match read_code_arg(&code) {
+            Some(code) => match ctx.call(RequestBody::Confirm { user, code }) {
+                Ok(ResponseBody::BackupCodes { user, codes }) => {
+                    print_backup_codes(ctx, &user, &codes, true);
+                    exit::OK
+                }
+                Ok(other) => ctx.report(other),
+                Err(e) => e,
+            },
+            None => exit::ERROR,
+        },
+        Command::Status { user } => match ctx.call(RequestBody::Status { user }) {
+            Ok(ResponseBody::Status(s)) => {
+                print_status(ctx, &s);
+                exit::OK
+            }
+            Ok(other) => ctx.report(other),
+            Err(e) => e,
+        },
+        Command::BackupCodes { user, code } => match code_arg(code) {
+            Ok(code) => with_code(ctx, code, |code| RequestBody::BackupCodes { user: user.clone(), code }, |ctx, r| {
+                match r {
+                    ResponseBody::BackupCodes { user, codes } => {
+                        print_backup_codes(ctx, &user, &codes, false);
+                        exit::OK
+                    }
+                    other => ctx.report(other),
+                }
+            }),
+            Err(e) => e,
+        },
+        Command::Disable { user, code } => match code_arg(code) {
+            Ok(code) => with_code(ctx, code, |code| RequestBody::Disable { user: user.clone(), code }, |ctx, r| ctx.report(r)),
+            Err(e) => e,
+        },
+        Command::List => match ctx.call(RequestBody::List {}) {
+            Ok(ResponseBody::Users { users }) => {
+                print_list(ctx, &users);
+                exit::OK
+            }
+            Ok(other) => ctx.report(other),
+            Err(e) => e,
+        },
+        Command::Unlock { user } => match ctx.call(RequestBody::Unlock { user }) {
+            Ok(r) => ctx.report(r),
+            Err(e) => e,
+        },
+        Command::Verify { user, code } => match read_code_arg(&code) {
+            Some(code) => match ctx.call(RequestBody::Verify { user, code, pam: Default::default() }) {
+                Ok(r) => ctx.report(r),
+                Err(e) => e,
+            },
+            None => exit::ERROR,
+        },
+    }
+}
+
+/// A code given on the command line, or `-` to read one line from standard input (which
+/// keeps it out of the process list).
+fn read_code_arg(arg: &str) -> Option<SecretText> {
+    if arg != "-" {
+        return Some(SecretText::new(arg));
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(n) if n > 0 => Some(SecretText::new(line.trim())),
+        _ => {
+            eprintln!("twofold: no code on standard input");
+            None
+        }
+    }
+}
+
+/// Sends a request that may need a current code; asks for one on the terminal when the
+/// daemon says it is required and none was given.
+fn with_code(
+    ctx: &Ctx,
+    code: Option<SecretText>,
+    make: impl Fn(Option<SecretText>) -> RequestBody,
+    done: impl Fn(&Ctx, ResponseBody) -> u8,
+) -> u8 {
+    let first = match ctx.call(make(code.clone())) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match first {
+        ResponseBody::Error { kind: ErrorKind::CodeRequired, .. } if code.is_none() && std::io::stdin().is_terminal() => {
+            let Some(code) = prompt("Current verification code (or a backup code): ") else {
+                return exit::ERROR;
+            };
+            match ctx.call(make(Some(code))) {
+                Ok(r) => done(ctx, r),
+                Err(e) => e,
+            }
+        }
+        other => done(ctx, other),
+    }
+}
+
+fn prompt(text: &str) -> Option<SecretText> {
+    eprint!("{text}");
+    let _ = std::io::stderr().flush();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(n) if n > 0 => Some(SecretText::new(line.trim())),
+        _ => None,
+    }
+}
+
+impl Ctx {
+    /// Sends a request; a transport failure is reported and becomes exit status 6.
+    fn call(&self, body: RequestBody) -> Result<ResponseBody, u8> {
+        self.client.call(body).map_err(|e| {
+            let status = match e {
+                ClientError::VersionMismatch { .. } => exit::ERROR,
+                _ => exit::UNAVAILABLE,
+            };
+            if self.json {
+                println!("{}", json!({"result": "error", "kind": "unavailable", "message": e.to_string()}));
+            } else {
+                eprintln!("twofold: {e}");
+            }
+            status
+        })
+    }
+
+    /// Prints a reply that needs no special layout and returns its exit status.
+    fn report(&self, body: ResponseBody) -> u8 {
+        let (status, text) = match &body {
+            ResponseBody::Accepted { method: Method::Totp, .. } => (exit::OK, "Code accepted.".to_string()),
+            ResponseBody::Accepted { method: Method::BackupCode, backup_codes_left } => {
+                (exit::OK, format!("Backup code accepted; {} left.", backup_codes_left.unwrap_or(0)))
+            }
+            ResponseBody::Rejected => (exit::REJECTED, "Invalid verification code.".into()),
+            ResponseBody::Throttled { retry_after_secs } => (
+                exit::THROTTLED,
+                format!("Too many failed attempts; try again in {} min.", retry_after_secs.div_ceil(60)),
+            ),
+            ResponseBody::Locked => (exit::THROTTLED, "Locked after too many failed attempts; ask an administrator ('twofold unlock').".into()),
+            ResponseBody::NotEnrolled { .. } => (exit::NOT_ENROLLED, "Not enrolled: run 'twofold enroll'.".into()),
+            ResponseBody::Disabled => (exit::ERROR, "Two-factor authentication is switched off on this host.".into()),
+            ResponseBody::Done { message } => (exit::OK, format!("{message}.")),
+            ResponseBody::Pong { daemon_version } => (exit::OK, format!("twofoldd {daemon_version}")),
+            ResponseBody::Error { kind, message } => (
+                match kind {
+                    ErrorKind::PermissionDenied => exit::DENIED,
+                    ErrorKind::Busy | ErrorKind::Storage => exit::UNAVAILABLE,
+                    _ => exit::ERROR,
+                },
+                format!("twofold: {message}"),
+            ),
+            // Replies to other requests: not expected here.
+            _ => (exit::ERROR, "twofold: unexpected answer from twofoldd".into()),
+        };
+        if self.json {
+            println!("{}", serde_json::to_string(&body).unwrap_or_else(|_| "{}".into()));
+        } else if status == exit::OK {
+            println!("{text}");
+        } else {
+            eprintln!("{text}");
+        }
+        status
+    }
+}
+
+/// The QR code as UTF-8 half blocks, dark modules as spaces on a light block background so
+/// that it scans on dark and light terminals alike (bright white on black is forced when
+/// printing to a terminal).
+pub fn qr_text(data: &str) -> Option<String> {
+    let code = QrCode::new(data.as_bytes()).ok()?;
+    Some(
+        code.render::<unicode::Dense1x2>()
+            .dark_color(unicode::Dense1x2::Dark)
+            .light_color(unicode::Dense1x2::Light)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+pub fn qr_svg(data: &str) -> Option<String> {
+    let code = QrCode::new(data.as_bytes()).ok()?;
+    Some(code.render::<svg::Color>().min_dimensions(256, 256).build())
+}
+
+fn write_private(path: &PathBuf, contents: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+fn enroll(ctx: &Ctx, user: Option<String>, force: bool, qr_svg_path: Option<PathBuf>, code: Option<SecretText>) -> u8 {
+    let reply = with_code_enroll(ctx, &user, force, code);
+    let info = match reply {
+        Ok(ResponseBody::Enrollment(info)) => info,
+        Ok(other) => return ctx.report(other),
+        Err(e) => return e,
+    };
+    if let Some(path) = &qr_svg_path {
+        match qr_svg(info.otpauth_uri.expose()).map(|svg| write_private(path, &svg)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                eprintln!("twofold: cannot write {}: {e}", path.display());
+                return exit::ERROR;
+            }
+            None => return exit::ERROR,
+        }
+    }
+    if ctx.json {
+        println!(
+            "{}",
+            json!({
+                "user": info.user,
+                "secret": info.secret.expose(),
+                "otpauth_uri": info.otpauth_uri.expose(),
+                "label": info.label,
+                "issuer": info.issuer,
+            })
+        );
+        return exit::OK;
+    }
+    show_enrollment(&info, qr_svg_path.as_ref());
+    // Up to three tries at the first code.
+    for attempt in 1..=3 {
+        let Some(code) = prompt(&format!("Enter the {}-digit code the app shows now: ", info.digits)) else {
+            eprintln!("\nThe enrollment is waiting. Finish it with: twofold confirm CODE{}", user_flag(&user));
+            return exit::ERROR;
+        };
+        match ctx.call(RequestBody::Confirm { user: user.clone(), code }) {
+            Ok(ResponseBody::BackupCodes { user: name, codes }) => {
+                print_backup_codes(ctx, &name, &codes, true);
+                return exit::OK;
+            }
+            Ok(ResponseBody::Rejected) if attempt < 3 => {
+                eprintln!("That code is not right. Check that the phone's time is set automatically, then try the next code.");
+            }
+            Ok(other) => return ctx.report(other),
+            Err(e) => return e,
+        }
+    }
+    eprintln!("Enrollment not confirmed. Run 'twofold enroll{}' to start again.", user_flag(&user));
+    exit::REJECTED
+}
+
+fn with_code_enroll(ctx: &Ctx, user: &Option<String>, force: bool, code: Option<SecretText>) -> Result<ResponseBody, u8> {
+    let first = ctx.call(RequestBody::Enroll { user: user.clone(), force, code: code.clone() })?;
+    match first {
+        ResponseBody::Error { kind: ErrorKind::CodeRequired, .. } if code.is_none() && std::io::stdin().is_terminal() => {
+            let code = prompt("You are replacing your enrollment. Current code (or a backup code): ").ok_or(exit::ERROR)?;
+            ctx.call(RequestBody::Enroll { user: user.clone(), force, code: Some(code) })
+        }
+        other => Ok(other),
+    }
+}
+
+fn user_flag(user: &Option<String>) -> String {
+    user.as_ref().map(|u| format!(" --user {u}")).unwrap_or_default()
+}
+
+fn show_enrollment(info: &EnrollmentInfo, svg: Option<&PathBuf>) {
+    let tty = std::io::stdout().is_terminal();
+    println!("Scan this QR code with your authenticator app (Google Authenticator, Authy, Duo Mobile, ...):\n");
+    if let Some(qr) = qr_text(info.otpauth_uri.expose()) {
+        for line in qr.lines() {
+            if tty {
+                // Black modules on white, whatever the terminal's colours.
+                println!("  \x1b[30;107m{line}\x1b[0m");
+            } else {
+                println!("  {line}");
+            }
+        }
+    }
+    if let Some(path) = svg {
+        println!("\n(The QR code is also in {}; delete it once scanned.)", path.display());
+    }
+    println!();
+    println!("Account:  {}", info.label);
+    println!("Key:      {}", group4(info.secret.expose()));
+    println!(
+        "          (to type it in: time-based, {}, {} digits, every {} seconds)",
+        info.algorithm, info.digits, info.period
+    );
+    println!();
+    let _ = std::io::stdout().flush();
+}
+
+fn print_backup_codes(ctx: &Ctx, user: &str, codes: &[SecretText], first_time: bool) {
+    if ctx.json {
+        let codes: Vec<&str> = codes.iter().map(|c| c.expose()).collect();
+        println!("{}", json!({"user": user, "backup_codes": codes}));
+        return;
+    }
+    if first_time {
+        println!("Two-factor authentication is now active for {user}.\n");
+    } else {
+        println!("New backup codes for {user}; the old ones no longer work.\n");
+    }
+    println!("Backup codes: each works once, at the same prompt as the app's codes, if you");
+    println!("lose your phone. Store them somewhere safe and away from this host (a password");
+    println!("manager or on paper). They will not be shown again.\n");
+    for pair in codes.chunks(2) {
+        let line: Vec<&str> = pair.iter().map(|c| c.expose()).collect();
+        println!("    {}", line.join("    "));
+    }
+    println!();
+}
+
+/// `YYYY-MM-DD HH:MM UTC` from Unix seconds (civil-from-days, proleptic Gregorian).
+pub fn format_time(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let secs = t % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+}
+
+fn state_word(s: &UserStatus) -> &'static str {
+    match (s.enrolled, s.pending) {
+        (true, false) => "enrolled",
+        (true, true) => "enrolled (replacement pending)",
+        (false, true) => "pending confirmation",
+        (false, false) => "not enrolled",
+    }
+}
+
+fn throttle_word(s: &UserStatus) -> String {
+    if s.locked {
+        "locked".into()
+    } else if let Some(until) = s.throttled_until {
+        format!("throttled until {}", format_time(until))
+    } else {
+        "ok".into()
+    }
+}
+
+fn print_status(ctx: &Ctx, s: &UserStatus) {
+    if ctx.json {
+        println!("{}", serde_json::to_string(s).unwrap_or_else(|_| "{}".into()));
+        return;
+    }
+    println!("User:          {}", s.user);
+    println!("Two-factor:    {}", state_word(s));
+    if let Some(t) = s.enrolled_at {
+        println!("Enrolled:      {}", format_time(t));
+    }
+    if s.enrolled {
+        println!("Backup codes:  {} left", s.backup_codes_left);
+        println!("Last success:  {}", s.last_success.map(format_time).unwrap_or_else(|| "never".into()));
+    }
+    println!("Failures:      {} consecutive ({})", s.failures, throttle_word(s));
+}
+
+fn print_list(ctx: &Ctx, users: &[UserStatus]) {
+    if ctx.json {
+        println!("{}", json!({ "users": users }));
+        return;
+    }
+    if users.is_empty() {
+        println!("No users enrolled.");
+        return;
+    }
+    println!("{:<24} {:<22} {:>6} {:<22} {:>8}  THROTTLE", "USER", "STATE", "BACKUP", "LAST SUCCESS", "FAILURES");
+    for s in users {
+        println!(
+            "{:<24} {:<22} {:>6} {:<22} {:>8}  {}",
+            s.user,
+            state_word(s),
+            s.backup_codes_left,
+            s.last_success.map(format_time).unwrap_or_else(|| "-".into()),
+            s.failures,
+            throttle_word(s)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formatting() {
+        assert_eq!(format_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_time(1_234_567_890), "2009-02-13 23:31 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
+    fn qr_renders_half_blocks_and_svg() {
+        let uri = "otpauth://totp/host:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=host";
+        let text = qr_text(uri).unwrap();
+        assert!(text.contains('▀') || text.contains('▄') || text.contains('█'));
+        // Two module rows per text line: about half as many lines as modules.
+        let lines = text.lines().count();
+        assert!(lines > 10 && lines < 40, "{lines}");
+        assert!(qr_svg(uri).unwrap().starts_with("<?xml"));
+    }
+}

@@ -1,0 +1,185 @@
+//! `/etc/twofold/twofold.toml`: unknown keys are an error, every key has a default.
+
+use crate::throttle::ThrottleConfig;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/twofold/twofold.toml";
+pub const DEFAULT_DATABASE: &str = "/var/lib/twofold/twofold.db";
+
+/// What happens to users who have not enrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unenrolled {
+    /// The module answers PAM_IGNORE: the rest of the stack decides.
+    #[default]
+    Allow,
+    /// The login is refused with the enrollment message.
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub database: PathBuf,
+    /// Shown in authenticator apps; the host name when unset.
+    pub issuer: Option<String>,
+    /// Off: the module answers PAM_IGNORE for everyone.
+    pub enabled: bool,
+    /// Time steps accepted either side of now (0..=10).
+    pub window: u32,
+    pub unenrolled: Unenrolled,
+    /// Whether users may enroll themselves (otherwise only root enrolls).
+    pub self_enroll: bool,
+    /// Backup codes issued per user.
+    pub backup_codes: u32,
+    /// Connections served at once; more are answered "busy".
+    pub max_connections: usize,
+    /// Seconds a client has to send its request.
+    pub request_timeout: u64,
+    /// Seconds a pending enrollment waits for its first code.
+    pub pending_ttl: u64,
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(twofold_shared::DEFAULT_SOCKET),
+            database: PathBuf::from(DEFAULT_DATABASE),
+            issuer: None,
+            enabled: true,
+            window: 1,
+            unenrolled: Unenrolled::Allow,
+            self_enroll: true,
+            backup_codes: 12,
+            max_connections: 256,
+            request_timeout: 5,
+            pending_ttl: 900,
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path`. A missing file is an error only when `explicit` (given with --config).
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Config::default()),
+            Err(e) => Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.window > 10 {
+            return fail(format!("window = {} is out of range (0 to 10)", self.window));
+        }
+        if !(1..=100).contains(&self.backup_codes) {
+            return fail(format!("backup_codes = {} is out of range (1 to 100)", self.backup_codes));
+        }
+        if !(1..=100_000).contains(&self.max_connections) {
+            return fail(format!("max_connections = {} is out of range (1 to 100000)", self.max_connections));
+        }
+        if !(1..=300).contains(&self.request_timeout) {
+            return fail(format!("request_timeout = {} is out of range (1 to 300 s)", self.request_timeout));
+        }
+        if !(60..=86_400).contains(&self.pending_ttl) {
+            return fail(format!("pending_ttl = {} is out of range (60 to 86400 s)", self.pending_ttl));
+        }
+        if let Some(issuer) = &self.issuer {
+            if issuer.is_empty() || issuer.len() > 64 || issuer.contains(':') || issuer.chars().any(char::is_control) {
+                return fail("issuer must be 1 to 64 characters, without ':' or control characters".into());
+            }
+        }
+        if self.throttle.max_delay < self.throttle.base_delay {
+            return fail("throttle.max_delay must not be below throttle.base_delay".into());
+        }
+        Ok(())
+    }
+
+    /// The issuer apps show: the configured one or the host name.
+    pub fn issuer_or_hostname(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .map(|h| h.replace(':', "-"))
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "twofold".to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let c = Config::parse(
+            r#"
+            socket = "/tmp/s"
+            database = "/tmp/d.db"
+            issuer = "Bastion"
+            enabled = false
+            window = 2
+            unenrolled = "deny"
+            self_enroll = false
+            backup_codes = 10
+            [throttle]
+            free_failures = 3
+            lockout_after = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.unenrolled, Unenrolled::Deny);
+        assert_eq!(c.throttle.free_failures, 3);
+        assert_eq!(c.throttle.base_delay, 30); // default kept inside the table
+        assert!(!c.enabled);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        for bad in [
+            "windw = 1",
+            "window = 11",
+            "unenrolled = \"maybe\"",
+            "[throttle]\nfree = 1",
+            "backup_codes = 0",
+            "issuer = \"a:b\"",
+            "[throttle]\nbase_delay = 100\nmax_delay = 10",
+            "window = -1",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_file_only_fails_when_named() {
+        let p = Path::new("/nonexistent/twofold.toml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(Config::load(p, true).is_err());
+    }
+}

@@ -1,0 +1,648 @@
+//! The verification rules (DESIGN §3) and every operation of the protocol, over the store.
+//! Time is a parameter: the server reads the clock once per request and passes `now`.
+
+use crate::audit::{self, Logger};
+use crate::backup;
+use crate::config::{Config, Unenrolled};
+use crate::policy::{self, Caller, Decision, Operation};
+use crate::store::{PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord};
+use crate::throttle::{self, Gate};
+use crate::users;
+use std::sync::Arc;
+use twofold_shared::otp::{self, TotpParams};
+use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
+use twofold_shared::uri::OtpAuthUri;
+use twofold_shared::wire::{
+    self, EnrollmentInfo, ErrorKind, Method, PamItems, Request, RequestBody, ResponseBody, SecretText,
+    UserStatus, MAX_CODE, MAX_ITEM, PROTOCOL_VERSION,
+};
+
+/// Wrong first codes after which a pending enrollment is discarded.
+const MAX_FAILED_CONFIRMS: u32 = 5;
+
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    config: Config,
+    issuer: String,
+    /// The uid twofoldd runs as; it is trusted like root.
+    daemon_uid: u32,
+    log: Arc<Logger>,
+}
+
+/// What a verification came to, before it is turned into a reply and an audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Accepted { method: Method, left: Option<u32> },
+    Wrong,
+    Replayed,
+    Throttled { until: u64 },
+    Locked,
+    /// This failure reached the lockout limit.
+    NowLocked,
+}
+
+/// What a typed code looks like.
+enum Input {
+    Totp(String),
+    Backup(zeroize::Zeroizing<String>),
+    Garbage,
+}
+
+fn classify(code: &str) -> Input {
+    if code.len() > MAX_CODE {
+        return Input::Garbage;
+    }
+    for digits in otp::MIN_DIGITS..=otp::MAX_DIGITS {
+        if let Some(c) = otp::normalize_code(code, digits) {
+            return Input::Totp(c);
+        }
+    }
+    match backup::normalize(code) {
+        Some(c) => Input::Backup(c),
+        None => Input::Garbage,
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> ResponseBody {
+    ResponseBody::Error { kind, message: message.into() }
+}
+
+fn storage_error(e: &StoreError) -> ResponseBody {
+    error(ErrorKind::Storage, format!("the database failed; nothing was changed ({e})"))
+}
+
+/// A dummy secret used to spend the same work on unknown users as on real ones.
+fn decoy_secret() -> Secret {
+    Secret::from_bytes(vec![0x5a; GENERATED_SECRET_BYTES])
+}
+
+/// Evaluates a TOTP code inside the writer: throttle gate, window, high-water mark, failure
+/// accounting — one transaction, so parallel submissions of one code succeed exactly once.
+fn verify_totp_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    code: &str,
+    now: u64,
+    window: u32,
+    cfg: &throttle::ThrottleConfig,
+) -> Result<Outcome, StoreError> {
+    let state = tx.throttle(name)?;
+    if let Some(blocked) = gate_outcome(cfg, state, now) {
+        return Ok(blocked);
+    }
+    let Some(user) = tx.user(name)? else {
+        // Disabled between the snapshot and now: a plain failure.
+        return fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong);
+    };
+    let steps = otp::matching_steps(&user.secret, &user.params, code, user.params.step(now), window);
+    let fresh = steps.iter().copied().filter(|&s| (s as i128) > i128::from(user.last_step)).max();
+    match fresh {
+        Some(step) if tx.advance_step(name, i64::try_from(step).unwrap_or(i64::MAX), now)? => {
+            tx.clear_throttle(name)?;
+            Ok(Outcome::Accepted { method: Method::Totp, left: None })
+        }
+        _ => {
+            let why = if steps.is_empty() { Outcome::Wrong } else { Outcome::Replayed };
+            fail_in_tx(tx, name, state, now, cfg, why)
+        }
+    }
+}
+
+fn gate_outcome(cfg: &throttle::ThrottleConfig, state: ThrottleRecord, now: u64) -> Option<Outcome> {
+    match throttle::gate(cfg, state, now) {
+        Gate::Open => None,
+        Gate::Wait { until } => Some(Outcome::Throttled { until }),
+        Gate::Locked => Some(Outcome::Locked),
+    }
+}
+
+fn fail_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    state: ThrottleRecord,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+    why: Outcome,
+) -> Result<Outcome, StoreError> {
+    let next = throttle::record_failure(state, now);
+    tx.set_throttle(name, next)?;
+    if cfg.lockout_after > 0 && next.failures == cfg.lockout_after {
+        return Ok(Outcome::NowLocked);
+    }
+    Ok(why)
+}
+
+impl Engine {
+    pub fn new(store: Store, config: Config, log: Arc<Logger>) -> Engine {
+        let issuer = config.issuer_or_hostname();
+        Engine { store, config, issuer, daemon_uid: nix::unistd::geteuid().as_raw(), log }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Decodes one request frame and answers it.
+    pub fn handle_payload(&self, uid: u32, payload: &[u8], now: u64) -> ResponseBody {
+        if let Some(v) = wire::peek_version(payload) {
+            if v != PROTOCOL_VERSION {
+                return error(
+                    ErrorKind::VersionMismatch,
+                    format!("client speaks protocol version {v}, twofoldd speaks {PROTOCOL_VERSION}"),
+                );
+            }
+        }
+        match wire::decode::<Request>(payload) {
+            Ok(request) => self.handle(uid, request.body, now),
+            Err(e) => {
+                self.log.warn(&format!("bad request from uid {uid}: {e}"));
+                error(ErrorKind::BadRequest, e.to_string())
+            }
+        }
+    }
+
+    pub fn handle(&self, uid: u32, body: RequestBody, now: u64) -> ResponseBody {
+        let caller = Caller { uid, admin: uid == 0 || uid == self.daemon_uid };
+        let op = body.op_name();
+        let (operation, target, pam) = match &body {
+            RequestBody::Ping {} => (Operation::Ping, None, None),
+            RequestBody::Preflight { user, pam } => (Operation::Preflight, Some(Some(user.clone())), Some(pam)),
+            RequestBody::Verify { user, pam, .. } => (Operation::Verify, Some(Some(user.clone())), Some(pam)),
+            RequestBody::Enroll { user, .. } => (Operation::Enroll, Some(user.clone()), None),
+            RequestBody::Confirm { user, .. } => (Operation::Confirm, Some(user.clone()), None),
+            RequestBody::Status { user } => (Operation::Status, Some(user.clone()), None),
+            RequestBody::BackupCodes { user, .. } => (Operation::BackupCodes, Some(user.clone()), None),
+            RequestBody::Disable { user, .. } => (Operation::Disable, Some(user.clone()), None),
+            RequestBody::List {} => (Operation::List, None, None),
+            RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
+        };
+        if let Some(pam) = pam {
+            for item in [&pam.service, &pam.rhost, &pam.tty].into_iter().flatten() {
+                if item.len() > MAX_ITEM {
+                    return error(ErrorKind::BadRequest, format!("a PAM item is longer than {MAX_ITEM} bytes"));
+                }
+            }
+        }
+        // Resolve who the request is about: named, or the caller's own account.
+        let name = match target {
+            None => String::new(),
+            Some(Some(name)) => {
+                if let Err(why) = users::validate_name(&name) {
+                    return error(ErrorKind::BadRequest, why);
+                }
+                name
+            }
+            Some(None) => match users::name_of(uid) {
+                Some(name) => name,
+                None => return error(ErrorKind::NoSuchUser, format!("uid {uid} has no user name")),
+            },
+        };
+        let target_uid = if name.is_empty() { None } else { users::uid_of(&name) };
+        let decision = policy::authorize(caller, operation, target_uid, self.config.self_enroll);
+        if let Decision::Deny(why) = decision {
+            self.log.warn(&format!(
+                "denied op={op} caller_uid={uid} user={} reason={}",
+                audit::field(&name),
+                audit::field(why)
+            ));
+            return error(ErrorKind::PermissionDenied, why);
+        }
+        let needs_code = decision == Decision::AllowWithCode;
+        match body {
+            RequestBody::Ping {} => ResponseBody::Pong { daemon_version: env!("CARGO_PKG_VERSION").into() },
+            RequestBody::Preflight { pam, .. } => self.preflight(&name, &pam),
+            RequestBody::Verify { code, pam, .. } => self.verify(&name, &code, &pam, uid, now),
+            RequestBody::Enroll { force, code, .. } => self.enroll(&name, force, code, needs_code, uid, now),
+            RequestBody::Confirm { code, .. } => self.confirm(&name, &code, uid, now),
+            RequestBody::Status { .. } => self.status(&name, now),
+            RequestBody::BackupCodes { code, .. } => self.regenerate(&name, code, needs_code, uid, now),
+            RequestBody::Disable { code, .. } => self.disable(&name, code, needs_code, uid, now),
+            RequestBody::List {} => self.list(now),
+            RequestBody::Unlock { .. } => self.unlock(&name, uid),
+        }
+    }
+
+    fn not_enrolled(&self) -> ResponseBody {
+        ResponseBody::NotEnrolled { required: self.config.unenrolled == Unenrolled::Deny }
+    }
+
+    /// Before prompting: enrolled users (and names with no account, which must look the same)
+    /// are asked for a code; known accounts without enrollment follow `unenrolled`.
+    fn preflight(&self, name: &str, pam: &PamItems) -> ResponseBody {
+        if !self.config.enabled {
+            return ResponseBody::Disabled;
+        }
+        match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+            Ok(true) => ResponseBody::Prompt,
+            Ok(false) if users::uid_of(name).is_some() => {
+                let reply = self.not_enrolled();
+                self.log.info(&format!(
+                    "login user={} service={} rhost={} tty={} outcome={}",
+                    audit::field(name),
+                    audit::opt(pam.service.as_deref()),
+                    audit::opt(pam.rhost.as_deref()),
+                    audit::opt(pam.tty.as_deref()),
+                    if self.config.unenrolled == Unenrolled::Deny { "refused-not-enrolled" } else { "ignored-not-enrolled" }
+                ));
+                reply
+            }
+            Ok(false) => ResponseBody::Prompt,
+            Err(e) => self.store_failed("preflight", name, &e),
+        }
+    }
+
+    fn store_failed(&self, op: &str, name: &str, e: &StoreError) -> ResponseBody {
+        self.log.error(&format!("{op} user={} failed: {e}", audit::field(name)));
+        storage_error(e)
+    }
+
+    /// The check a login makes; also used when a user proves themselves to change settings.
+    fn verify(&self, name: &str, code: &SecretText, pam: &PamItems, uid: u32, now: u64) -> ResponseBody {
+        if !self.config.enabled {
+            return ResponseBody::Disabled;
+        }
+        let outcome = match self.evaluate(name, code.expose(), now) {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return self.not_enrolled(),
+            Err(e) => return self.store_failed("verify", name, &e),
+        };
+        let (result, reply) = match outcome {
+            Outcome::Accepted { method, left } => (
+                match method {
+                    Method::Totp => "accepted method=totp".to_string(),
+                    Method::BackupCode => format!("accepted method=backup-code left={}", left.unwrap_or(0)),
+                },
+                ResponseBody::Accepted { method, backup_codes_left: left },
+            ),
+            Outcome::Wrong => ("rejected reason=wrong-code".into(), ResponseBody::Rejected),
+            Outcome::Replayed => ("rejected reason=replayed".into(), ResponseBody::Rejected),
+            Outcome::NowLocked => ("rejected reason=wrong-code locked=yes".into(), ResponseBody::Rejected),
+            Outcome::Throttled { until } => (
+                format!("throttled retry_after={}", until.saturating_sub(now)),
+                ResponseBody::Throttled { retry_after_secs: until.saturating_sub(now).max(1) },
+            ),
+            Outcome::Locked => ("locked".into(), ResponseBody::Locked),
+        };
+        let line = format!(
+            "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome={result}",
+            audit::field(name),
+            audit::opt(pam.service.as_deref()),
+            audit::opt(pam.rhost.as_deref()),
+            audit::opt(pam.tty.as_deref()),
+        );
+        match outcome {
+            Outcome::Accepted { .. } => self.log.info(&line),
+            Outcome::NowLocked => {
+                self.log.warn(&line);
+                self.log.warn(&format!("user={} locked after {} consecutive failures", audit::field(name), self.config.throttle.lockout_after));
+            }
+            _ => self.log.warn(&line),
+        }
+        reply
+    }
+
+    /// `Ok(None)`: a known account without enrollment. Unknown names are evaluated against a
+    /// decoy and rejected, at the same cost as a wrong code.
+    fn evaluate(&self, name: &str, code: &str, now: u64) -> Result<Option<Outcome>, StoreError> {
+        let snapshot = self.store.read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
+        let (user, state) = snapshot;
+        let input = classify(code);
+        let window = self.config.window;
+        let cfg = self.config.throttle;
+        let Some(user) = user else {
+            if users::uid_of(name).is_some() {
+                return Ok(None);
+            }
+            match &input {
+                Input::Totp(c) => {
+                    let _ = otp::matching_steps(&decoy_secret(), &TotpParams::default(), c, now / 30, window);
+                }
+                Input::Backup(c) => {
+                    let _ = backup::hash(c, &[0x5a; backup::SALT_BYTES]);
+                }
+                Input::Garbage => {}
+            }
+            self.store.write(|tx| tx.count_unknown_rejection())?;
+            return Ok(Some(Outcome::Wrong));
+        };
+        let owned = name.to_string();
+        let outcome = match input {
+            Input::Totp(c) => self.store.write(move |tx| verify_totp_in_tx(tx, &owned, &c, now, window, &cfg))?,
+            Input::Backup(c) => {
+                // Do not spend an Argon2id hash on an attempt the throttle refuses anyway.
+                if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                    return Ok(Some(blocked));
+                }
+                let hash = backup::hash(&c, &user.backup_salt);
+                self.store.write(move |tx| {
+                    let state = tx.throttle(&owned)?;
+                    if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                        return Ok(blocked);
+                    }
+                    match hash {
+                        Some(h) if tx.consume_backup_code(&owned, &h, now)? => {
+                            tx.clear_throttle(&owned)?;
+                            let left = tx.backup_codes_left(&owned)?;
+                            Ok(Outcome::Accepted { method: Method::BackupCode, left: Some(left) })
+                        }
+                        _ => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong),
+                    }
+                })?
+            }
+            Input::Garbage => self.store.write(move |tx| {
+                let state = tx.throttle(&owned)?;
+                if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                    return Ok(blocked);
+                }
+                fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)
+            })?,
+        };
+        Ok(Some(outcome))
+    }
+
+    /// For self-service changes to an active enrollment: the caller proves possession with a
+    /// current code, which is consumed like a login. `None` means proven.
+    fn prove(&self, name: &str, code: Option<SecretText>, uid: u32, now: u64) -> Option<ResponseBody> {
+        let Some(code) = code else {
+            return Some(error(
+                ErrorKind::CodeRequired,
+                "this changes an active enrollment: give a current code or a backup code",
+            ));
+        };
+        let pam = PamItems { service: Some("twofold".into()), rhost: None, tty: None };
+        match self.verify(name, &code, &pam, uid, now) {
+            ResponseBody::Accepted { .. } => None,
+            other => Some(other),
+        }
+    }
+
+    fn enroll(
+        &self,
+        name: &str,
+        force: bool,
+        code: Option<SecretText>,
+        needs_code: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let enrolled = match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+            Ok(e) => e,
+            Err(e) => return self.store_failed("enroll", name, &e),
+        };
+        if enrolled {
+            if !force {
+                return error(
+                    ErrorKind::AlreadyEnrolled,
+                    format!("{name} is already enrolled; use --force to replace the enrollment"),
+                );
+            }
+            if needs_code {
+                if let Some(refusal) = self.prove(name, code, uid, now) {
+                    return refusal;
+                }
+            }
+        }
+        let mut bytes = vec![0u8; GENERATED_SECRET_BYTES];
+        if backup::random_bytes(&mut bytes).is_err() {
+            return error(ErrorKind::Internal, "the system random number generator failed");
+        }
+        let pending = PendingRecord {
+            secret: Secret::from_bytes(bytes),
+            params: TotpParams::default(),
+            created_at: now,
+            failed_confirms: 0,
+        };
+        let uri = OtpAuthUri {
+            issuer: Some(self.issuer.clone()),
+            account: name.to_string(),
+            secret: pending.secret.clone(),
+            params: pending.params,
+        };
+        let info = EnrollmentInfo {
+            user: name.to_string(),
+            issuer: self.issuer.clone(),
+            label: format!("{}:{name}", self.issuer),
+            secret: SecretText::new(pending.secret.to_base32()),
+            otpauth_uri: SecretText::new(uri.to_uri()),
+            algorithm: pending.params.algorithm,
+            digits: pending.params.digits,
+            period: pending.params.period,
+        };
+        let owned = name.to_string();
+        if let Err(e) = self.store.write(move |tx| tx.put_pending(&owned, &pending)) {
+            return self.store_failed("enroll", name, &e);
+        }
+        self.log.info(&format!(
+            "enroll user={} caller_uid={uid} outcome=pending replacing={}",
+            audit::field(name),
+            if enrolled { "yes" } else { "no" }
+        ));
+        ResponseBody::Enrollment(info)
+    }
+
+    fn confirm(&self, name: &str, code: &SecretText, uid: u32, now: u64) -> ResponseBody {
+        let pending = match self.store.read(|tx| tx.pending(name)) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return error(
+                    ErrorKind::NoPendingEnrollment,
+                    "no enrollment is waiting for confirmation; run 'twofold enroll' first",
+                )
+            }
+            Err(e) => return self.store_failed("confirm", name, &e),
+        };
+        let owned = name.to_string();
+        if now > pending.created_at.saturating_add(self.config.pending_ttl) {
+            let _ = self.store.write(move |tx| tx.delete_pending(&owned));
+            return error(ErrorKind::NoPendingEnrollment, "the pending enrollment expired; run 'twofold enroll' again");
+        }
+        let steps = match otp::normalize_code(code.expose(), pending.params.digits) {
+            Some(c) => {
+                otp::matching_steps(&pending.secret, &pending.params, &c, pending.params.step(now), self.config.window)
+            }
+            None => Vec::new(),
+        };
+        let Some(step) = steps.into_iter().max() else {
+            let last_try = pending.failed_confirms + 1 >= MAX_FAILED_CONFIRMS;
+            let result = self.store.write(move |tx| {
+                if last_try {
+                    tx.delete_pending(&owned)
+                } else {
+                    tx.count_failed_confirm(&owned)
+                }
+            });
+            if let Err(e) = result {
+                return self.store_failed("confirm", name, &e);
+            }
+            self.log.warn(&format!("confirm user={} caller_uid={uid} outcome=rejected", audit::field(name)));
+            if last_try {
+                return error(
+                    ErrorKind::NoPendingEnrollment,
+                    "too many wrong codes; the pending enrollment was discarded: run 'twofold enroll' again",
+                );
+            }
+            return ResponseBody::Rejected;
+        };
+        let (codes, hashes, salt) = match self.fresh_backup_codes() {
+            Ok(x) => x,
+            Err(reply) => return reply,
+        };
+        let record = UserRecord {
+            name: name.to_string(),
+            secret: pending.secret.clone(),
+            params: pending.params,
+            enrolled_at: now,
+            // The confirming code is spent: it cannot also open a login.
+            last_step: i64::try_from(step).unwrap_or(i64::MAX),
+            last_success: None,
+            backup_salt: salt,
+        };
+        let expected = pending.secret;
+        let activated = self.store.write(move |tx| {
+            // A second confirm racing this one finds the pending enrollment gone.
+            match tx.pending(&record.name)? {
+                Some(p) if p.secret == expected => {
+                    tx.activate(&record, &hashes)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        });
+        match activated {
+            Ok(true) => {
+                self.log.info(&format!("confirm user={} caller_uid={uid} outcome=enrolled", audit::field(name)));
+                ResponseBody::BackupCodes { user: name.to_string(), codes }
+            }
+            Ok(false) => error(ErrorKind::NoPendingEnrollment, "the pending enrollment changed meanwhile; run 'twofold enroll' again"),
+            Err(e) => self.store_failed("confirm", name, &e),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn fresh_backup_codes(&self) -> Result<(Vec<SecretText>, Vec<backup::BackupHash>, Vec<u8>), ResponseBody> {
+        let (codes, salt) = backup::generate(self.config.backup_codes as usize)
+            .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
+        let hashes = codes
+            .iter()
+            .map(|c| backup::normalize(c.expose()).and_then(|n| backup::hash(&n, &salt)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| error(ErrorKind::Internal, "hashing backup codes failed"))?;
+        Ok((codes, hashes, salt))
+    }
+
+    fn regenerate(&self, name: &str, code: Option<SecretText>, needs_code: bool, uid: u32, now: u64) -> ResponseBody {
+        match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+            Ok(true) => {}
+            Ok(false) => return ResponseBody::NotEnrolled { required: false },
+            Err(e) => return self.store_failed("backup-codes", name, &e),
+        }
+        if needs_code {
+            if let Some(refusal) = self.prove(name, code, uid, now) {
+                return refusal;
+            }
+        }
+        let (codes, hashes, salt) = match self.fresh_backup_codes() {
+            Ok(x) => x,
+            Err(reply) => return reply,
+        };
+        let owned = name.to_string();
+        let done = self.store.write(move |tx| {
+            if tx.user(&owned)?.is_none() {
+                return Ok(false);
+            }
+            tx.replace_backup_codes(&owned, &salt, &hashes)?;
+            Ok(true)
+        });
+        match done {
+            Ok(true) => {
+                self.log.info(&format!("backup-codes user={} caller_uid={uid} outcome=replaced", audit::field(name)));
+                ResponseBody::BackupCodes { user: name.to_string(), codes }
+            }
+            Ok(false) => ResponseBody::NotEnrolled { required: false },
+            Err(e) => self.store_failed("backup-codes", name, &e),
+        }
+    }
+
+    fn disable(&self, name: &str, code: Option<SecretText>, needs_code: bool, uid: u32, now: u64) -> ResponseBody {
+        let (enrolled, pending) = match self.store.read(|tx| Ok((tx.user(name)?.is_some(), tx.pending(name)?.is_some()))) {
+            Ok(x) => x,
+            Err(e) => return self.store_failed("disable", name, &e),
+        };
+        if !enrolled && !pending {
+            return ResponseBody::NotEnrolled { required: false };
+        }
+        if enrolled && needs_code {
+            if let Some(refusal) = self.prove(name, code, uid, now) {
+                return refusal;
+            }
+        }
+        let owned = name.to_string();
+        match self.store.write(move |tx| tx.delete_user(&owned)) {
+            Ok(_) => {
+                self.log.info(&format!("disable user={} caller_uid={uid} outcome=removed", audit::field(name)));
+                ResponseBody::Done {
+                    message: if enrolled {
+                        format!("two-factor enrollment of {name} removed")
+                    } else {
+                        format!("pending enrollment of {name} cancelled")
+                    },
+                }
+            }
+            Err(e) => self.store_failed("disable", name, &e),
+        }
+    }
+
+    fn status_in(&self, tx: &dyn Tx, name: &str, now: u64) -> Result<UserStatus, StoreError> {
+        let user = tx.user(name)?;
+        let state = tx.throttle(name)?;
+        let (throttled_until, locked) = match throttle::gate(&self.config.throttle, state, now) {
+            Gate::Open => (None, false),
+            Gate::Wait { until } => (Some(until), false),
+            Gate::Locked => (None, true),
+        };
+        Ok(UserStatus {
+            user: name.to_string(),
+            enrolled: user.is_some(),
+            pending: tx.pending(name)?.is_some(),
+            backup_codes_left: if user.is_some() { tx.backup_codes_left(name)? } else { 0 },
+            enrolled_at: user.as_ref().map(|u| u.enrolled_at),
+            last_success: user.as_ref().and_then(|u| u.last_success),
+            failures: state.failures,
+            throttled_until,
+            locked,
+        })
+    }
+
+    fn status(&self, name: &str, now: u64) -> ResponseBody {
+        match self.store.read(|tx| self.status_in(tx, name, now)) {
+            Ok(s) => ResponseBody::Status(s),
+            Err(e) => self.store_failed("status", name, &e),
+        }
+    }
+
+    fn list(&self, now: u64) -> ResponseBody {
+        let result = self.store.read(|tx| {
+            let mut names = tx.user_names()?;
+            names.extend(tx.pending_names()?);
+            names.sort();
+            names.dedup();
+            names.iter().map(|n| self.status_in(tx, n, now)).collect::<Result<Vec<_>, _>>()
+        });
+        match result {
+            Ok(users) => ResponseBody::Users { users },
+            Err(e) => self.store_failed("list", "-", &e),
+        }
+    }
+
+    fn unlock(&self, name: &str, uid: u32) -> ResponseBody {
+        let owned = name.to_string();
+        match self.store.write(move |tx| tx.clear_throttle(&owned)) {
+            Ok(()) => {
+                self.log.info(&format!("unlock user={} caller_uid={uid}", audit::field(name)));
+                ResponseBody::Done { message: format!("{name} unlocked: failure count cleared") }
+            }
+            Err(e) => self.store_failed("unlock", name, &e),
+        }
+    }
+}

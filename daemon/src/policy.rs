@@ -1,0 +1,123 @@
+//! Who may do what: one pure function of the caller, the target and the operation (DESIGN §2).
+
+/// The operations a client can ask for, without their arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Ping,
+    Preflight,
+    Verify,
+    Enroll,
+    Confirm,
+    Status,
+    BackupCodes,
+    Disable,
+    List,
+    Unlock,
+}
+
+/// The caller as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    /// Root, or the uid twofoldd itself runs as (which can read the database anyway).
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Allowed, but replacing or removing an active enrollment first needs a current code.
+    AllowWithCode,
+    Deny(&'static str),
+}
+
+/// `target_uid`: the uid of the account the request is about (`None`: no such account, or no
+/// target). `self_enroll`: the config switch that lets users enroll themselves.
+pub fn authorize(caller: Caller, op: Operation, target_uid: Option<u32>, self_enroll: bool) -> Decision {
+    use Operation::*;
+    if caller.admin {
+        return Decision::Allow;
+    }
+    match op {
+        Ping => return Decision::Allow,
+        List | Unlock => return Decision::Deny("only root may do this"),
+        _ => {}
+    }
+    if target_uid != Some(caller.uid) {
+        return Decision::Deny("you may only act on your own account");
+    }
+    match op {
+        Preflight | Verify | Status => Decision::Allow,
+        Enroll | Confirm if !self_enroll => Decision::Deny("self-enrollment is switched off; ask an administrator"),
+        Confirm => Decision::Allow,
+        Enroll | BackupCodes | Disable => Decision::AllowWithCode,
+        Ping | List | Unlock => Decision::Deny("only root may do this"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Decision::*;
+    use super::Operation::*;
+    use super::*;
+
+    const ROOT: Caller = Caller { uid: 0, admin: true };
+    const ALICE: Caller = Caller { uid: 1000, admin: false };
+    const ALICE_UID: Option<u32> = Some(1000);
+    const BOB_UID: Option<u32> = Some(1001);
+    const NOBODY: Option<u32> = None;
+
+    #[test]
+    fn policy_table() {
+        let deny_root = Deny("only root may do this");
+        let deny_other = Deny("you may only act on your own account");
+        let deny_self_enroll = Deny("self-enrollment is switched off; ask an administrator");
+        #[rustfmt::skip]
+        let table: &[(Caller, Operation, Option<u32>, bool, Decision)] = &[
+            // root: everything, for anyone, even with self-enrollment off
+            (ROOT, Ping, NOBODY, true, Allow),
+            (ROOT, Verify, BOB_UID, true, Allow),
+            (ROOT, Enroll, BOB_UID, false, Allow),
+            (ROOT, Enroll, NOBODY, false, Allow),
+            (ROOT, Disable, BOB_UID, true, Allow),
+            (ROOT, BackupCodes, BOB_UID, true, Allow),
+            (ROOT, List, NOBODY, true, Allow),
+            (ROOT, Unlock, BOB_UID, true, Allow),
+            // a user, on their own account
+            (ALICE, Ping, NOBODY, true, Allow),
+            (ALICE, Preflight, ALICE_UID, true, Allow),
+            (ALICE, Verify, ALICE_UID, true, Allow),
+            (ALICE, Status, ALICE_UID, true, Allow),
+            (ALICE, Enroll, ALICE_UID, true, AllowWithCode),
+            (ALICE, Confirm, ALICE_UID, true, Allow),
+            (ALICE, BackupCodes, ALICE_UID, true, AllowWithCode),
+            (ALICE, Disable, ALICE_UID, true, AllowWithCode),
+            (ALICE, Enroll, ALICE_UID, false, deny_self_enroll),
+            (ALICE, Confirm, ALICE_UID, false, deny_self_enroll),
+            (ALICE, Status, ALICE_UID, false, Allow),
+            // a user, on someone else's account or an unknown one
+            (ALICE, Preflight, BOB_UID, true, deny_other),
+            (ALICE, Verify, BOB_UID, true, deny_other),
+            (ALICE, Status, BOB_UID, true, deny_other),
+            (ALICE, Enroll, BOB_UID, true, deny_other),
+            (ALICE, Confirm, BOB_UID, true, deny_other),
+            (ALICE, BackupCodes, BOB_UID, true, deny_other),
+            (ALICE, Disable, BOB_UID, true, deny_other),
+            (ALICE, Verify, NOBODY, true, deny_other),
+            (ALICE, Enroll, NOBODY, true, deny_other),
+            // admin-only operations
+            (ALICE, List, NOBODY, true, deny_root),
+            (ALICE, Unlock, ALICE_UID, true, deny_root),
+            (ALICE, Unlock, BOB_UID, true, deny_root),
+        ];
+        for (caller, op, target, self_enroll, want) in table {
+            assert_eq!(authorize(*caller, *op, *target, *self_enroll), *want, "{caller:?} {op:?} {target:?} {self_enroll}");
+        }
+    }
+
+    #[test]
+    fn daemon_uid_counts_as_admin() {
+        let daemon_user = Caller { uid: 4242, admin: true };
+        assert_eq!(authorize(daemon_user, Unlock, BOB_UID, true), Allow);
+    }
+}

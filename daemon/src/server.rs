@@ -1,0 +1,125 @@
+//! The Unix socket server: one request per connection, a deadline per connection, a cap on
+//! connections served at once. The caller's identity comes from SO_PEERCRED, never from the
+//! message.
+
+use crate::audit::Logger;
+use crate::clock;
+use crate::engine::Engine;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use twofold_shared::client::DeadlineStream;
+use twofold_shared::wire::{self, ErrorKind, FrameError, Response, ResponseBody, PROTOCOL_VERSION};
+
+/// Binds the socket: creates its directory if needed, replaces a stale socket (one nobody
+/// answers on), refuses to replace a live one or anything that is not a socket, and makes
+/// it connectable by every local user (0666): the daemon decides per request.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another twofoldd is already serving {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Decrements the live-connection count when a connection thread ends, however it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn respond(stream: UnixStream, body: ResponseBody, timeout: Duration) {
+    let mut out = DeadlineStream::new(stream, Instant::now() + timeout);
+    let _ = wire::write_frame(&mut out, &Response { v: PROTOCOL_VERSION, body });
+}
+
+/// Serves forever.
+pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> io::Result<()> {
+    let live = Arc::new(AtomicUsize::new(0));
+    let max = engine.config().max_connections;
+    let timeout = Duration::from_secs(engine.config().request_timeout);
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log.error(&format!("accept failed: {e}"));
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if live.fetch_add(1, Ordering::SeqCst) >= max {
+            live.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_nonblocking(true);
+            respond(stream, ResponseBody::Error { kind: ErrorKind::Busy, message: "too many connections; try again".into() }, Duration::from_millis(10));
+            continue;
+        }
+        let slot = Slot(live.clone());
+        let engine = engine.clone();
+        let log2 = log.clone();
+        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
+            let _slot = slot;
+            handle(stream, &engine, &log2, timeout);
+        });
+        if let Err(e) = spawned {
+            log.error(&format!("cannot start a connection thread: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn handle(stream: UnixStream, engine: &Engine, log: &Logger, timeout: Duration) {
+    let uid = match getsockopt(&stream, PeerCredentials) {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            log.error(&format!("cannot read peer credentials: {e}"));
+            return;
+        }
+    };
+    let mut input = DeadlineStream::new(stream, Instant::now() + timeout);
+    let reply = match wire::read_frame(&mut input) {
+        Ok(payload) => engine.handle_payload(uid, &payload, clock::now()),
+        // Connected and left: nothing to answer (also what health checks do).
+        Err(FrameError::Closed) => return,
+        Err(e) => {
+            log.warn(&format!("bad frame from uid {uid}: {e}"));
+            ResponseBody::Error { kind: ErrorKind::BadRequest, message: e.to_string() }
+        }
+    };
+    let stream = match input.get_ref().try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    respond(stream, reply, timeout);
+}

@@ -1,0 +1,573 @@
+//! The store: every byte of SQL in twofold lives in this file.
+//!
+//! One writer thread owns the only writing connection. Callers hand it closures; it runs as
+//! many as are queued inside one `BEGIN IMMEDIATE … COMMIT`, each in its own savepoint, and
+//! answers every caller only after the COMMIT has returned (group commit: one fsync for a
+//! batch, and nothing is reported done before it is durable). Reads run on a small pool of
+//! reader connections against WAL snapshots and never wait for the writer.
+//!
+//! Policy code sees only the [`Tx`] trait, so another engine (PostgreSQL for fleets) can
+//! implement it without touching the verification rules.
+
+use crate::backup::BackupHash;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use twofold_shared::otp::{Algorithm, TotpParams};
+use twofold_shared::secret::Secret;
+
+/// How many queued write jobs share one commit at most.
+const MAX_BATCH: usize = 512;
+/// How many write jobs may wait for the writer before callers are told the store is busy.
+const QUEUE_DEPTH: usize = 4096;
+const READER_POOL: usize = 8;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Sqlite(rusqlite::Error),
+    /// The database was written by a newer twofoldd.
+    TooNew { found: i64, known: i64 },
+    /// The writer thread is gone or its queue is full.
+    Unavailable,
+    /// Stored data that cannot be read back (bad algorithm name, …).
+    Corrupt(String),
+    /// A batch could not be started or committed (disk full, read-only file, I/O error).
+    Commit(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::TooNew { found, known } => write!(
+                f,
+                "database schema version {found} is newer than this twofoldd understands ({known})"
+            ),
+            StoreError::Unavailable => f.write_str("database writer unavailable"),
+            StoreError::Corrupt(what) => write!(f, "database holds invalid data: {what}"),
+            StoreError::Commit(why) => write!(f, "database write failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An active enrollment.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub name: String,
+    pub secret: Secret,
+    pub params: TotpParams,
+    pub enrolled_at: u64,
+    /// Highest time step ever accepted (-1: none yet).
+    pub last_step: i64,
+    pub last_success: Option<u64>,
+    pub backup_salt: Vec<u8>,
+}
+
+/// An enrollment waiting for its first code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecord {
+    pub secret: Secret,
+    pub params: TotpParams,
+    pub created_at: u64,
+    pub failed_confirms: u32,
+}
+
+/// Consecutive failures of one user, across services and restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleRecord {
+    pub failures: u32,
+    pub last_failure: u64,
+}
+
+/// What the verification rules need from a store, inside one transaction.
+pub trait Tx {
+    fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+    fn user_names(&self) -> Result<Vec<String>>;
+    fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;
+    fn pending_names(&self) -> Result<Vec<String>>;
+    fn throttle(&self, name: &str) -> Result<ThrottleRecord>;
+    fn backup_codes_left(&self, name: &str) -> Result<u32>;
+
+    /// Raises the user's high-water mark to `step` if it is below it. True when it was.
+    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool>;
+    /// Deletes the backup code with this hash. True when one existed.
+    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool>;
+    fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()>;
+    fn clear_throttle(&self, name: &str) -> Result<()>;
+    /// Counts a rejected attempt for a name with no enrollment: the same write a wrong code
+    /// costs an enrolled user, so both take the same time.
+    fn count_unknown_rejection(&self) -> Result<()>;
+    fn put_pending(&self, name: &str, pending: &PendingRecord) -> Result<()>;
+    fn delete_pending(&self, name: &str) -> Result<()>;
+    fn count_failed_confirm(&self, name: &str) -> Result<()>;
+    /// Makes `user` the active enrollment (replacing any) with these backup codes.
+    fn activate(&self, user: &UserRecord, backup_codes: &[BackupHash]) -> Result<()>;
+    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()>;
+    /// Removes the enrollment, its backup codes and any pending enrollment. True if enrolled.
+    fn delete_user(&self, name: &str) -> Result<bool>;
+}
+
+/// Migrations, in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY NOT NULL,
+        secret BLOB NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        enrolled_at INTEGER NOT NULL,
+        last_step INTEGER NOT NULL,
+        last_success INTEGER,
+        backup_salt BLOB NOT NULL
+    );
+    CREATE TABLE backup_codes (
+        name TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (name, hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE pending (
+        name TEXT PRIMARY KEY NOT NULL,
+        secret BLOB NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        failed_confirms INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE throttle (
+        name TEXT PRIMARY KEY NOT NULL,
+        failures INTEGER NOT NULL,
+        last_failure INTEGER NOT NULL
+    );
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('unknown_rejections', 0);",
+];
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // WAL: readers never block the writer. synchronous=FULL: a COMMIT that returned is on disk.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// A queued write: run inside the batch transaction, or abandoned when no transaction could
+/// be started.
+trait WriteJob: Send {
+    /// Runs the job; returns whether it succeeded and how to answer its caller after COMMIT.
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
+    fn abandon(self: Box<Self>, error: StoreError);
+}
+
+struct Queued<F, R> {
+    f: F,
+    reply: SyncSender<Result<R>>,
+}
+
+impl<F, R> WriteJob for Queued<F, R>
+where
+    R: Send + 'static,
+    F: FnOnce(&dyn Tx) -> Result<R> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
+        let Queued { f, reply } = *self;
+        let outcome = f(&SqliteTx(conn));
+        let ok = outcome.is_ok();
+        (ok, Box::new(move |commit: Result<()>| {
+            let _ = reply.send(commit.and(outcome));
+        }))
+    }
+
+    fn abandon(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+type Job = Box<dyn WriteJob>;
+
+/// Handle to the database; cheap to clone and share between connection threads.
+#[derive(Clone)]
+pub struct Store {
+    jobs: SyncSender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<PathBuf>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, runs migrations and starts the writer thread.
+    /// The caller sets the umask so that new files are private.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn)?;
+        // Reads the whole schema: a corrupt file fails here, at start-up, not at a login.
+        conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)).and_then(|s| {
+            if s == "ok" {
+                Ok(())
+            } else {
+                Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(s),
+                ))
+            }
+        })?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|_| StoreError::Unavailable)?;
+        Ok(Store { jobs: tx, readers: Arc::new(Mutex::new(Vec::new())), path: Arc::new(path.to_path_buf()) })
+    }
+
+    /// Runs `f` in a write transaction shared with other queued jobs; returns once committed.
+    /// If `f` fails, only its own changes are rolled back.
+    pub fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<R> + Send + 'static,
+    {
+        let (reply, reply_rx) = mpsc::sync_channel::<Result<R>>(1);
+        let job: Job = Box::new(Queued { f, reply });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                return Err(StoreError::Unavailable)
+            }
+        }
+        reply_rx.recv().map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Runs `f` against a consistent snapshot on a reader connection.
+    pub fn read<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    self.path.as_path(),
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                c
+            }
+        };
+        conn.execute_batch("BEGIN")?;
+        let result = f(&SqliteTx(&conn));
+        let end = conn.execute_batch("COMMIT");
+        if end.is_ok() {
+            if let Ok(mut pool) = self.readers.lock() {
+                if pool.len() < READER_POOL {
+                    pool.push(conn);
+                }
+            }
+        }
+        let value = result?;
+        end?;
+        Ok(value)
+    }
+}
+
+fn writer_loop(conn: Connection, rx: Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            batch.into_iter().for_each(|job| job.abandon(StoreError::Commit(msg.clone())));
+            continue;
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        for job in batch {
+            let savepoint = conn.execute_batch("SAVEPOINT job");
+            let (ok, complete) = job.run(&conn);
+            if savepoint.is_ok() && !ok {
+                let _ = conn.execute_batch("ROLLBACK TO job");
+            }
+            let _ = conn.execute_batch("RELEASE job");
+            completions.push(complete);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Err(e) => {
+                // Nothing of this batch is durable: every caller hears so, none hears success.
+                let _ = conn.execute_batch("ROLLBACK");
+                let msg = e.to_string();
+                completions.into_iter().for_each(|c| c(Err(StoreError::Commit(msg.clone()))));
+            }
+        }
+    }
+}
+
+struct SqliteTx<'a>(&'a Connection);
+
+fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
+    let algorithm = Algorithm::parse(&algorithm)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {algorithm:?}")))?;
+    let params = TotpParams { algorithm, digits: digits as u32, period: period as u64 };
+    params.validate().map_err(StoreError::Corrupt)?;
+    Ok(params)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Tx for SqliteTx<'_> {
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt
+                 FROM users WHERE name = ?1",
+            )?
+            .query_row([name], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                ))
+            })
+            .optional()?;
+        let Some((secret, alg, digits, period, enrolled_at, last_step, last_success, salt)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(UserRecord {
+            name: name.to_string(),
+            secret: Secret::from_bytes(secret),
+            params: params_from(alg, digits, period)?,
+            enrolled_at: enrolled_at.max(0) as u64,
+            last_step,
+            last_success: last_success.map(|t| t.max(0) as u64),
+            backup_salt: salt,
+        }))
+    }
+
+    fn user_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self.0.prepare_cached("SELECT name FROM users ORDER BY name")?;
+        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(names)
+    }
+
+    fn pending(&self, name: &str) -> Result<Option<PendingRecord>> {
+        let row = self
+            .0
+            .prepare_cached(
+                "SELECT secret, algorithm, digits, period, created_at, failed_confirms FROM pending WHERE name = ?1",
+            )?
+            .query_row([name], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()?;
+        let Some((secret, alg, digits, period, created_at, failed)) = row else { return Ok(None) };
+        Ok(Some(PendingRecord {
+            secret: Secret::from_bytes(secret),
+            params: params_from(alg, digits, period)?,
+            created_at: created_at.max(0) as u64,
+            failed_confirms: failed.clamp(0, i64::from(u32::MAX)) as u32,
+        }))
+    }
+
+    fn pending_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self.0.prepare_cached("SELECT name FROM pending ORDER BY name")?;
+        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(names)
+    }
+
+    fn throttle(&self, name: &str) -> Result<ThrottleRecord> {
+        let row = self
+            .0
+            .prepare_cached("SELECT failures, last_failure FROM throttle WHERE name = ?1")?
+            .query_row([name], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?;
+        Ok(row
+            .map(|(f, t)| ThrottleRecord {
+                failures: f.clamp(0, i64::from(u32::MAX)) as u32,
+                last_failure: t.max(0) as u64,
+            })
+            .unwrap_or_default())
+    }
+
+    fn backup_codes_left(&self, name: &str) -> Result<u32> {
+        let n: i64 = self
+            .0
+            .prepare_cached("SELECT COUNT(*) FROM backup_codes WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool> {
+        let changed = self
+            .0
+            .prepare_cached(
+                "UPDATE users SET last_step = ?2, last_success = ?3 WHERE name = ?1 AND last_step < ?2",
+            )?
+            .execute(params![name, step, to_i64(now)])?;
+        Ok(changed == 1)
+    }
+
+    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool> {
+        let changed = self
+            .0
+            .prepare_cached("DELETE FROM backup_codes WHERE name = ?1 AND hash = ?2")?
+            .execute(params![name, hash.as_bytes()])?;
+        if changed == 1 {
+            self.0
+                .prepare_cached("UPDATE users SET last_success = ?2 WHERE name = ?1")?
+                .execute(params![name, to_i64(now)])?;
+        }
+        Ok(changed == 1)
+    }
+
+    fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO throttle (name, failures, last_failure) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET failures = excluded.failures, last_failure = excluded.last_failure",
+            )?
+            .execute(params![name, i64::from(state.failures), to_i64(state.last_failure)])?;
+        Ok(())
+    }
+
+    fn clear_throttle(&self, name: &str) -> Result<()> {
+        self.0.prepare_cached("DELETE FROM throttle WHERE name = ?1")?.execute([name])?;
+        Ok(())
+    }
+
+    fn count_unknown_rejection(&self) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'unknown_rejections'")?
+            .execute([])?;
+        Ok(())
+    }
+
+    fn put_pending(&self, name: &str, p: &PendingRecord) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO pending (name, secret, algorithm, digits, period, created_at, failed_confirms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+            )?
+            .execute(params![
+                name,
+                p.secret.as_bytes(),
+                p.params.algorithm.name(),
+                i64::from(p.params.digits),
+                to_i64(p.params.period),
+                to_i64(p.created_at)
+            ])?;
+        Ok(())
+    }
+
+    fn delete_pending(&self, name: &str) -> Result<()> {
+        self.0.prepare_cached("DELETE FROM pending WHERE name = ?1")?.execute([name])?;
+        Ok(())
+    }
+
+    fn count_failed_confirm(&self, name: &str) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE pending SET failed_confirms = failed_confirms + 1 WHERE name = ?1")?
+            .execute([name])?;
+        Ok(())
+    }
+
+    fn activate(&self, u: &UserRecord, codes: &[BackupHash]) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO users
+                 (name, secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                u.name,
+                u.secret.as_bytes(),
+                u.params.algorithm.name(),
+                i64::from(u.params.digits),
+                to_i64(u.params.period),
+                to_i64(u.enrolled_at),
+                u.last_step,
+                u.last_success.map(to_i64),
+                u.backup_salt
+            ])?;
+        self.replace_backup_codes(&u.name, &u.backup_salt, codes)?;
+        self.delete_pending(&u.name)
+    }
+
+    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
+        self.0.prepare_cached("UPDATE users SET backup_salt = ?2 WHERE name = ?1")?.execute(params![name, salt])?;
+        self.0.prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?.execute([name])?;
+        let mut insert = self.0.prepare_cached("INSERT INTO backup_codes (name, hash) VALUES (?1, ?2)")?;
+        for code in codes {
+            insert.execute(params![name, code.as_bytes()])?;
+        }
+        Ok(())
+    }
+
+    fn delete_user(&self, name: &str) -> Result<bool> {
+        let removed = self.0.prepare_cached("DELETE FROM users WHERE name = ?1")?.execute([name])?;
+        self.0.prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?.execute([name])?;
+        self.delete_pending(name)?;
+        Ok(removed == 1)
+    }
+}
