@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages twofold builds and tests with. Needs root; safe to re-run.
+set -euo pipefail
+packages=(
+  build-essential pkg-config   # cc for the bundled SQLite
+  libpam0g-dev                 # libpam for pam_twofold.so
+  pamtester libpam-wrapper     # PAM end-to-end tests without touching /etc/pam.d
+  openssh-server openssh-client sudo   # real sshd and sudo logins in the tests and the demo
+  oathtool                     # independent TOTP implementation the tests check against
+  binutils                     # strings(1), to prove no backup code is stored in clear
+  util-linux passwd procps     # setpriv, useradd, pkill for the tests
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/deps.sh: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
