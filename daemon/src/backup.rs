@@ -75,7 +75,9 @@ fn generate_one() -> Result<SecretText, RandomError> {
 pub fn generate(count: usize) -> Result<(Vec<SecretText>, Vec<u8>), RandomError> {
     let mut salt = vec![0u8; SALT_BYTES];
     random_bytes(&mut salt)?;
-    let codes = (0..count).map(|_| generate_one()).collect::<Result<Vec<_>, _>>()?;
+    let codes = (0..count)
+        .map(|_| generate_one())
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((codes, salt))
 }
 
@@ -98,7 +100,9 @@ pub fn hash(normalized: &str, salt: &[u8]) -> Option<BackupHash> {
     let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, Some(HASH_BYTES)).ok()?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let mut out = [0u8; HASH_BYTES];
-    argon.hash_password_into(normalized.as_bytes(), salt, &mut out).ok()?;
+    argon
+        .hash_password_into(normalized.as_bytes(), salt, &mut out)
+        .ok()?;
     Some(BackupHash(out))
 }
 
@@ -126,10 +130,26 @@ mod tests {
     #[test]
     fn input_normalisation() {
         let canonical = "abcdefghijklmnop";
-        for typed in ["abcd-efgh-ijkl-mnop", "ABCD EFGH IJKL MNOP", "AbCdEfGhIjKlMnOp", " abcd-efgh ijkl-mnop "] {
-            assert_eq!(normalize(typed).as_deref().map(|s| s.as_str()), Some(canonical), "{typed}");
+        for typed in [
+            "abcd-efgh-ijkl-mnop",
+            "ABCD EFGH IJKL MNOP",
+            "AbCdEfGhIjKlMnOp",
+            " abcd-efgh ijkl-mnop ",
+        ] {
+            assert_eq!(
+                normalize(typed).as_deref().map(|s| s.as_str()),
+                Some(canonical),
+                "{typed}"
+            );
         }
-        for bad in ["", "abcd-efgh-ijkl", "abcd-efgh-ijkl-mnop-q", "abcd-efgh-ijkl-mno1", "123456", "abcd-efgh-ijkl-mnø"] {
+        for bad in [
+            "",
+            "abcd-efgh-ijkl",
+            "abcd-efgh-ijkl-mnop-q",
+            "abcd-efgh-ijkl-mno1",
+            "123456",
+            "abcd-efgh-ijkl-mnø",
+        ] {
             assert!(normalize(bad).is_none(), "{bad}");
         }
     }

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use twofold_shared::client::{Client, ClientError};
 use twofold_shared::secret::group4;
-use twofold_shared::wire::{EnrollmentInfo, ErrorKind, Method, RequestBody, ResponseBody, SecretText, UserStatus};
+use twofold_shared::wire::{
+    EnrollmentInfo, ErrorKind, Method, RequestBody, ResponseBody, SecretText, UserStatus,
+};
 
 /// Exit statuses: a stable interface that scripts rely on.
 pub mod exit {
@@ -105,7 +107,10 @@ pub fn main() -> ExitCode {
     if me != 0 {
         trusted.push(me);
     }
-    let ctx = Ctx { client: Client::new(socket, Duration::from_secs(30), trusted), json: cli.json };
+    let ctx = Ctx {
+        client: Client::new(socket, Duration::from_secs(30), trusted),
+        json: cli.json,
+    };
     ExitCode::from(run(&ctx, cli.command))
 }
 
@@ -117,7 +122,12 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         }
     };
     match command {
-        Command::Enroll { user, force, qr_svg, code } => match code_arg(code) {
+        Command::Enroll {
+            user,
+            force,
+            qr_svg,
+            code,
+        } => match code_arg(code) {
             Ok(code) => enroll(ctx, user, force, qr_svg, code),
             Err(e) => e,
         },
@@ -141,19 +151,33 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             Err(e) => e,
         },
         Command::BackupCodes { user, code } => match code_arg(code) {
-            Ok(code) => with_code(ctx, code, |code| RequestBody::BackupCodes { user: user.clone(), code }, |ctx, r| {
-                match r {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::BackupCodes {
+                    user: user.clone(),
+                    code,
+                },
+                |ctx, r| match r {
                     ResponseBody::BackupCodes { user, codes } => {
                         print_backup_codes(ctx, &user, &codes, false);
                         exit::OK
                     }
                     other => ctx.report(other),
-                }
-            }),
+                },
+            ),
             Err(e) => e,
         },
         Command::Disable { user, code } => match code_arg(code) {
-            Ok(code) => with_code(ctx, code, |code| RequestBody::Disable { user: user.clone(), code }, |ctx, r| ctx.report(r)),
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::Disable {
+                    user: user.clone(),
+                    code,
+                },
+                |ctx, r| ctx.report(r),
+            ),
             Err(e) => e,
         },
         Command::List => match ctx.call(RequestBody::List {}) {
@@ -169,7 +193,11 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             Err(e) => e,
         },
         Command::Verify { user, code } => match read_code_arg(&code) {
-            Some(code) => match ctx.call(RequestBody::Verify { user, code, pam: Default::default() }) {
+            Some(code) => match ctx.call(RequestBody::Verify {
+                user,
+                code,
+                pam: Default::default(),
+            }) {
                 Ok(r) => ctx.report(r),
                 Err(e) => e,
             },
@@ -207,7 +235,10 @@ fn with_code(
         Err(e) => return e,
     };
     match first {
-        ResponseBody::Error { kind: ErrorKind::CodeRequired, .. } if code.is_none() && std::io::stdin().is_terminal() => {
+        ResponseBody::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        } if code.is_none() && std::io::stdin().is_terminal() => {
             let Some(code) = prompt("Current verification code (or a backup code): ") else {
                 return exit::ERROR;
             };
@@ -239,7 +270,10 @@ impl Ctx {
                 _ => exit::UNAVAILABLE,
             };
             if self.json {
-                println!("{}", json!({"result": "error", "kind": "unavailable", "message": e.to_string()}));
+                println!(
+                    "{}",
+                    json!({"result": "error", "kind": "unavailable", "message": e.to_string()})
+                );
             } else {
                 eprintln!("twofold: {e}");
             }
@@ -250,20 +284,45 @@ impl Ctx {
     /// Prints a reply that needs no special layout and returns its exit status.
     fn report(&self, body: ResponseBody) -> u8 {
         let (status, text) = match &body {
-            ResponseBody::Accepted { method: Method::Totp, .. } => (exit::OK, "Code accepted.".to_string()),
-            ResponseBody::Accepted { method: Method::BackupCode, backup_codes_left } => {
-                (exit::OK, format!("Backup code accepted; {} left.", backup_codes_left.unwrap_or(0)))
-            }
+            ResponseBody::Accepted {
+                method: Method::Totp,
+                ..
+            } => (exit::OK, "Code accepted.".to_string()),
+            ResponseBody::Accepted {
+                method: Method::BackupCode,
+                backup_codes_left,
+            } => (
+                exit::OK,
+                format!(
+                    "Backup code accepted; {} left.",
+                    backup_codes_left.unwrap_or(0)
+                ),
+            ),
             ResponseBody::Rejected => (exit::REJECTED, "Invalid verification code.".into()),
             ResponseBody::Throttled { retry_after_secs } => (
                 exit::THROTTLED,
-                format!("Too many failed attempts; try again in {} min.", retry_after_secs.div_ceil(60)),
+                format!(
+                    "Too many failed attempts; try again in {} min.",
+                    retry_after_secs.div_ceil(60)
+                ),
             ),
-            ResponseBody::Locked => (exit::THROTTLED, "Locked after too many failed attempts; ask an administrator ('twofold unlock').".into()),
-            ResponseBody::NotEnrolled { .. } => (exit::NOT_ENROLLED, "Not enrolled: run 'twofold enroll'.".into()),
-            ResponseBody::Disabled => (exit::ERROR, "Two-factor authentication is switched off on this host.".into()),
+            ResponseBody::Locked => (
+                exit::THROTTLED,
+                "Locked after too many failed attempts; ask an administrator ('twofold unlock')."
+                    .into(),
+            ),
+            ResponseBody::NotEnrolled { .. } => (
+                exit::NOT_ENROLLED,
+                "Not enrolled: run 'twofold enroll'.".into(),
+            ),
+            ResponseBody::Disabled => (
+                exit::ERROR,
+                "Two-factor authentication is switched off on this host.".into(),
+            ),
             ResponseBody::Done { message } => (exit::OK, format!("{message}.")),
-            ResponseBody::Pong { daemon_version } => (exit::OK, format!("twofoldd {daemon_version}")),
+            ResponseBody::Pong { daemon_version } => {
+                (exit::OK, format!("twofoldd {daemon_version}"))
+            }
             ResponseBody::Error { kind, message } => (
                 match kind {
                     ErrorKind::PermissionDenied => exit::DENIED,
@@ -273,10 +332,16 @@ impl Ctx {
                 format!("twofold: {message}"),
             ),
             // Replies to other requests: not expected here.
-            _ => (exit::ERROR, "twofold: unexpected answer from twofoldd".into()),
+            _ => (
+                exit::ERROR,
+                "twofold: unexpected answer from twofoldd".into(),
+            ),
         };
         if self.json {
-            println!("{}", serde_json::to_string(&body).unwrap_or_else(|_| "{}".into()));
+            println!(
+                "{}",
+                serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+            );
         } else if status == exit::OK {
             println!("{text}");
         } else {
@@ -306,11 +371,21 @@ pub fn qr_svg(data: &str) -> Option<String> {
 }
 
 fn write_private(path: &PathBuf, contents: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())
 }
 
-fn enroll(ctx: &Ctx, user: Option<String>, force: bool, qr_svg_path: Option<PathBuf>, code: Option<SecretText>) -> u8 {
+fn enroll(
+    ctx: &Ctx,
+    user: Option<String>,
+    force: bool,
+    qr_svg_path: Option<PathBuf>,
+    code: Option<SecretText>,
+) -> u8 {
     let reply = with_code_enroll(ctx, &user, force, code);
     let info = match reply {
         Ok(ResponseBody::Enrollment(info)) => info,
@@ -343,11 +418,20 @@ fn enroll(ctx: &Ctx, user: Option<String>, force: bool, qr_svg_path: Option<Path
     show_enrollment(&info, qr_svg_path.as_ref());
     // Up to three tries at the first code.
     for attempt in 1..=3 {
-        let Some(code) = prompt(&format!("Enter the {}-digit code the app shows now: ", info.digits)) else {
-            eprintln!("\nThe enrollment is waiting. Finish it with: twofold confirm CODE{}", user_flag(&user));
+        let Some(code) = prompt(&format!(
+            "Enter the {}-digit code the app shows now: ",
+            info.digits
+        )) else {
+            eprintln!(
+                "\nThe enrollment is waiting. Finish it with: twofold confirm CODE{}",
+                user_flag(&user)
+            );
             return exit::ERROR;
         };
-        match ctx.call(RequestBody::Confirm { user: user.clone(), code }) {
+        match ctx.call(RequestBody::Confirm {
+            user: user.clone(),
+            code,
+        }) {
             Ok(ResponseBody::BackupCodes { user: name, codes }) => {
                 print_backup_codes(ctx, &name, &codes, true);
                 return exit::OK;
@@ -359,23 +443,46 @@ fn enroll(ctx: &Ctx, user: Option<String>, force: bool, qr_svg_path: Option<Path
             Err(e) => return e,
         }
     }
-    eprintln!("Enrollment not confirmed. Run 'twofold enroll{}' to start again.", user_flag(&user));
+    eprintln!(
+        "Enrollment not confirmed. Run 'twofold enroll{}' to start again.",
+        user_flag(&user)
+    );
     exit::REJECTED
 }
 
-fn with_code_enroll(ctx: &Ctx, user: &Option<String>, force: bool, code: Option<SecretText>) -> Result<ResponseBody, u8> {
-    let first = ctx.call(RequestBody::Enroll { user: user.clone(), force, code: code.clone() })?;
+fn with_code_enroll(
+    ctx: &Ctx,
+    user: &Option<String>,
+    force: bool,
+    code: Option<SecretText>,
+) -> Result<ResponseBody, u8> {
+    let first = ctx.call(RequestBody::Enroll {
+        user: user.clone(),
+        force,
+        code: code.clone(),
+    })?;
     match first {
-        ResponseBody::Error { kind: ErrorKind::CodeRequired, .. } if code.is_none() && std::io::stdin().is_terminal() => {
-            let code = prompt("You are replacing your enrollment. Current code (or a backup code): ").ok_or(exit::ERROR)?;
-            ctx.call(RequestBody::Enroll { user: user.clone(), force, code: Some(code) })
+        ResponseBody::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        } if code.is_none() && std::io::stdin().is_terminal() => {
+            let code =
+                prompt("You are replacing your enrollment. Current code (or a backup code): ")
+                    .ok_or(exit::ERROR)?;
+            ctx.call(RequestBody::Enroll {
+                user: user.clone(),
+                force,
+                code: Some(code),
+            })
         }
         other => Ok(other),
     }
 }
 
 fn user_flag(user: &Option<String>) -> String {
-    user.as_ref().map(|u| format!(" --user {u}")).unwrap_or_default()
+    user.as_ref()
+        .map(|u| format!(" --user {u}"))
+        .unwrap_or_default()
 }
 
 fn show_enrollment(info: &EnrollmentInfo, svg: Option<&PathBuf>) {
@@ -392,7 +499,10 @@ fn show_enrollment(info: &EnrollmentInfo, svg: Option<&PathBuf>) {
         }
     }
     if let Some(path) = svg {
-        println!("\n(The QR code is also in {}; delete it once scanned.)", path.display());
+        println!(
+            "\n(The QR code is also in {}; delete it once scanned.)",
+            path.display()
+        );
     }
     println!();
     println!("Account:  {}", info.label);
@@ -439,7 +549,11 @@ pub fn format_time(t: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 fn state_word(s: &UserStatus) -> &'static str {
@@ -463,7 +577,10 @@ fn throttle_word(s: &UserStatus) -> String {
 
 fn print_status(ctx: &Ctx, s: &UserStatus) {
     if ctx.json {
-        println!("{}", serde_json::to_string(s).unwrap_or_else(|_| "{}".into()));
+        println!(
+            "{}",
+            serde_json::to_string(s).unwrap_or_else(|_| "{}".into())
+        );
         return;
     }
     println!("User:          {}", s.user);
@@ -473,9 +590,18 @@ fn print_status(ctx: &Ctx, s: &UserStatus) {
     }
     if s.enrolled {
         println!("Backup codes:  {} left", s.backup_codes_left);
-        println!("Last success:  {}", s.last_success.map(format_time).unwrap_or_else(|| "never".into()));
+        println!(
+            "Last success:  {}",
+            s.last_success
+                .map(format_time)
+                .unwrap_or_else(|| "never".into())
+        );
     }
-    println!("Failures:      {} consecutive ({})", s.failures, throttle_word(s));
+    println!(
+        "Failures:      {} consecutive ({})",
+        s.failures,
+        throttle_word(s)
+    );
 }
 
 fn print_list(ctx: &Ctx, users: &[UserStatus]) {
@@ -487,14 +613,19 @@ fn print_list(ctx: &Ctx, users: &[UserStatus]) {
         println!("No users enrolled.");
         return;
     }
-    println!("{:<24} {:<22} {:>6} {:<22} {:>8}  THROTTLE", "USER", "STATE", "BACKUP", "LAST SUCCESS", "FAILURES");
+    println!(
+        "{:<24} {:<22} {:>6} {:<22} {:>8}  THROTTLE",
+        "USER", "STATE", "BACKUP", "LAST SUCCESS", "FAILURES"
+    );
     for s in users {
         println!(
             "{:<24} {:<22} {:>6} {:<22} {:>8}  {}",
             s.user,
             state_word(s),
             s.backup_codes_left,
-            s.last_success.map(format_time).unwrap_or_else(|| "-".into()),
+            s.last_success
+                .map(format_time)
+                .unwrap_or_else(|| "-".into()),
             s.failures,
             throttle_word(s)
         );

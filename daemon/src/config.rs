@@ -84,8 +84,12 @@ impl Config {
     /// Reads `path`. A missing file is an error only when `explicit` (given with --config).
     pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Config::default()),
+            Ok(text) => {
+                Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
             Err(e) => Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
         }
     }
@@ -93,23 +97,44 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: String| Err(ConfigError(m));
         if self.window > 10 {
-            return fail(format!("window = {} is out of range (0 to 10)", self.window));
+            return fail(format!(
+                "window = {} is out of range (0 to 10)",
+                self.window
+            ));
         }
         if !(1..=100).contains(&self.backup_codes) {
-            return fail(format!("backup_codes = {} is out of range (1 to 100)", self.backup_codes));
+            return fail(format!(
+                "backup_codes = {} is out of range (1 to 100)",
+                self.backup_codes
+            ));
         }
         if !(1..=100_000).contains(&self.max_connections) {
-            return fail(format!("max_connections = {} is out of range (1 to 100000)", self.max_connections));
+            return fail(format!(
+                "max_connections = {} is out of range (1 to 100000)",
+                self.max_connections
+            ));
         }
         if !(1..=300).contains(&self.request_timeout) {
-            return fail(format!("request_timeout = {} is out of range (1 to 300 s)", self.request_timeout));
+            return fail(format!(
+                "request_timeout = {} is out of range (1 to 300 s)",
+                self.request_timeout
+            ));
         }
         if !(60..=86_400).contains(&self.pending_ttl) {
-            return fail(format!("pending_ttl = {} is out of range (60 to 86400 s)", self.pending_ttl));
+            return fail(format!(
+                "pending_ttl = {} is out of range (60 to 86400 s)",
+                self.pending_ttl
+            ));
         }
         if let Some(issuer) = &self.issuer {
-            if issuer.is_empty() || issuer.len() > 64 || issuer.contains(':') || issuer.chars().any(char::is_control) {
-                return fail("issuer must be 1 to 64 characters, without ':' or control characters".into());
+            if issuer.is_empty()
+                || issuer.len() > 64
+                || issuer.contains(':')
+                || issuer.chars().any(char::is_control)
+            {
+                return fail(
+                    "issuer must be 1 to 64 characters, without ':' or control characters".into(),
+                );
             }
         }
         if self.throttle.max_delay < self.throttle.base_delay {

@@ -13,8 +13,8 @@ use twofold_shared::otp::{self, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
 use twofold_shared::wire::{
-    self, EnrollmentInfo, ErrorKind, Method, PamItems, Request, RequestBody, ResponseBody, SecretText,
-    UserStatus, MAX_CODE, MAX_ITEM, PROTOCOL_VERSION,
+    self, EnrollmentInfo, ErrorKind, Method, PamItems, Request, RequestBody, ResponseBody,
+    SecretText, UserStatus, MAX_CODE, MAX_ITEM, PROTOCOL_VERSION,
 };
 
 /// Wrong first codes after which a pending enrollment is discarded.
@@ -33,13 +33,24 @@ pub struct Engine {
 /// What a verification came to, before it is turned into a reply and an audit line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    Accepted { method: Method, left: Option<u32> },
+    Accepted {
+        method: Method,
+        left: Option<u32>,
+    },
     Wrong,
     Replayed,
-    Throttled { until: u64 },
+    Throttled {
+        until: u64,
+    },
     Locked,
     /// This failure reached the lockout limit.
     NowLocked,
+}
+
+struct FreshCodes {
+    codes: Vec<SecretText>,
+    hashes: Vec<backup::BackupHash>,
+    salt: Vec<u8>,
 }
 
 /// What a typed code looks like.
@@ -65,11 +76,17 @@ fn classify(code: &str) -> Input {
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> ResponseBody {
-    ResponseBody::Error { kind, message: message.into() }
+    ResponseBody::Error {
+        kind,
+        message: message.into(),
+    }
 }
 
 fn storage_error(e: &StoreError) -> ResponseBody {
-    error(ErrorKind::Storage, format!("the database failed; nothing was changed ({e})"))
+    error(
+        ErrorKind::Storage,
+        format!("the database failed; nothing was changed ({e})"),
+    )
 }
 
 /// A dummy secret used to spend the same work on unknown users as on real ones.
@@ -95,21 +112,42 @@ fn verify_totp_in_tx(
         // Disabled between the snapshot and now: a plain failure.
         return fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong);
     };
-    let steps = otp::matching_steps(&user.secret, &user.params, code, user.params.step(now), window);
-    let fresh = steps.iter().copied().filter(|&s| (s as i128) > i128::from(user.last_step)).max();
+    let steps = otp::matching_steps(
+        &user.secret,
+        &user.params,
+        code,
+        user.params.step(now),
+        window,
+    );
+    let fresh = steps
+        .iter()
+        .copied()
+        .filter(|&s| (s as i128) > i128::from(user.last_step))
+        .max();
     match fresh {
         Some(step) if tx.advance_step(name, i64::try_from(step).unwrap_or(i64::MAX), now)? => {
             tx.clear_throttle(name)?;
-            Ok(Outcome::Accepted { method: Method::Totp, left: None })
+            Ok(Outcome::Accepted {
+                method: Method::Totp,
+                left: None,
+            })
         }
         _ => {
-            let why = if steps.is_empty() { Outcome::Wrong } else { Outcome::Replayed };
+            let why = if steps.is_empty() {
+                Outcome::Wrong
+            } else {
+                Outcome::Replayed
+            };
             fail_in_tx(tx, name, state, now, cfg, why)
         }
     }
 }
 
-fn gate_outcome(cfg: &throttle::ThrottleConfig, state: ThrottleRecord, now: u64) -> Option<Outcome> {
+fn gate_outcome(
+    cfg: &throttle::ThrottleConfig,
+    state: ThrottleRecord,
+    now: u64,
+) -> Option<Outcome> {
     match throttle::gate(cfg, state, now) {
         Gate::Open => None,
         Gate::Wait { until } => Some(Outcome::Throttled { until }),
@@ -136,7 +174,13 @@ fn fail_in_tx(
 impl Engine {
     pub fn new(store: Store, config: Config, log: Arc<Logger>) -> Engine {
         let issuer = config.issuer_or_hostname();
-        Engine { store, config, issuer, daemon_uid: nix::unistd::geteuid().as_raw(), log }
+        Engine {
+            store,
+            config,
+            issuer,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            log,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -149,7 +193,9 @@ impl Engine {
             if v != PROTOCOL_VERSION {
                 return error(
                     ErrorKind::VersionMismatch,
-                    format!("client speaks protocol version {v}, twofoldd speaks {PROTOCOL_VERSION}"),
+                    format!(
+                        "client speaks protocol version {v}, twofoldd speaks {PROTOCOL_VERSION}"
+                    ),
                 );
             }
         }
@@ -163,16 +209,25 @@ impl Engine {
     }
 
     pub fn handle(&self, uid: u32, body: RequestBody, now: u64) -> ResponseBody {
-        let caller = Caller { uid, admin: uid == 0 || uid == self.daemon_uid };
+        let caller = Caller {
+            uid,
+            admin: uid == 0 || uid == self.daemon_uid,
+        };
         let op = body.op_name();
         let (operation, target, pam) = match &body {
             RequestBody::Ping {} => (Operation::Ping, None, None),
-            RequestBody::Preflight { user, pam } => (Operation::Preflight, Some(Some(user.clone())), Some(pam)),
-            RequestBody::Verify { user, pam, .. } => (Operation::Verify, Some(Some(user.clone())), Some(pam)),
+            RequestBody::Preflight { user, pam } => {
+                (Operation::Preflight, Some(Some(user.clone())), Some(pam))
+            }
+            RequestBody::Verify { user, pam, .. } => {
+                (Operation::Verify, Some(Some(user.clone())), Some(pam))
+            }
             RequestBody::Enroll { user, .. } => (Operation::Enroll, Some(user.clone()), None),
             RequestBody::Confirm { user, .. } => (Operation::Confirm, Some(user.clone()), None),
             RequestBody::Status { user } => (Operation::Status, Some(user.clone()), None),
-            RequestBody::BackupCodes { user, .. } => (Operation::BackupCodes, Some(user.clone()), None),
+            RequestBody::BackupCodes { user, .. } => {
+                (Operation::BackupCodes, Some(user.clone()), None)
+            }
             RequestBody::Disable { user, .. } => (Operation::Disable, Some(user.clone()), None),
             RequestBody::List {} => (Operation::List, None, None),
             RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
@@ -180,7 +235,10 @@ impl Engine {
         if let Some(pam) = pam {
             for item in [&pam.service, &pam.rhost, &pam.tty].into_iter().flatten() {
                 if item.len() > MAX_ITEM {
-                    return error(ErrorKind::BadRequest, format!("a PAM item is longer than {MAX_ITEM} bytes"));
+                    return error(
+                        ErrorKind::BadRequest,
+                        format!("a PAM item is longer than {MAX_ITEM} bytes"),
+                    );
                 }
             }
         }
@@ -198,7 +256,11 @@ impl Engine {
                 None => return error(ErrorKind::NoSuchUser, format!("uid {uid} has no user name")),
             },
         };
-        let target_uid = if name.is_empty() { None } else { users::uid_of(&name) };
+        let target_uid = if name.is_empty() {
+            None
+        } else {
+            users::uid_of(&name)
+        };
         let decision = policy::authorize(caller, operation, target_uid, self.config.self_enroll);
         if let Decision::Deny(why) = decision {
             self.log.warn(&format!(
@@ -210,13 +272,19 @@ impl Engine {
         }
         let needs_code = decision == Decision::AllowWithCode;
         match body {
-            RequestBody::Ping {} => ResponseBody::Pong { daemon_version: env!("CARGO_PKG_VERSION").into() },
+            RequestBody::Ping {} => ResponseBody::Pong {
+                daemon_version: env!("CARGO_PKG_VERSION").into(),
+            },
             RequestBody::Preflight { pam, .. } => self.preflight(&name, &pam),
             RequestBody::Verify { code, pam, .. } => self.verify(&name, &code, &pam, uid, now),
-            RequestBody::Enroll { force, code, .. } => self.enroll(&name, force, code, needs_code, uid, now),
+            RequestBody::Enroll { force, code, .. } => {
+                self.enroll(&name, force, code, needs_code, uid, now)
+            }
             RequestBody::Confirm { code, .. } => self.confirm(&name, &code, uid, now),
             RequestBody::Status { .. } => self.status(&name, now),
-            RequestBody::BackupCodes { code, .. } => self.regenerate(&name, code, needs_code, uid, now),
+            RequestBody::BackupCodes { code, .. } => {
+                self.regenerate(&name, code, needs_code, uid, now)
+            }
             RequestBody::Disable { code, .. } => self.disable(&name, code, needs_code, uid, now),
             RequestBody::List {} => self.list(now),
             RequestBody::Unlock { .. } => self.unlock(&name, uid),
@@ -224,7 +292,9 @@ impl Engine {
     }
 
     fn not_enrolled(&self) -> ResponseBody {
-        ResponseBody::NotEnrolled { required: self.config.unenrolled == Unenrolled::Deny }
+        ResponseBody::NotEnrolled {
+            required: self.config.unenrolled == Unenrolled::Deny,
+        }
     }
 
     /// Before prompting: enrolled users (and names with no account, which must look the same)
@@ -243,7 +313,11 @@ impl Engine {
                     audit::opt(pam.service.as_deref()),
                     audit::opt(pam.rhost.as_deref()),
                     audit::opt(pam.tty.as_deref()),
-                    if self.config.unenrolled == Unenrolled::Deny { "refused-not-enrolled" } else { "ignored-not-enrolled" }
+                    if self.config.unenrolled == Unenrolled::Deny {
+                        "refused-not-enrolled"
+                    } else {
+                        "ignored-not-enrolled"
+                    }
                 ));
                 reply
             }
@@ -253,12 +327,20 @@ impl Engine {
     }
 
     fn store_failed(&self, op: &str, name: &str, e: &StoreError) -> ResponseBody {
-        self.log.error(&format!("{op} user={} failed: {e}", audit::field(name)));
+        self.log
+            .error(&format!("{op} user={} failed: {e}", audit::field(name)));
         storage_error(e)
     }
 
     /// The check a login makes; also used when a user proves themselves to change settings.
-    fn verify(&self, name: &str, code: &SecretText, pam: &PamItems, uid: u32, now: u64) -> ResponseBody {
+    fn verify(
+        &self,
+        name: &str,
+        code: &SecretText,
+        pam: &PamItems,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
         if !self.config.enabled {
             return ResponseBody::Disabled;
         }
@@ -271,16 +353,26 @@ impl Engine {
             Outcome::Accepted { method, left } => (
                 match method {
                     Method::Totp => "accepted method=totp".to_string(),
-                    Method::BackupCode => format!("accepted method=backup-code left={}", left.unwrap_or(0)),
+                    Method::BackupCode => {
+                        format!("accepted method=backup-code left={}", left.unwrap_or(0))
+                    }
                 },
-                ResponseBody::Accepted { method, backup_codes_left: left },
+                ResponseBody::Accepted {
+                    method,
+                    backup_codes_left: left,
+                },
             ),
             Outcome::Wrong => ("rejected reason=wrong-code".into(), ResponseBody::Rejected),
             Outcome::Replayed => ("rejected reason=replayed".into(), ResponseBody::Rejected),
-            Outcome::NowLocked => ("rejected reason=wrong-code locked=yes".into(), ResponseBody::Rejected),
+            Outcome::NowLocked => (
+                "rejected reason=wrong-code locked=yes".into(),
+                ResponseBody::Rejected,
+            ),
             Outcome::Throttled { until } => (
                 format!("throttled retry_after={}", until.saturating_sub(now)),
-                ResponseBody::Throttled { retry_after_secs: until.saturating_sub(now).max(1) },
+                ResponseBody::Throttled {
+                    retry_after_secs: until.saturating_sub(now).max(1),
+                },
             ),
             Outcome::Locked => ("locked".into(), ResponseBody::Locked),
         };
@@ -295,7 +387,11 @@ impl Engine {
             Outcome::Accepted { .. } => self.log.info(&line),
             Outcome::NowLocked => {
                 self.log.warn(&line);
-                self.log.warn(&format!("user={} locked after {} consecutive failures", audit::field(name), self.config.throttle.lockout_after));
+                self.log.warn(&format!(
+                    "user={} locked after {} consecutive failures",
+                    audit::field(name),
+                    self.config.throttle.lockout_after
+                ));
             }
             _ => self.log.warn(&line),
         }
@@ -305,7 +401,9 @@ impl Engine {
     /// `Ok(None)`: a known account without enrollment. Unknown names are evaluated against a
     /// decoy and rejected, at the same cost as a wrong code.
     fn evaluate(&self, name: &str, code: &str, now: u64) -> Result<Option<Outcome>, StoreError> {
-        let snapshot = self.store.read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
+        let snapshot = self
+            .store
+            .read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
         let (user, state) = snapshot;
         let input = classify(code);
         let window = self.config.window;
@@ -316,7 +414,13 @@ impl Engine {
             }
             match &input {
                 Input::Totp(c) => {
-                    let _ = otp::matching_steps(&decoy_secret(), &TotpParams::default(), c, now / 30, window);
+                    let _ = otp::matching_steps(
+                        &decoy_secret(),
+                        &TotpParams::default(),
+                        c,
+                        now / 30,
+                        window,
+                    );
                 }
                 Input::Backup(c) => {
                     let _ = backup::hash(c, &[0x5a; backup::SALT_BYTES]);
@@ -328,7 +432,9 @@ impl Engine {
         };
         let owned = name.to_string();
         let outcome = match input {
-            Input::Totp(c) => self.store.write(move |tx| verify_totp_in_tx(tx, &owned, &c, now, window, &cfg))?,
+            Input::Totp(c) => self
+                .store
+                .write(move |tx| verify_totp_in_tx(tx, &owned, &c, now, window, &cfg))?,
             Input::Backup(c) => {
                 // Do not spend an Argon2id hash on an attempt the throttle refuses anyway.
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {
@@ -344,7 +450,10 @@ impl Engine {
                         Some(h) if tx.consume_backup_code(&owned, &h, now)? => {
                             tx.clear_throttle(&owned)?;
                             let left = tx.backup_codes_left(&owned)?;
-                            Ok(Outcome::Accepted { method: Method::BackupCode, left: Some(left) })
+                            Ok(Outcome::Accepted {
+                                method: Method::BackupCode,
+                                left: Some(left),
+                            })
                         }
                         _ => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong),
                     }
@@ -363,14 +472,24 @@ impl Engine {
 
     /// For self-service changes to an active enrollment: the caller proves possession with a
     /// current code, which is consumed like a login. `None` means proven.
-    fn prove(&self, name: &str, code: Option<SecretText>, uid: u32, now: u64) -> Option<ResponseBody> {
+    fn prove(
+        &self,
+        name: &str,
+        code: Option<SecretText>,
+        uid: u32,
+        now: u64,
+    ) -> Option<ResponseBody> {
         let Some(code) = code else {
             return Some(error(
                 ErrorKind::CodeRequired,
                 "this changes an active enrollment: give a current code or a backup code",
             ));
         };
-        let pam = PamItems { service: Some("twofold".into()), rhost: None, tty: None };
+        let pam = PamItems {
+            service: Some("twofold".into()),
+            rhost: None,
+            tty: None,
+        };
         match self.verify(name, &code, &pam, uid, now) {
             ResponseBody::Accepted { .. } => None,
             other => Some(other),
@@ -405,7 +524,10 @@ impl Engine {
         }
         let mut bytes = vec![0u8; GENERATED_SECRET_BYTES];
         if backup::random_bytes(&mut bytes).is_err() {
-            return error(ErrorKind::Internal, "the system random number generator failed");
+            return error(
+                ErrorKind::Internal,
+                "the system random number generator failed",
+            );
         }
         let pending = PendingRecord {
             secret: Secret::from_bytes(bytes),
@@ -455,12 +577,19 @@ impl Engine {
         let owned = name.to_string();
         if now > pending.created_at.saturating_add(self.config.pending_ttl) {
             let _ = self.store.write(move |tx| tx.delete_pending(&owned));
-            return error(ErrorKind::NoPendingEnrollment, "the pending enrollment expired; run 'twofold enroll' again");
+            return error(
+                ErrorKind::NoPendingEnrollment,
+                "the pending enrollment expired; run 'twofold enroll' again",
+            );
         }
         let steps = match otp::normalize_code(code.expose(), pending.params.digits) {
-            Some(c) => {
-                otp::matching_steps(&pending.secret, &pending.params, &c, pending.params.step(now), self.config.window)
-            }
+            Some(c) => otp::matching_steps(
+                &pending.secret,
+                &pending.params,
+                &c,
+                pending.params.step(now),
+                self.config.window,
+            ),
             None => Vec::new(),
         };
         let Some(step) = steps.into_iter().max() else {
@@ -475,7 +604,10 @@ impl Engine {
             if let Err(e) = result {
                 return self.store_failed("confirm", name, &e);
             }
-            self.log.warn(&format!("confirm user={} caller_uid={uid} outcome=rejected", audit::field(name)));
+            self.log.warn(&format!(
+                "confirm user={} caller_uid={uid} outcome=rejected",
+                audit::field(name)
+            ));
             if last_try {
                 return error(
                     ErrorKind::NoPendingEnrollment,
@@ -484,9 +616,13 @@ impl Engine {
             }
             return ResponseBody::Rejected;
         };
-        let (codes, hashes, salt) = match self.fresh_backup_codes() {
+        let FreshCodes {
+            codes,
+            hashes,
+            salt,
+        } = match self.fresh_backup_codes() {
             Ok(x) => x,
-            Err(reply) => return reply,
+            Err(reply) => return *reply,
         };
         let record = UserRecord {
             name: name.to_string(),
@@ -511,27 +647,47 @@ impl Engine {
         });
         match activated {
             Ok(true) => {
-                self.log.info(&format!("confirm user={} caller_uid={uid} outcome=enrolled", audit::field(name)));
-                ResponseBody::BackupCodes { user: name.to_string(), codes }
+                self.log.info(&format!(
+                    "confirm user={} caller_uid={uid} outcome=enrolled",
+                    audit::field(name)
+                ));
+                ResponseBody::BackupCodes {
+                    user: name.to_string(),
+                    codes,
+                }
             }
-            Ok(false) => error(ErrorKind::NoPendingEnrollment, "the pending enrollment changed meanwhile; run 'twofold enroll' again"),
+            Ok(false) => error(
+                ErrorKind::NoPendingEnrollment,
+                "the pending enrollment changed meanwhile; run 'twofold enroll' again",
+            ),
             Err(e) => self.store_failed("confirm", name, &e),
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn fresh_backup_codes(&self) -> Result<(Vec<SecretText>, Vec<backup::BackupHash>, Vec<u8>), ResponseBody> {
+    /// New backup codes and their hashes (one Argon2id each: the slow part of enrollment).
+    fn fresh_backup_codes(&self) -> Result<FreshCodes, Box<ResponseBody>> {
         let (codes, salt) = backup::generate(self.config.backup_codes as usize)
-            .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hashes = codes
             .iter()
             .map(|c| backup::normalize(c.expose()).and_then(|n| backup::hash(&n, &salt)))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| error(ErrorKind::Internal, "hashing backup codes failed"))?;
-        Ok((codes, hashes, salt))
+            .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing backup codes failed")))?;
+        Ok(FreshCodes {
+            codes,
+            hashes,
+            salt,
+        })
     }
 
-    fn regenerate(&self, name: &str, code: Option<SecretText>, needs_code: bool, uid: u32, now: u64) -> ResponseBody {
+    fn regenerate(
+        &self,
+        name: &str,
+        code: Option<SecretText>,
+        needs_code: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
         match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
             Ok(true) => {}
             Ok(false) => return ResponseBody::NotEnrolled { required: false },
@@ -542,9 +698,13 @@ impl Engine {
                 return refusal;
             }
         }
-        let (codes, hashes, salt) = match self.fresh_backup_codes() {
+        let FreshCodes {
+            codes,
+            hashes,
+            salt,
+        } = match self.fresh_backup_codes() {
             Ok(x) => x,
-            Err(reply) => return reply,
+            Err(reply) => return *reply,
         };
         let owned = name.to_string();
         let done = self.store.write(move |tx| {
@@ -556,16 +716,32 @@ impl Engine {
         });
         match done {
             Ok(true) => {
-                self.log.info(&format!("backup-codes user={} caller_uid={uid} outcome=replaced", audit::field(name)));
-                ResponseBody::BackupCodes { user: name.to_string(), codes }
+                self.log.info(&format!(
+                    "backup-codes user={} caller_uid={uid} outcome=replaced",
+                    audit::field(name)
+                ));
+                ResponseBody::BackupCodes {
+                    user: name.to_string(),
+                    codes,
+                }
             }
             Ok(false) => ResponseBody::NotEnrolled { required: false },
             Err(e) => self.store_failed("backup-codes", name, &e),
         }
     }
 
-    fn disable(&self, name: &str, code: Option<SecretText>, needs_code: bool, uid: u32, now: u64) -> ResponseBody {
-        let (enrolled, pending) = match self.store.read(|tx| Ok((tx.user(name)?.is_some(), tx.pending(name)?.is_some()))) {
+    fn disable(
+        &self,
+        name: &str,
+        code: Option<SecretText>,
+        needs_code: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let (enrolled, pending) = match self
+            .store
+            .read(|tx| Ok((tx.user(name)?.is_some(), tx.pending(name)?.is_some())))
+        {
             Ok(x) => x,
             Err(e) => return self.store_failed("disable", name, &e),
         };
@@ -580,7 +756,10 @@ impl Engine {
         let owned = name.to_string();
         match self.store.write(move |tx| tx.delete_user(&owned)) {
             Ok(_) => {
-                self.log.info(&format!("disable user={} caller_uid={uid} outcome=removed", audit::field(name)));
+                self.log.info(&format!(
+                    "disable user={} caller_uid={uid} outcome=removed",
+                    audit::field(name)
+                ));
                 ResponseBody::Done {
                     message: if enrolled {
                         format!("two-factor enrollment of {name} removed")
@@ -605,7 +784,11 @@ impl Engine {
             user: name.to_string(),
             enrolled: user.is_some(),
             pending: tx.pending(name)?.is_some(),
-            backup_codes_left: if user.is_some() { tx.backup_codes_left(name)? } else { 0 },
+            backup_codes_left: if user.is_some() {
+                tx.backup_codes_left(name)?
+            } else {
+                0
+            },
             enrolled_at: user.as_ref().map(|u| u.enrolled_at),
             last_success: user.as_ref().and_then(|u| u.last_success),
             failures: state.failures,
@@ -627,7 +810,10 @@ impl Engine {
             names.extend(tx.pending_names()?);
             names.sort();
             names.dedup();
-            names.iter().map(|n| self.status_in(tx, n, now)).collect::<Result<Vec<_>, _>>()
+            names
+                .iter()
+                .map(|n| self.status_in(tx, n, now))
+                .collect::<Result<Vec<_>, _>>()
         });
         match result {
             Ok(users) => ResponseBody::Users { users },
@@ -639,10 +825,310 @@ impl Engine {
         let owned = name.to_string();
         match self.store.write(move |tx| tx.clear_throttle(&owned)) {
             Ok(()) => {
-                self.log.info(&format!("unlock user={} caller_uid={uid}", audit::field(name)));
-                ResponseBody::Done { message: format!("{name} unlocked: failure count cleared") }
+                self.log.info(&format!(
+                    "unlock user={} caller_uid={uid}",
+                    audit::field(name)
+                ));
+                ResponseBody::Done {
+                    message: format!("{name} unlocked: failure count cleared"),
+                }
             }
             Err(e) => self.store_failed("unlock", name, &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine over a real SQLite file in a temp dir, with the clock under the test's control.
+    fn engine(extra: &str) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let config = Config::parse(&format!("issuer = \"t\"\n{extra}")).unwrap();
+        (Engine::new(store, config, Arc::new(Logger::Stderr)), dir)
+    }
+
+    const T0: u64 = 1_800_000_000; // a step boundary: 1_800_000_000 / 30 = 60_000_000
+
+    /// Enrolls `name` at `now`, confirming with the code of step(now); returns the secret.
+    fn enrolled(e: &Engine, name: &str, now: u64) -> Secret {
+        let ResponseBody::Enrollment(info) = e.handle(
+            0,
+            RequestBody::Enroll {
+                user: Some(name.into()),
+                force: false,
+                code: None,
+            },
+            now,
+        ) else {
+            panic!("enroll failed")
+        };
+        let secret = Secret::from_base32(info.secret.expose()).unwrap();
+        let code = otp::totp_at(&secret, &TotpParams::default(), now);
+        let reply = e.handle(
+            0,
+            RequestBody::Confirm {
+                user: Some(name.into()),
+                code: SecretText::new(code),
+            },
+            now,
+        );
+        assert!(
+            matches!(reply, ResponseBody::BackupCodes { .. }),
+            "{reply:?}"
+        );
+        secret
+    }
+
+    fn verify(e: &Engine, name: &str, code: &str, now: u64) -> ResponseBody {
+        e.handle(
+            0,
+            RequestBody::Verify {
+                user: name.into(),
+                code: SecretText::new(code),
+                pam: PamItems::default(),
+            },
+            now,
+        )
+    }
+
+    fn code_at_step(secret: &Secret, step: u64) -> String {
+        otp::totp_for_step(secret, &TotpParams::default(), step)
+    }
+
+    #[test]
+    fn window_edges_through_the_engine() {
+        let (e, _dir) = engine("[throttle]\nfree_failures = 100\nlockout_after = 0");
+        // Enrolled long ago so that the high-water mark is below every step tried here.
+        let secret = enrolled(&e, "w", T0 - 3600);
+        let now = T0 + 1_000 * 30 + 10;
+        let t = now / 30;
+        for (step, ok) in [
+            (t - 2, false),
+            (t - 1, true),
+            (t, true),
+            (t + 1, true),
+            (t + 2, false),
+        ] {
+            let reply = verify(&e, "w", &code_at_step(&secret, step), now);
+            assert_eq!(
+                matches!(reply, ResponseBody::Accepted { .. }),
+                ok,
+                "step offset {}",
+                step as i64 - t as i64
+            );
+        }
+    }
+
+    #[test]
+    fn replay_is_by_step_not_by_code() {
+        let (e, _dir) = engine("");
+        let secret = enrolled(&e, "r", T0);
+        let t = T0 / 30;
+        // The confirming code (step t) cannot open a login.
+        assert!(matches!(
+            verify(&e, "r", &code_at_step(&secret, t), T0 + 5),
+            ResponseBody::Rejected
+        ));
+        assert!(matches!(
+            verify(&e, "r", &code_at_step(&secret, t + 2), T0 + 60),
+            ResponseBody::Accepted { .. }
+        ));
+        // Step t+1 was never used and is inside the window, but below the high-water mark.
+        assert!(matches!(
+            verify(&e, "r", &code_at_step(&secret, t + 1), T0 + 60),
+            ResponseBody::Rejected
+        ));
+        assert!(matches!(
+            verify(&e, "r", &code_at_step(&secret, t + 3), T0 + 61),
+            ResponseBody::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn clock_rollback_cannot_reenable_old_codes() {
+        let (e, _dir) = engine("");
+        let secret = enrolled(&e, "c", T0);
+        let t = T0 / 30;
+        assert!(matches!(
+            verify(&e, "c", &code_at_step(&secret, t + 1), T0 + 30),
+            ResponseBody::Accepted { .. }
+        ));
+        // The clock jumps back an hour: codes of that time are valid by the window, but old.
+        let back = T0 - 3600;
+        assert!(matches!(
+            verify(&e, "c", &code_at_step(&secret, back / 30), back),
+            ResponseBody::Rejected
+        ));
+    }
+
+    #[test]
+    fn throttle_schedule_through_the_engine() {
+        let (e, _dir) = engine("");
+        let secret = enrolled(&e, "th", T0);
+        for i in 0..5 {
+            assert!(matches!(
+                verify(&e, "th", "000000", T0 + i),
+                ResponseBody::Rejected
+            ));
+        }
+        // Sixth at once: throttled for 30 s from the last failure, not evaluated.
+        let good = code_at_step(&secret, (T0 + 40) / 30);
+        assert!(matches!(
+            verify(&e, "th", &good, T0 + 5),
+            ResponseBody::Throttled {
+                retry_after_secs: 29
+            }
+        ));
+        // After the wait the right code is accepted and the count is reset.
+        assert!(matches!(
+            verify(&e, "th", &good, T0 + 40),
+            ResponseBody::Accepted { .. }
+        ));
+        let ResponseBody::Status(s) = e.handle(
+            0,
+            RequestBody::Status {
+                user: Some("th".into()),
+            },
+            T0 + 41,
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.failures, 0);
+    }
+
+    #[test]
+    fn garbage_and_overlong_input_count_as_failures_without_panicking() {
+        let (e, _dir) = engine("");
+        enrolled(&e, "g", T0);
+        for junk in [
+            "",
+            "12345",
+            "abc",
+            &"9".repeat(10_000),
+            "１２３４５６",
+            "\u{0}\u{1b}",
+        ] {
+            assert!(matches!(
+                verify(&e, "g", junk, T0),
+                ResponseBody::Rejected | ResponseBody::Throttled { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn pending_enrollment_expires_and_dies_after_wrong_codes() {
+        let (e, _dir) = engine("pending_ttl = 600");
+        let reply = e.handle(
+            0,
+            RequestBody::Enroll {
+                user: Some("p".into()),
+                force: false,
+                code: None,
+            },
+            T0,
+        );
+        assert!(matches!(reply, ResponseBody::Enrollment(_)));
+        let late = e.handle(
+            0,
+            RequestBody::Confirm {
+                user: Some("p".into()),
+                code: SecretText::new("123456"),
+            },
+            T0 + 601,
+        );
+        assert!(
+            matches!(
+                late,
+                ResponseBody::Error {
+                    kind: ErrorKind::NoPendingEnrollment,
+                    ..
+                }
+            ),
+            "{late:?}"
+        );
+        e.handle(
+            0,
+            RequestBody::Enroll {
+                user: Some("p".into()),
+                force: false,
+                code: None,
+            },
+            T0,
+        );
+        for _ in 0..4 {
+            let r = e.handle(
+                0,
+                RequestBody::Confirm {
+                    user: Some("p".into()),
+                    code: SecretText::new("000000"),
+                },
+                T0,
+            );
+            assert!(matches!(r, ResponseBody::Rejected), "{r:?}");
+        }
+        let r = e.handle(
+            0,
+            RequestBody::Confirm {
+                user: Some("p".into()),
+                code: SecretText::new("000000"),
+            },
+            T0,
+        );
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Error {
+                    kind: ErrorKind::NoPendingEnrollment,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn switched_off_means_disabled_for_logins() {
+        let (e, _dir) = engine("enabled = false");
+        let r = e.handle(
+            0,
+            RequestBody::Preflight {
+                user: "root".into(),
+                pam: PamItems::default(),
+            },
+            T0,
+        );
+        assert!(matches!(r, ResponseBody::Disabled));
+        assert!(matches!(
+            verify(&e, "root", "123456", T0),
+            ResponseBody::Disabled
+        ));
+    }
+
+    #[test]
+    fn preflight_hides_which_names_exist() {
+        let (e, _dir) = engine("unenrolled = \"deny\"");
+        enrolled(&e, "enrolled-name", T0);
+        let pre = |n: &str| {
+            e.handle(
+                0,
+                RequestBody::Preflight {
+                    user: n.into(),
+                    pam: PamItems::default(),
+                },
+                T0,
+            )
+        };
+        assert!(matches!(pre("enrolled-name"), ResponseBody::Prompt));
+        assert!(matches!(
+            pre("no-such-account-anywhere"),
+            ResponseBody::Prompt
+        ));
+        assert!(matches!(
+            pre("root"),
+            ResponseBody::NotEnrolled { required: true }
+        ));
     }
 }

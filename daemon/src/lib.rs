@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
@@ -11,4 +12,3 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod users;
-pub mod cli;

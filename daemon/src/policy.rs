@@ -33,7 +33,12 @@ pub enum Decision {
 
 /// `target_uid`: the uid of the account the request is about (`None`: no such account, or no
 /// target). `self_enroll`: the config switch that lets users enroll themselves.
-pub fn authorize(caller: Caller, op: Operation, target_uid: Option<u32>, self_enroll: bool) -> Decision {
+pub fn authorize(
+    caller: Caller,
+    op: Operation,
+    target_uid: Option<u32>,
+    self_enroll: bool,
+) -> Decision {
     use Operation::*;
     if caller.admin {
         return Decision::Allow;
@@ -48,7 +53,9 @@ pub fn authorize(caller: Caller, op: Operation, target_uid: Option<u32>, self_en
     }
     match op {
         Preflight | Verify | Status => Decision::Allow,
-        Enroll | Confirm if !self_enroll => Decision::Deny("self-enrollment is switched off; ask an administrator"),
+        Enroll | Confirm if !self_enroll => {
+            Decision::Deny("self-enrollment is switched off; ask an administrator")
+        }
         Confirm => Decision::Allow,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
         Ping | List | Unlock => Decision::Deny("only root may do this"),
@@ -61,8 +68,14 @@ mod tests {
     use super::Operation::*;
     use super::*;
 
-    const ROOT: Caller = Caller { uid: 0, admin: true };
-    const ALICE: Caller = Caller { uid: 1000, admin: false };
+    const ROOT: Caller = Caller {
+        uid: 0,
+        admin: true,
+    };
+    const ALICE: Caller = Caller {
+        uid: 1000,
+        admin: false,
+    };
     const ALICE_UID: Option<u32> = Some(1000);
     const BOB_UID: Option<u32> = Some(1001);
     const NOBODY: Option<u32> = None;
@@ -111,13 +124,20 @@ mod tests {
             (ALICE, Unlock, BOB_UID, true, deny_root),
         ];
         for (caller, op, target, self_enroll, want) in table {
-            assert_eq!(authorize(*caller, *op, *target, *self_enroll), *want, "{caller:?} {op:?} {target:?} {self_enroll}");
+            assert_eq!(
+                authorize(*caller, *op, *target, *self_enroll),
+                *want,
+                "{caller:?} {op:?} {target:?} {self_enroll}"
+            );
         }
     }
 
     #[test]
     fn daemon_uid_counts_as_admin() {
-        let daemon_user = Caller { uid: 4242, admin: true };
+        let daemon_user = Caller {
+            uid: 4242,
+            admin: true,
+        };
         assert_eq!(authorize(daemon_user, Unlock, BOB_UID, true), Allow);
     }
 }

@@ -6,7 +6,7 @@ use crate::audit::Logger;
 use crate::clock;
 use crate::engine::Engine;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -39,7 +39,10 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -61,7 +64,39 @@ impl Drop for Slot {
 
 fn respond(stream: UnixStream, body: ResponseBody, timeout: Duration) {
     let mut out = DeadlineStream::new(stream, Instant::now() + timeout);
-    let _ = wire::write_frame(&mut out, &Response { v: PROTOCOL_VERSION, body });
+    let _ = wire::write_frame(
+        &mut out,
+        &Response {
+            v: PROTOCOL_VERSION,
+            body,
+        },
+    );
+}
+
+/// Answers "busy" without a thread and without blocking the accept loop. Whatever the client
+/// already sent is drained first: closing a Unix socket with unread data would turn our answer
+/// into ECONNRESET on the client's side.
+fn refuse_busy(stream: UnixStream) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    for _ in 0..17 {
+        match (&stream).read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let busy = Response {
+        v: PROTOCOL_VERSION,
+        body: ResponseBody::Error {
+            kind: ErrorKind::Busy,
+            message: "too many connections; try again".into(),
+        },
+    };
+    let mut out = DeadlineStream::new(stream, Instant::now() + Duration::from_millis(10));
+    let _ = wire::write_frame(&mut out, &busy);
+    let _ = out.get_ref().read(&mut sink);
 }
 
 /// Serves forever.
@@ -81,17 +116,18 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
         };
         if live.fetch_add(1, Ordering::SeqCst) >= max {
             live.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.set_nonblocking(true);
-            respond(stream, ResponseBody::Error { kind: ErrorKind::Busy, message: "too many connections; try again".into() }, Duration::from_millis(10));
+            refuse_busy(stream);
             continue;
         }
         let slot = Slot(live.clone());
         let engine = engine.clone();
         let log2 = log.clone();
-        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
-            let _slot = slot;
-            handle(stream, &engine, &log2, timeout);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                let _slot = slot;
+                handle(stream, &engine, &log2, timeout);
+            });
         if let Err(e) = spawned {
             log.error(&format!("cannot start a connection thread: {e}"));
         }
@@ -114,7 +150,10 @@ fn handle(stream: UnixStream, engine: &Engine, log: &Logger, timeout: Duration) 
         Err(FrameError::Closed) => return,
         Err(e) => {
             log.warn(&format!("bad frame from uid {uid}: {e}"));
-            ResponseBody::Error { kind: ErrorKind::BadRequest, message: e.to_string() }
+            ResponseBody::Error {
+                kind: ErrorKind::BadRequest,
+                message: e.to_string(),
+            }
         }
     };
     let stream = match input.get_ref().try_clone() {

@@ -29,7 +29,10 @@ const READER_POOL: usize = 8;
 pub enum StoreError {
     Sqlite(rusqlite::Error),
     /// The database was written by a newer twofoldd.
-    TooNew { found: i64, known: i64 },
+    TooNew {
+        found: i64,
+        known: i64,
+    },
     /// The writer thread is gone or its queue is full.
     Unavailable,
     /// Stored data that cannot be read back (bad algorithm name, …).
@@ -208,9 +211,12 @@ where
         let Queued { f, reply } = *self;
         let outcome = f(&SqliteTx(conn));
         let ok = outcome.is_ok();
-        (ok, Box::new(move |commit: Result<()>| {
-            let _ = reply.send(commit.and(outcome));
-        }))
+        (
+            ok,
+            Box::new(move |commit: Result<()>| {
+                let _ = reply.send(commit.and(outcome));
+            }),
+        )
     }
 
     fn abandon(self: Box<Self>, error: StoreError) {
@@ -246,23 +252,28 @@ impl Store {
         )?;
         configure(&conn)?;
         // Reads the whole schema: a corrupt file fails here, at start-up, not at a login.
-        conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)).and_then(|s| {
-            if s == "ok" {
-                Ok(())
-            } else {
-                Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                    Some(s),
-                ))
-            }
-        })?;
+        conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            .and_then(|s| {
+                if s == "ok" {
+                    Ok(())
+                } else {
+                    Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                        Some(s),
+                    ))
+                }
+            })?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|_| StoreError::Unavailable)?;
-        Ok(Store { jobs: tx, readers: Arc::new(Mutex::new(Vec::new())), path: Arc::new(path.to_path_buf()) })
+        Ok(Store {
+            jobs: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: Arc::new(path.to_path_buf()),
+        })
     }
 
     /// Runs `f` in a write transaction shared with other queued jobs; returns once committed.
@@ -324,7 +335,9 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = e.to_string();
-            batch.into_iter().for_each(|job| job.abandon(StoreError::Commit(msg.clone())));
+            batch
+                .into_iter()
+                .for_each(|job| job.abandon(StoreError::Commit(msg.clone())));
             continue;
         }
         let mut completions = Vec::with_capacity(batch.len());
@@ -343,7 +356,9 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
                 // Nothing of this batch is durable: every caller hears so, none hears success.
                 let _ = conn.execute_batch("ROLLBACK");
                 let msg = e.to_string();
-                completions.into_iter().for_each(|c| c(Err(StoreError::Commit(msg.clone()))));
+                completions
+                    .into_iter()
+                    .for_each(|c| c(Err(StoreError::Commit(msg.clone()))));
             }
         }
     }
@@ -354,7 +369,11 @@ struct SqliteTx<'a>(&'a Connection);
 fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
     let algorithm = Algorithm::parse(&algorithm)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {algorithm:?}")))?;
-    let params = TotpParams { algorithm, digits: digits as u32, period: period as u64 };
+    let params = TotpParams {
+        algorithm,
+        digits: digits as u32,
+        period: period as u64,
+    };
     params.validate().map_err(StoreError::Corrupt)?;
     Ok(params)
 }
@@ -384,7 +403,8 @@ impl Tx for SqliteTx<'_> {
                 ))
             })
             .optional()?;
-        let Some((secret, alg, digits, period, enrolled_at, last_step, last_success, salt)) = row else {
+        let Some((secret, alg, digits, period, enrolled_at, last_step, last_success, salt)) = row
+        else {
             return Ok(None);
         };
         Ok(Some(UserRecord {
@@ -399,8 +419,12 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user_names(&self) -> Result<Vec<String>> {
-        let mut stmt = self.0.prepare_cached("SELECT name FROM users ORDER BY name")?;
-        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT name FROM users ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(names)
     }
 
@@ -421,7 +445,9 @@ impl Tx for SqliteTx<'_> {
                 ))
             })
             .optional()?;
-        let Some((secret, alg, digits, period, created_at, failed)) = row else { return Ok(None) };
+        let Some((secret, alg, digits, period, created_at, failed)) = row else {
+            return Ok(None);
+        };
         Ok(Some(PendingRecord {
             secret: Secret::from_bytes(secret),
             params: params_from(alg, digits, period)?,
@@ -431,8 +457,12 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn pending_names(&self) -> Result<Vec<String>> {
-        let mut stmt = self.0.prepare_cached("SELECT name FROM pending ORDER BY name")?;
-        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT name FROM pending ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(names)
     }
 
@@ -492,13 +522,17 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn clear_throttle(&self, name: &str) -> Result<()> {
-        self.0.prepare_cached("DELETE FROM throttle WHERE name = ?1")?.execute([name])?;
+        self.0
+            .prepare_cached("DELETE FROM throttle WHERE name = ?1")?
+            .execute([name])?;
         Ok(())
     }
 
     fn count_unknown_rejection(&self) -> Result<()> {
         self.0
-            .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'unknown_rejections'")?
+            .prepare_cached(
+                "UPDATE counters SET value = value + 1 WHERE name = 'unknown_rejections'",
+            )?
             .execute([])?;
         Ok(())
     }
@@ -521,13 +555,17 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn delete_pending(&self, name: &str) -> Result<()> {
-        self.0.prepare_cached("DELETE FROM pending WHERE name = ?1")?.execute([name])?;
+        self.0
+            .prepare_cached("DELETE FROM pending WHERE name = ?1")?
+            .execute([name])?;
         Ok(())
     }
 
     fn count_failed_confirm(&self, name: &str) -> Result<()> {
         self.0
-            .prepare_cached("UPDATE pending SET failed_confirms = failed_confirms + 1 WHERE name = ?1")?
+            .prepare_cached(
+                "UPDATE pending SET failed_confirms = failed_confirms + 1 WHERE name = ?1",
+            )?
             .execute([name])?;
         Ok(())
     }
@@ -555,9 +593,15 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
-        self.0.prepare_cached("UPDATE users SET backup_salt = ?2 WHERE name = ?1")?.execute(params![name, salt])?;
-        self.0.prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?.execute([name])?;
-        let mut insert = self.0.prepare_cached("INSERT INTO backup_codes (name, hash) VALUES (?1, ?2)")?;
+        self.0
+            .prepare_cached("UPDATE users SET backup_salt = ?2 WHERE name = ?1")?
+            .execute(params![name, salt])?;
+        self.0
+            .prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?
+            .execute([name])?;
+        let mut insert = self
+            .0
+            .prepare_cached("INSERT INTO backup_codes (name, hash) VALUES (?1, ?2)")?;
         for code in codes {
             insert.execute(params![name, code.as_bytes()])?;
         }
@@ -565,8 +609,13 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn delete_user(&self, name: &str) -> Result<bool> {
-        let removed = self.0.prepare_cached("DELETE FROM users WHERE name = ?1")?.execute([name])?;
-        self.0.prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?.execute([name])?;
+        let removed = self
+            .0
+            .prepare_cached("DELETE FROM users WHERE name = ?1")?
+            .execute([name])?;
+        self.0
+            .prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?
+            .execute([name])?;
         self.delete_pending(name)?;
         Ok(removed == 1)
     }

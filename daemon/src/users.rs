@@ -11,7 +11,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME {
         return Err(format!("user name longer than {MAX_NAME} bytes"));
     }
-    if name.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/') {
+    if name
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/')
+    {
         return Err("user name contains a control character, space, ':' or '/'".into());
     }
     Ok(())
@@ -19,12 +22,18 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// The uid of a local (NSS) account.
 pub fn uid_of(name: &str) -> Option<u32> {
-    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
 }
 
 /// The account name of a uid.
 pub fn name_of(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 #[cfg(test)]
@@ -33,10 +42,25 @@ mod tests {
 
     #[test]
     fn name_rules() {
-        for ok in ["alice", "j.doe", "DOMAIN\\bob", "user@example.org", "émile", &"a".repeat(256)] {
+        for ok in [
+            "alice",
+            "j.doe",
+            "DOMAIN\\bob",
+            "user@example.org",
+            "émile",
+            &"a".repeat(256),
+        ] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "a:b", "../etc", "a\nb", "a\u{7f}", &"a".repeat(257)] {
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "../etc",
+            "a\nb",
+            "a\u{7f}",
+            &"a".repeat(257),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

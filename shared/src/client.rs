@@ -7,7 +7,7 @@
 use crate::wire::{self, FrameError, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, sockopt::PeerCredentials, AddressFamily, SockFlag, SockType, UnixAddr,
+    self, sockopt::PeerCredentials, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -51,10 +51,20 @@ impl Read for DeadlineStream {
 }
 
 impl Write for DeadlineStream {
+    /// Writes with MSG_NOSIGNAL: a peer that hung up must produce EPIPE, never a SIGPIPE that
+    /// would kill the process we live in (sshd, sudo).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let left = self.remaining()?;
         self.stream.set_write_timeout(Some(left))?;
-        self.stream.write(buf)
+        loop {
+            match socket::send(self.stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+                }
+                other => return other.map_err(io::Error::from),
+            }
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
@@ -134,8 +144,14 @@ impl Client {
             return Err(ClientError::UntrustedServer { uid });
         }
         let mut stream = DeadlineStream::new(stream, deadline);
-        wire::write_frame(&mut stream, &body.into_request())?;
-        let payload = wire::read_frame(&mut stream)?;
+        let sent = wire::write_frame(&mut stream, &body.into_request());
+        // A daemon that refuses early (too busy) answers and hangs up before reading: its
+        // answer is still worth reading when our write failed.
+        let payload = match (sent, wire::read_frame(&mut stream)) {
+            (_, Ok(payload)) => payload,
+            (Err(e), Err(_)) => return Err(e.into()),
+            (Ok(()), Err(e)) => return Err(e.into()),
+        };
         if let Some(v) = wire::peek_version(&payload) {
             if v != PROTOCOL_VERSION {
                 return Err(ClientError::VersionMismatch { daemon: v });

@@ -70,7 +70,11 @@ fn main() -> ExitCode {
         config.socket.display(),
         config.database.display(),
         config.enabled,
-        if config.unenrolled == twofold_daemon::config::Unenrolled::Deny { "deny" } else { "allow" }
+        if config.unenrolled == twofold_daemon::config::Unenrolled::Deny {
+            "deny"
+        } else {
+            "allow"
+        }
     ));
     let engine = Arc::new(Engine::new(store, config, log.clone()));
     match server::serve(listener, engine, log.clone()) {

@@ -1,0 +1,726 @@
+//! twofoldd over a real Unix socket and a real SQLite file, driven through the real CLI with
+//! codes from oathtool.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use twofold_shared::wire::{self, ErrorKind, Response, ResponseBody};
+
+#[test]
+fn enroll_confirm_verify_and_replay() {
+    let d = Daemon::start("");
+    ensure_step_time(5);
+    let (secret, codes) = d.enroll("alice");
+    assert_eq!(codes.len(), 12);
+    // The app's next code is accepted once, refused the second time.
+    let next = oathtool(&secret, 1);
+    let ok = d.cli(&["verify", "alice", &next]);
+    assert_eq!(ok.code(), 0, "{}", ok.stderr());
+    let again = d.cli(&["verify", "alice", &next]);
+    assert_eq!(
+        again.code(),
+        1,
+        "replayed code must be refused: {}",
+        again.stdout()
+    );
+    assert!(again.stderr().contains("Invalid verification code."));
+    // The code used to confirm (an older step) is refused too.
+    assert_eq!(d.cli(&["verify", "alice", &oathtool(&secret, 0)]).code(), 1);
+    // Two steps ahead is outside the window.
+    assert_eq!(d.cli(&["verify", "alice", &oathtool(&secret, 3)]).code(), 1);
+    let s = d.cli(&["status", "--user", "alice", "--json"]).json();
+    assert_eq!(s["enrolled"], true);
+    assert_eq!(s["backup_codes_left"], 12);
+    assert_eq!(s["failures"], 3);
+    assert!(s["last_success"].as_u64().is_some());
+    let human = d.cli(&["status", "--user", "alice"]);
+    assert!(
+        human.stdout().contains("Backup codes:  12 left"),
+        "{}",
+        human.stdout()
+    );
+    // The audit trail names the outcome and never the code.
+    let log = d.log();
+    assert!(
+        log.contains("user=alice") && log.contains("reason=replayed"),
+        "{log}"
+    );
+    assert!(!log.contains(&next), "a code reached the log");
+}
+
+#[test]
+fn otpauth_uri_follows_key_uri_format() {
+    let d = Daemon::start("");
+    let e = d
+        .cli(&["enroll", "--user", "bob.smith@example.org", "--json"])
+        .json();
+    let secret = e["secret"].as_str().unwrap();
+    assert_eq!(secret.len(), 32, "160-bit secret in unpadded base32");
+    assert_eq!(
+        e["otpauth_uri"].as_str().unwrap(),
+        format!(
+            "otpauth://totp/test-host:bob.smith%40example.org?secret={secret}&issuer=test-host"
+        )
+    );
+    assert_eq!(e["label"], "test-host:bob.smith@example.org");
+    // Pending, not active, until confirmed.
+    let s = d
+        .cli(&["status", "--user", "bob.smith@example.org", "--json"])
+        .json();
+    assert_eq!(
+        (s["enrolled"].as_bool(), s["pending"].as_bool()),
+        (Some(false), Some(true))
+    );
+}
+
+#[test]
+fn one_code_100_parallel_submissions_exactly_one_accepted() {
+    let d = Arc::new(Daemon::start(""));
+    ensure_step_time(10);
+    let (secret, _) = d.enroll("carol");
+    let code = oathtool(&secret, 1);
+    let handles: Vec<_> = (0..100)
+        .map(|_| {
+            let d = d.clone();
+            let code = code.clone();
+            std::thread::spawn(move || d.cli(&["verify", "carol", &code]).code())
+        })
+        .collect();
+    let codes: Vec<i32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let accepted = codes.iter().filter(|&&c| c == 0).count();
+    assert_eq!(accepted, 1, "exit codes: {codes:?}");
+    // The others are refused: as replays (1) or, once five had failed, throttled (3).
+    assert!(codes.iter().all(|c| [0, 1, 3].contains(c)), "{codes:?}");
+}
+
+#[test]
+fn hundred_users_verifying_in_parallel_all_accepted() {
+    // One backup code each keeps the Argon2id cost of enrolling 100 users small.
+    let d = Arc::new(Daemon::start("backup_codes = 1"));
+    let users: Vec<(String, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|part| {
+                let d = &d;
+                s.spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let name = format!("user{:03}", part * 25 + i);
+                            let (secret, _) = d.enroll(&name);
+                            (name, secret)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    ensure_step_time(10);
+    // +1 step: ahead of whatever step each confirmation consumed.
+    let work: Vec<(String, String)> = users
+        .iter()
+        .map(|(n, s)| (n.clone(), oathtool(s, 1)))
+        .collect();
+    let handles: Vec<_> = work
+        .into_iter()
+        .map(|(name, code)| {
+            let d = d.clone();
+            std::thread::spawn(move || (name.clone(), d.cli(&["verify", &name, &code]).code()))
+        })
+        .collect();
+    let results: Vec<(String, i32)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let failed: Vec<_> = results.iter().filter(|(_, c)| *c != 0).collect();
+    assert!(
+        failed.is_empty(),
+        "valid concurrent logins refused: {failed:?}"
+    );
+    assert_eq!(
+        d.cli(&["list", "--json"]).json()["users"]
+            .as_array()
+            .unwrap()
+            .len(),
+        100
+    );
+}
+
+#[test]
+fn six_wrong_codes_throttle_and_it_survives_a_restart() {
+    let mut d = Daemon::start("");
+    let (secret, _) = d.enroll("dave");
+    for i in 0..5 {
+        let r = d.cli(&["verify", "dave", "000000"]);
+        assert_eq!(r.code(), 1, "attempt {i}: {}", r.stderr());
+    }
+    let sixth = d.cli(&["verify", "dave", "000000"]);
+    assert_eq!(sixth.code(), 3, "{}", sixth.stderr());
+    assert!(
+        sixth
+            .stderr()
+            .contains("Too many failed attempts; try again in 1 min."),
+        "{}",
+        sixth.stderr()
+    );
+    d.restart();
+    // Still throttled, and even the right code is not evaluated during the wait.
+    let after = d.cli(&["verify", "dave", &oathtool(&secret, 1), "--json"]);
+    assert_eq!(after.code(), 3, "{}", after.stdout());
+    assert_eq!(after.json()["result"], "throttled");
+    let s = d.cli(&["status", "--user", "dave", "--json"]).json();
+    assert_eq!(s["failures"], 5);
+    assert!(s["throttled_until"].as_u64().is_some());
+}
+
+#[test]
+fn lockout_at_the_limit_until_unlocked() {
+    let d = Daemon::start(
+        "[throttle]\nfree_failures = 5\nbase_delay = 0\nmax_delay = 0\nlockout_after = 8",
+    );
+    ensure_step_time(8);
+    let (secret, _) = d.enroll("erin");
+    for _ in 0..8 {
+        assert_eq!(d.cli(&["verify", "erin", "111111"]).code(), 1);
+    }
+    let locked = d.cli(&["verify", "erin", &oathtool(&secret, 1)]);
+    assert_eq!(locked.code(), 3);
+    assert!(locked.stderr().contains("Locked"), "{}", locked.stderr());
+    assert_eq!(
+        d.cli(&["status", "--user", "erin", "--json"]).json()["locked"],
+        true
+    );
+    assert!(d.log().contains("locked after 8 consecutive failures"));
+    let unlock = d.cli(&["unlock", "erin"]);
+    assert_eq!(unlock.code(), 0, "{}", unlock.stderr());
+    assert_eq!(d.cli(&["verify", "erin", &oathtool(&secret, 1)]).code(), 0);
+    // A success resets the count.
+    assert_eq!(
+        d.cli(&["status", "--user", "erin", "--json"]).json()["failures"],
+        0
+    );
+}
+
+#[test]
+fn backup_code_works_once_and_counts_down() {
+    let d = Daemon::start("");
+    let (_, codes) = d.enroll("frank");
+    // Typed loosely: upper case, spaces instead of hyphens.
+    let typed = codes[3].to_uppercase().replace('-', " ");
+    let first = d.cli(&["verify", "frank", &typed, "--json"]);
+    assert_eq!(first.code(), 0, "{}", first.stdout());
+    assert_eq!(first.json()["method"], "backup_code");
+    assert_eq!(first.json()["backup_codes_left"], 11);
+    assert_eq!(
+        d.cli(&["verify", "frank", &codes[3]]).code(),
+        1,
+        "a backup code is single-use"
+    );
+    assert_eq!(
+        d.cli(&["status", "--user", "frank", "--json"]).json()["backup_codes_left"],
+        11
+    );
+    // Regenerating replaces them all: old codes die.
+    let fresh = d.cli(&["backup-codes", "--user", "frank", "--json"]).json();
+    assert_eq!(fresh["backup_codes"].as_array().unwrap().len(), 12);
+    assert_eq!(d.cli(&["verify", "frank", &codes[4]]).code(), 1);
+    let new_code = fresh["backup_codes"][0].as_str().unwrap();
+    assert_eq!(d.cli(&["verify", "frank", new_code]).code(), 0);
+}
+
+#[test]
+fn database_file_holds_no_backup_code() {
+    let d = Daemon::start("");
+    let (_, codes) = d.enroll("grace");
+    let mut files = vec![d.database.clone()];
+    let wal = d.database.with_extension("db-wal");
+    if wal.exists() {
+        files.push(wal);
+    }
+    let out = Command::new("strings")
+        .args(["-n", "4"])
+        .args(&files)
+        .output()
+        .expect("strings (binutils)");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        text.contains("grace"),
+        "strings saw nothing: is this the right file?"
+    );
+    for code in &codes {
+        let bare = code.replace('-', "");
+        assert!(
+            !text.contains(&bare) && !text.contains(code),
+            "backup code found in the database"
+        );
+        for part in code.split('-') {
+            // Every 4-char group could appear by chance in binary noise; the full code cannot.
+            let _ = part;
+        }
+    }
+}
+
+#[test]
+fn socket_is_0666_and_database_0600() {
+    let d = Daemon::start("");
+    d.enroll("henry");
+    let sock = std::fs::metadata(&d.socket).unwrap();
+    assert!(sock.file_type().is_socket());
+    assert_eq!(sock.permissions().mode() & 0o777, 0o666);
+    for f in [d.database.clone(), d.database.with_extension("db-wal")] {
+        if let Ok(m) = std::fs::metadata(&f) {
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        }
+    }
+}
+
+#[test]
+fn stale_socket_is_replaced_and_a_live_one_is_not() {
+    let mut d = Daemon::start("");
+    // A second daemon on the same socket refuses to start.
+    let second = Command::new(TWOFOLDD)
+        .arg("--config")
+        .arg(&d.config)
+        .arg("--database")
+        .arg(d.dir.path().join("other.db"))
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already serving"));
+    // SIGKILL leaves the socket file behind; a restart replaces it.
+    d.stop();
+    assert!(d.socket.exists());
+    d.restart();
+    assert_eq!(d.cli(&["status", "--user", "root"]).code(), 0);
+}
+
+#[test]
+fn corrupt_or_unreadable_database_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
+    let out = Command::new(TWOFOLDD)
+        .args(["--config", "/nonexistent-config-is-fine-when-not-given"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a named config that is missing is an error"
+    );
+    let out = Command::new(TWOFOLDD)
+        .arg("--socket")
+        .arg(dir.path().join("s"))
+        .arg("--database")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open database") && err.contains("not a database"),
+        "{err}"
+    );
+    // The bad file is left as it was, for the administrator to inspect.
+    assert_eq!(std::fs::read(&db).unwrap(), vec![0x42u8; 8192]);
+}
+
+#[test]
+fn exit_statuses_for_unavailable_and_not_enrolled() {
+    let mut d = Daemon::start("");
+    // root exists on every system: a known account without enrollment.
+    let r = d.cli(&["verify", "root", "123456"]);
+    assert_eq!(r.code(), 4, "{}", r.stderr());
+    // A name without any account is rejected like a wrong code.
+    assert_eq!(
+        d.cli(&["verify", "no-such-account-xyz", "123456"]).code(),
+        1
+    );
+    assert_eq!(d.cli(&["confirm", "123456", "--user", "root"]).code(), 2);
+    assert_eq!(d.cli(&["unlock", "bad name"]).code(), 2);
+    let huge = "x".repeat(300);
+    let r = d.cli(&["status", "--user", &huge]);
+    assert_eq!(r.code(), 2);
+    assert!(r.stderr().contains("longer than 256"), "{}", r.stderr());
+    d.stop();
+    let r = d.cli(&["status", "--json"]);
+    assert_eq!(r.code(), 6);
+    assert_eq!(r.json()["result"], "error");
+}
+
+#[test]
+fn replacing_an_enrollment_needs_force_and_keeps_the_throttle() {
+    let d = Daemon::start("");
+    let (old, _) = d.enroll("ivan");
+    assert_eq!(d.cli(&["verify", "ivan", "000000"]).code(), 1);
+    let r = d.cli(&["enroll", "--user", "ivan", "--json"]);
+    assert_eq!(r.code(), 2);
+    assert_eq!(r.json()["kind"], "already_enrolled");
+    let (new, _) = {
+        let e = d
+            .cli(&["enroll", "--user", "ivan", "--force", "--json"])
+            .json();
+        let s = e["secret"].as_str().unwrap().to_string();
+        // Until confirmed, the old secret still works.
+        assert_eq!(d.cli(&["verify", "ivan", &oathtool(&old, 1)]).code(), 0);
+        assert_eq!(d.cli(&["verify", "ivan", "000000"]).code(), 1);
+        assert_eq!(
+            d.cli(&["confirm", &oathtool(&s, 0), "--user", "ivan"])
+                .code(),
+            0
+        );
+        (s, ())
+    };
+    assert_ne!(old, new);
+    assert_eq!(
+        d.cli(&["status", "--user", "ivan", "--json"]).json()["failures"],
+        1,
+        "re-enrollment keeps the count"
+    );
+    let gone = d.cli(&["disable", "--user", "ivan"]);
+    assert_eq!(gone.code(), 0, "{}", gone.stderr());
+    assert_eq!(
+        d.cli(&["verify", "ivan", &oathtool(&new, 1)]).code(),
+        1,
+        "no account named ivan: unknown"
+    );
+}
+
+#[test]
+fn interactive_enroll_shows_qr_key_label_and_backup_codes() {
+    let d = Daemon::start("");
+    let svg = d.dir.path().join("qr.svg");
+    ensure_step_time(8);
+    let mut child = Command::new(TWOFOLD)
+        .args([
+            "--socket",
+            path_str(&d.socket),
+            "enroll",
+            "--user",
+            "judy",
+            "--qr-svg",
+            path_str(&svg),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut shown = String::new();
+    let key = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "no key shown: {shown}"
+        );
+        shown.push_str(&line);
+        if let Some(k) = line.strip_prefix("Key:") {
+            break k.trim().to_string();
+        }
+    };
+    assert!(shown.contains("Account:  test-host:judy"), "{shown}");
+    assert!(
+        shown.contains('▀') || shown.contains('▄'),
+        "no half-block QR code: {shown}"
+    );
+    let groups: Vec<&str> = key.split(' ').collect();
+    assert!(
+        groups.len() == 8 && groups.iter().all(|g| g.len() == 4),
+        "key not in groups of four: {key}"
+    );
+    let secret = key.replace(' ', "");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "000000").unwrap(); // a typo first
+    writeln!(stdin, "{}", oathtool(&secret, 0)).unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{rest} {err}");
+    assert!(err.contains("That code is not right"), "{err}");
+    assert!(rest.contains("Two-factor authentication is now active for judy."));
+    assert!(rest.contains("Store them somewhere safe"));
+    assert_eq!(
+        rest.lines()
+            .filter(|l| l.split_whitespace().count() == 2 && l.contains('-'))
+            .count(),
+        6,
+        "{rest}"
+    );
+    let meta = std::fs::metadata(&svg).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed input over the raw socket
+
+fn raw_exchange(d: &Daemon, bytes: &[u8], shutdown_write: bool) -> Option<ResponseBody> {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    if shutdown_write {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let payload = wire::read_frame(&mut s).ok()?;
+    Some(wire::decode::<Response>(&payload).unwrap().body)
+}
+
+fn frame(json: &str) -> Vec<u8> {
+    let mut v = (json.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(json.as_bytes());
+    v
+}
+
+fn expect_error(reply: Option<ResponseBody>, want: ErrorKind, case: &str) -> String {
+    match reply {
+        Some(ResponseBody::Error { kind, message }) if kind == want => message,
+        other => panic!("{case}: expected {want:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_frames_get_clean_errors_and_the_daemon_keeps_serving() {
+    let mut d = Daemon::start("");
+    let m = expect_error(
+        raw_exchange(&d, &[0, 0, 0, 0], false),
+        ErrorKind::BadRequest,
+        "zero-length",
+    );
+    assert!(m.contains("zero-length"), "{m}");
+    let m = expect_error(
+        raw_exchange(&d, &[0xff, 0xff, 0xff, 0xff, b'{'], false),
+        ErrorKind::BadRequest,
+        "4 GiB header",
+    );
+    assert!(m.contains("exceeds"), "{m}");
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(b"{\"v\":1,");
+    let m = expect_error(
+        raw_exchange(&d, &truncated, true),
+        ErrorKind::BadRequest,
+        "truncated",
+    );
+    assert!(m.contains("middle of a frame"), "{m}");
+    expect_error(
+        raw_exchange(&d, &[0, 0], true),
+        ErrorKind::BadRequest,
+        "truncated header",
+    );
+    expect_error(
+        raw_exchange(&d, &frame("\u{1}garbage\u{ff}"), false),
+        ErrorKind::BadRequest,
+        "garbage",
+    );
+    let mut non_utf8 = 4u32.to_be_bytes().to_vec();
+    non_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
+    expect_error(
+        raw_exchange(&d, &non_utf8, false),
+        ErrorKind::BadRequest,
+        "non-UTF-8",
+    );
+    let m = expect_error(
+        raw_exchange(&d, &frame(r#"{"v":1,"body":{"op":"drop_tables"}}"#), false),
+        ErrorKind::BadRequest,
+        "unknown op",
+    );
+    assert!(m.contains("unknown variant `drop_tables`"), "{m}");
+    let m = expect_error(
+        raw_exchange(&d, &frame(r#"{"v":99,"body":{"op":"ping"}}"#), false),
+        ErrorKind::VersionMismatch,
+        "wrong version",
+    );
+    assert!(m.contains("99"), "{m}");
+    expect_error(
+        raw_exchange(&d, &frame(r#"{"body":{"op":"ping"}}"#), false),
+        ErrorKind::BadRequest,
+        "no version",
+    );
+    // A 4 KiB user name and a control character in one are refused, not looked up.
+    let long = format!(
+        r#"{{"v":1,"body":{{"op":"status","user":"{}"}}}}"#,
+        "a".repeat(4096)
+    );
+    expect_error(
+        raw_exchange(&d, &frame(&long), false),
+        ErrorKind::BadRequest,
+        "huge name",
+    );
+    expect_error(
+        raw_exchange(
+            &d,
+            &frame(r#"{"v":1,"body":{"op":"status","user":"a\u001bb"}}"#),
+            false,
+        ),
+        ErrorKind::BadRequest,
+        "control char",
+    );
+    // Still alive and answering.
+    assert!(d.alive());
+    assert!(matches!(
+        raw_exchange(&d, &frame(r#"{"v":1,"body":{"op":"ping"}}"#), false),
+        Some(ResponseBody::Pong { .. })
+    ));
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_do_not_block_others() {
+    let d = Daemon::start("request_timeout = 1");
+    // Ten clients that connect and trickle one byte at a time.
+    let slow: Vec<_> = (0..10)
+        .map(|_| {
+            let mut s = UnixStream::connect(&d.socket).unwrap();
+            s.write_all(&[0]).unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    assert_eq!(d.cli(&["status", "--user", "root"]).code(), 0);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "a fast client waited for slow ones"
+    );
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&[0]);
+        let started = Instant::now();
+        let reply = wire::read_frame(&mut s);
+        // Either the daemon already answered "timed out" or it answers within its deadline.
+        match reply {
+            Ok(p) => {
+                let r: Response = wire::decode(&p).unwrap();
+                assert!(
+                    matches!(r.body, ResponseBody::Error { kind: ErrorKind::BadRequest, ref message } if message.contains("timed out")),
+                    "{:?}",
+                    r.body
+                );
+            }
+            Err(e) => panic!("no answer to a slow client: {e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}
+
+#[test]
+fn connection_cap_answers_busy() {
+    let d = Daemon::start("max_connections = 4\nrequest_timeout = 30");
+    // Let the start-up probe's connection finish so that it does not take one of the four.
+    std::thread::sleep(Duration::from_millis(500));
+    let held: Vec<_> = (0..4)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    // The daemon accepts the four in its own time; on a loaded machine that can take a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = loop {
+        let r = d.cli(&["status", "--user", "root", "--json"]);
+        if r.code() == 6 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(busy.code(), 6, "{} {}", busy.stdout(), d.log());
+    assert_eq!(busy.json()["kind"], "busy");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.cli(&["status", "--user", "root"]).code() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "still busy after the held connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real non-root user
+
+#[test]
+fn a_non_root_user_manages_only_their_own_account() {
+    if !is_root() {
+        eprintln!(
+            "SKIP a_non_root_user_manages_only_their_own_account: needs root to create a test user"
+        );
+        return;
+    }
+    let d = Daemon::start("");
+    let me = TempUser::create("tf-u");
+    let other = TempUser::create("tf-o");
+    let (other_secret, _) = d.enroll(&other.name);
+    let mine = d.cli_as(Some(&me.name), &["enroll", "--json"], None);
+    assert_eq!(mine.code(), 0, "self-enrollment: {}", mine.stderr());
+    let secret = mine.json()["secret"].as_str().unwrap().to_string();
+    assert_eq!(mine.json()["user"], me.name.as_str());
+    let c = d.cli_as(
+        Some(&me.name),
+        &["confirm", "-"],
+        Some(&format!("{}\n", oathtool(&secret, 0))),
+    );
+    assert_eq!(c.code(), 0, "{}", c.stderr());
+    assert_eq!(d.cli_as(Some(&me.name), &["status"], None).code(), 0);
+    // Someone else's account: status, verify, enroll, reset, disable, admin commands: exit 5.
+    let o = other.name.as_str();
+    let code = oathtool(&other_secret, 1);
+    for args in [
+        vec!["status", "--user", o],
+        vec!["verify", o, code.as_str()],
+        vec!["enroll", "--user", o, "--json"],
+        vec!["enroll", "--user", o, "--force", "--json"],
+        vec!["backup-codes", "--user", o],
+        vec!["disable", "--user", o],
+        vec!["list"],
+        vec!["unlock", o],
+        vec!["unlock", me.name.as_str()],
+    ] {
+        let r = d.cli_as(Some(&me.name), &args, None);
+        assert_eq!(r.code(), 5, "{args:?}: {} {}", r.stdout(), r.stderr());
+    }
+    // The other user's code was not consumed by the refused attempt.
+    assert_eq!(d.cli(&["verify", o, &code]).code(), 0);
+    // Changing one's own active enrollment needs a current code.
+    let r = d.cli_as(Some(&me.name), &["backup-codes", "--json"], None);
+    assert_eq!(r.code(), 2);
+    assert_eq!(r.json()["kind"], "code_required");
+    let r = d.cli_as(
+        Some(&me.name),
+        &["backup-codes", "--code", "-", "--json"],
+        Some(&format!("{}\n", oathtool(&secret, 1))),
+    );
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    let r = d.cli_as(Some(&me.name), &["disable"], None);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(d.cli(&["status", "--user", &me.name, "--json"]).json()["enrolled"] == true);
+}
+
+#[test]
+fn self_enrollment_can_be_switched_off() {
+    if !is_root() {
+        eprintln!("SKIP self_enrollment_can_be_switched_off: needs root to create a test user");
+        return;
+    }
+    let d = Daemon::start("self_enroll = false");
+    let me = TempUser::create("tf-s");
+    let r = d.cli_as(Some(&me.name), &["enroll"], None);
+    assert_eq!(r.code(), 5);
+    assert!(
+        r.stderr().contains("self-enrollment is switched off"),
+        "{}",
+        r.stderr()
+    );
+    // Root still can.
+    d.enroll(&me.name);
+}
