@@ -1,0 +1,234 @@
+//! The module's arguments from the PAM stack line (DESIGN §4).
+
+use std::ffi::CStr;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_TIMEOUT_SECS: u64 = 5;
+pub const MAX_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_PROMPT: &str = "Verification code: ";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub socket: PathBuf,
+    pub timeout: Duration,
+    pub prompt: String,
+    /// Show the code while it is typed.
+    pub echo: bool,
+    /// Log each login's outcome (never the code).
+    pub debug: bool,
+    /// A uid besides root trusted to serve the socket.
+    pub daemon_uid: Option<u32>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            socket: PathBuf::from(twofold_shared::DEFAULT_SOCKET),
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            prompt: DEFAULT_PROMPT.to_string(),
+            echo: false,
+            debug: false,
+            daemon_uid: None,
+        }
+    }
+}
+
+/// Why the stack line's arguments were refused. The text goes to the log, never to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgError {
+    Unknown(String),
+    BadValue(String),
+    NotUtf8,
+    UnclosedBracket,
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::Unknown(a) => write!(f, "unknown argument '{}'", crate::text::printable(a)),
+            ArgError::BadValue(a) => write!(f, "bad value in '{}'", crate::text::printable(a)),
+            ArgError::NotUtf8 => f.write_str("an argument is not valid UTF-8"),
+            ArgError::UnclosedBracket => f.write_str("an argument opens '[' without closing ']'"),
+        }
+    }
+}
+
+/// Joins bracketed arguments: libpam hands `[prompt=Your code: ]` over as one argument with its
+/// brackets kept or removed depending on the version, and an application splitting on spaces
+/// would hand over `[prompt=Your`, `code:`, `]`. `\]` inside brackets stands for `]`.
+fn join_brackets(raw: &[&str]) -> Result<Vec<String>, ArgError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut open: Option<String> = None;
+    for &arg in raw {
+        let current = match open.take() {
+            Some(mut acc) => {
+                acc.push(' ');
+                acc.push_str(arg);
+                acc
+            }
+            None if arg.starts_with('[') => arg.to_string(),
+            None => {
+                out.push(arg.to_string());
+                continue;
+            }
+        };
+        if current.ends_with(']') && !current.ends_with("\\]") {
+            let inner = current
+                .strip_prefix('[')
+                .and_then(|s| s.strip_suffix(']'))
+                .unwrap_or_default();
+            out.push(inner.replace("\\]", "]"));
+        } else {
+            open = Some(current);
+        }
+    }
+    match open {
+        Some(_) => Err(ArgError::UnclosedBracket),
+        None => Ok(out),
+    }
+}
+
+/// Parses the arguments of the stack line. Anything unknown or out of range is an error: a
+/// misspelt option must not silently weaken the login.
+pub fn parse(raw: &[&CStr]) -> Result<Args, ArgError> {
+    let raw: Vec<&str> = raw
+        .iter()
+        .map(|a| a.to_str().map_err(|_| ArgError::NotUtf8))
+        .collect::<Result<_, _>>()?;
+    let mut args = Args::default();
+    for arg in join_brackets(&raw)? {
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (arg.as_str(), None),
+        };
+        let bad = || ArgError::BadValue(arg.clone());
+        match (key, value) {
+            ("socket", Some(v)) if v.starts_with('/') => args.socket = PathBuf::from(v),
+            ("timeout", Some(v)) => {
+                let secs: u64 = v.parse().map_err(|_| bad())?;
+                if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                    return Err(bad());
+                }
+                args.timeout = Duration::from_secs(secs);
+            }
+            ("prompt", Some(v)) if !v.is_empty() => args.prompt = v.to_string(),
+            ("daemon_uid", Some(v)) => args.daemon_uid = Some(v.parse().map_err(|_| bad())?),
+            ("echo", None) => args.echo = true,
+            ("debug", None) => args.debug = true,
+            ("socket" | "prompt", Some(_)) => return Err(bad()),
+            _ => return Err(ArgError::Unknown(arg.clone())),
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    fn parse_strs(args: &[&str]) -> Result<Args, ArgError> {
+        let owned: Vec<CString> = args.iter().map(|a| CString::new(*a).unwrap()).collect();
+        let refs: Vec<&CStr> = owned.iter().map(|c| c.as_c_str()).collect();
+        parse(&refs)
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse_strs(&[]).unwrap();
+        assert_eq!(a, Args::default());
+        assert_eq!(a.socket, PathBuf::from("/run/twofold/twofold.sock"));
+        assert_eq!(a.timeout, Duration::from_secs(5));
+        assert_eq!(a.prompt, "Verification code: ");
+        assert!(!a.echo && !a.debug && a.daemon_uid.is_none());
+    }
+
+    #[test]
+    fn every_option() {
+        let a = parse_strs(&[
+            "socket=/tmp/x.sock",
+            "timeout=30",
+            "prompt=Code:",
+            "echo",
+            "debug",
+            "daemon_uid=1000",
+        ])
+        .unwrap();
+        assert_eq!(a.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(a.timeout, Duration::from_secs(30));
+        assert_eq!(a.prompt, "Code:");
+        assert!(a.echo && a.debug);
+        assert_eq!(a.daemon_uid, Some(1000));
+    }
+
+    #[test]
+    fn bracketed_prompt() {
+        // As libpam passes it (brackets kept), and with them already removed.
+        assert_eq!(
+            parse_strs(&["[prompt=Your code: ]"]).unwrap().prompt,
+            "Your code: "
+        );
+        assert_eq!(
+            parse_strs(&["prompt=Your code: "]).unwrap().prompt,
+            "Your code: "
+        );
+        // Split on spaces by the caller.
+        let a = parse_strs(&["[prompt=Your", "code:", "]", "echo"]).unwrap();
+        assert_eq!(a.prompt, "Your code: ");
+        assert!(a.echo);
+        // Escaped closing bracket.
+        assert_eq!(
+            parse_strs(&["[prompt=[2FA\\] code: ]"]).unwrap().prompt,
+            "[2FA] code: "
+        );
+        assert_eq!(
+            parse_strs(&["[prompt=never closed"]),
+            Err(ArgError::UnclosedBracket)
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        for bad in [
+            "timeout=0",
+            "timeout=31",
+            "timeout=-1",
+            "timeout=5s",
+            "timeout=",
+            "daemon_uid=x",
+            "daemon_uid=-1",
+            "socket=relative.sock",
+            "socket=",
+            "prompt=",
+        ] {
+            assert!(
+                matches!(parse_strs(&[bad]), Err(ArgError::BadValue(_))),
+                "{bad}"
+            );
+        }
+        for unknown in [
+            "nosuch",
+            "grace=60",
+            "echo=1",
+            "debug=yes",
+            "timeout",
+            "Socket=/x",
+        ] {
+            assert!(
+                matches!(parse_strs(&[unknown]), Err(ArgError::Unknown(_))),
+                "{unknown}"
+            );
+        }
+        let not_utf8 = CString::new(vec![b'e', 0xff]).unwrap();
+        assert_eq!(parse(&[not_utf8.as_c_str()]), Err(ArgError::NotUtf8));
+    }
+
+    #[test]
+    fn error_text_is_printable() {
+        let e = parse_strs(&["bogus\x1b[2J"]).unwrap_err().to_string();
+        assert!(!e.contains('\x1b'), "{e:?}");
+        assert!(e.starts_with("unknown argument 'bogus"), "{e}");
+    }
+}

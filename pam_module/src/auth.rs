@@ -1,0 +1,310 @@
+//! One login: read the PAM items, ask twofoldd whether to prompt, prompt once, ask twofoldd to
+//! verify, and map its answer to a PAM result (DESIGN §4). Plain Rust over the [`Pam`] trait.
+
+use crate::args::{self, Args};
+use crate::text;
+use std::ffi::CStr;
+use twofold_shared::client::Client;
+use twofold_shared::wire::{
+    Method, PamItems, RequestBody, ResponseBody, SecretText, MAX_CODE, MAX_ITEM, MAX_NAME,
+};
+
+/// The PAM results this module returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PamCode {
+    Success,
+    Ignore,
+    AuthErr,
+    MaxTries,
+    AuthInfoUnavail,
+    ConvErr,
+    ServiceErr,
+}
+
+/// `PAM_SILENT`: no informational or error messages.
+pub const PAM_SILENT: u32 = 0x8000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Service,
+    RHost,
+    Tty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Debug,
+}
+
+/// Why the user name could not be had from PAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserError {
+    /// PAM had to ask for the name and the conversation failed.
+    Conversation,
+    Other,
+}
+
+/// The conversation could not be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvError;
+
+/// What the module needs from libpam; `ffi` implements it over the real handle, tests over a
+/// scripted fake.
+pub trait Pam {
+    /// PAM_USER as raw bytes (PAM may ask the application for it).
+    fn user(&mut self) -> Result<Vec<u8>, UserError>;
+    fn item(&mut self, kind: ItemKind) -> Option<Vec<u8>>;
+    /// Asks the user; `Ok(None)` when the application returned no answer.
+    fn prompt(&mut self, text: &str, echo: bool) -> Result<Option<SecretText>, ConvError>;
+    fn info(&mut self, text: &str);
+    fn error(&mut self, text: &str);
+    /// To syslog (LOG_AUTHPRIV). Never codes.
+    fn log(&mut self, level: LogLevel, text: &str);
+}
+
+pub const MSG_INVALID: &str = "Invalid verification code.";
+pub const MSG_LOCKED: &str = "Locked; ask an administrator.";
+pub const MSG_ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'.";
+pub const MSG_UNAVAILABLE: &str = "Two-factor service unavailable.";
+
+/// What a login came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    AcceptedBackup {
+        left: u32,
+    },
+    /// Not enrolled and policy allows it, or two-factor switched off: the stack decides.
+    NotApplicable,
+    Rejected,
+    Throttled {
+        retry_after_secs: u64,
+    },
+    Locked,
+    EnrollmentRequired,
+    Unavailable,
+    ConversationFailed,
+    Misconfigured,
+}
+
+/// A message for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Info(String),
+    Error(String),
+}
+
+impl Outcome {
+    /// The one table from outcomes to PAM results and messages (DESIGN §4).
+    pub fn result(self) -> (PamCode, Option<Message>) {
+        let err = |s: &str| Some(Message::Error(s.to_string()));
+        match self {
+            Outcome::Accepted => (PamCode::Success, None),
+            Outcome::AcceptedBackup { left } => (
+                PamCode::Success,
+                Some(Message::Info(format!("Backup code used; {left} left."))),
+            ),
+            Outcome::NotApplicable => (PamCode::Ignore, None),
+            Outcome::Rejected => (PamCode::AuthErr, err(MSG_INVALID)),
+            Outcome::Throttled { retry_after_secs } => {
+                let minutes = retry_after_secs.div_ceil(60).max(1);
+                (
+                    PamCode::MaxTries,
+                    Some(Message::Error(format!(
+                        "Too many failed attempts; try again in {minutes} min."
+                    ))),
+                )
+            }
+            Outcome::Locked => (PamCode::MaxTries, err(MSG_LOCKED)),
+            Outcome::EnrollmentRequired => (PamCode::AuthErr, err(MSG_ENROLL)),
+            Outcome::Unavailable => (PamCode::AuthInfoUnavail, err(MSG_UNAVAILABLE)),
+            Outcome::ConversationFailed => (PamCode::ConvErr, None),
+            Outcome::Misconfigured => (PamCode::ServiceErr, None),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::AcceptedBackup { .. } => "accepted-backup-code",
+            Outcome::NotApplicable => "not-applicable",
+            Outcome::Rejected => "rejected",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Locked => "locked",
+            Outcome::EnrollmentRequired => "enrollment-required",
+            Outcome::Unavailable => "unavailable",
+            Outcome::ConversationFailed => "conversation-failed",
+            Outcome::Misconfigured => "misconfigured",
+        }
+    }
+}
+
+/// The daemon's answer to the preflight: prompt, or the login's final outcome.
+fn preflight_outcome(answer: &ResponseBody) -> Option<Outcome> {
+    match answer {
+        ResponseBody::Prompt => None,
+        // Reserved for "remember this device": an explicit acceptance.
+        ResponseBody::Accepted { .. } => Some(Outcome::Accepted),
+        other => Some(final_outcome(other)),
+    }
+}
+
+/// The daemon's answer to a verification. Anything unexpected fails closed.
+fn final_outcome(answer: &ResponseBody) -> Outcome {
+    match *answer {
+        ResponseBody::Accepted {
+            method: Method::BackupCode,
+            backup_codes_left: Some(left),
+        } => Outcome::AcceptedBackup { left },
+        ResponseBody::Accepted { .. } => Outcome::Accepted,
+        ResponseBody::Rejected => Outcome::Rejected,
+        ResponseBody::Throttled { retry_after_secs } => Outcome::Throttled { retry_after_secs },
+        ResponseBody::Locked => Outcome::Locked,
+        ResponseBody::NotEnrolled { required: false } => Outcome::NotApplicable,
+        ResponseBody::NotEnrolled { required: true } => Outcome::EnrollmentRequired,
+        ResponseBody::Disabled => Outcome::NotApplicable,
+        _ => Outcome::Unavailable,
+    }
+}
+
+/// A user name the daemon could look up, or `None` for names no account can have; those are
+/// handled like unknown users (prompt, then "Invalid verification code.").
+fn valid_user(raw: Vec<u8>) -> Option<String> {
+    let name = String::from_utf8(raw).ok()?;
+    let plausible = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/');
+    plausible.then_some(name)
+}
+
+fn pam_items(pam: &mut impl Pam) -> PamItems {
+    let mut get = |kind| pam.item(kind).map(|v| text::bounded_lossy(&v, MAX_ITEM));
+    PamItems {
+        service: get(ItemKind::Service),
+        rhost: get(ItemKind::RHost),
+        tty: get(ItemKind::Tty),
+    }
+}
+
+/// One call to twofoldd; errors are logged here and become `Unavailable`.
+fn ask(pam: &mut impl Pam, client: &Client, request: RequestBody) -> Result<ResponseBody, Outcome> {
+    let op = request.op_name();
+    match client.call(request) {
+        Ok(ResponseBody::Error { kind, message }) => {
+            pam.log(
+                LogLevel::Error,
+                &format!(
+                    "twofoldd refused {op}: {kind:?}: {}",
+                    text::printable(&message)
+                ),
+            );
+            Err(Outcome::Unavailable)
+        }
+        Ok(answer) => Ok(answer),
+        Err(e) => {
+            pam.log(
+                LogLevel::Error,
+                &format!(
+                    "{op} via {}: {}",
+                    text::printable(&client.socket.to_string_lossy()),
+                    text::printable(&e.to_string())
+                ),
+            );
+            Err(Outcome::Unavailable)
+        }
+    }
+}
+
+/// The user's answer, bounded: anything longer than a code can be is cut to just over the limit
+/// (at least one byte over, on a character boundary), so the daemon still counts it as a wrong
+/// code, however much was pasted.
+fn bounded_code(code: SecretText) -> SecretText {
+    if code.expose().len() <= MAX_CODE {
+        return code;
+    }
+    let mut cut = code.expose().to_string();
+    text::truncate_on_char(&mut cut, MAX_CODE + 4);
+    SecretText::new(cut)
+}
+
+fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
+    let mut trusted = vec![0];
+    trusted.extend(args.daemon_uid);
+    let client = Client::new(&args.socket, args.timeout, trusted);
+    let items = pam_items(pam);
+    if let Some(user) = user {
+        let request = RequestBody::Preflight {
+            user: user.to_string(),
+            pam: items.clone(),
+        };
+        match ask(pam, &client, request) {
+            Ok(answer) => {
+                if let Some(outcome) = preflight_outcome(&answer) {
+                    return outcome;
+                }
+            }
+            Err(outcome) => return outcome,
+        }
+    }
+    // No connection is open while the user types.
+    let code = match pam.prompt(&args.prompt, args.echo) {
+        Ok(Some(code)) => bounded_code(code),
+        Ok(None) | Err(ConvError) => return Outcome::ConversationFailed,
+    };
+    let Some(user) = user else {
+        return Outcome::Rejected;
+    };
+    let request = RequestBody::Verify {
+        user: user.to_string(),
+        code,
+        pam: items,
+    };
+    match ask(pam, &client, request) {
+        Ok(answer) => final_outcome(&answer),
+        Err(outcome) => outcome,
+    }
+}
+
+/// `pam_sm_authenticate`.
+pub fn authenticate(pam: &mut impl Pam, raw_args: &[&CStr], flags: u32) -> PamCode {
+    let args = match args::parse(raw_args) {
+        Ok(a) => a,
+        Err(e) => {
+            pam.log(LogLevel::Error, &format!("refusing to run: {e}"));
+            return PamCode::ServiceErr;
+        }
+    };
+    let user = match pam.user() {
+        Ok(raw) => valid_user(raw),
+        Err(UserError::Conversation) => return PamCode::ConvErr,
+        Err(UserError::Other) => {
+            pam.log(LogLevel::Error, "cannot get the user name from PAM");
+            return PamCode::ServiceErr;
+        }
+    };
+    let outcome = login(pam, &args, user.as_deref());
+    if args.debug {
+        let who = user
+            .as_deref()
+            .map_or("(invalid name)".into(), text::printable);
+        pam.log(
+            LogLevel::Debug,
+            &format!("user={who} outcome={}", outcome.name()),
+        );
+    }
+    let (code, message) = outcome.result();
+    if flags & PAM_SILENT == 0 {
+        match message {
+            Some(Message::Info(m)) => pam.info(&text::printable(&m)),
+            Some(Message::Error(m)) => pam.error(&text::printable(&m)),
+            None => {}
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests;
