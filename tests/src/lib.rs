@@ -1,0 +1,333 @@
+//! Harness for the end-to-end tests: the real `twofoldd`, `twofold` and `libpam_twofold.so`
+//! from the workspace's target directory, a throwaway daemon per test, pamtester under
+//! pam_wrapper with a private service directory, and codes from oathtool (an independent TOTP
+//! implementation).
+//!
+//! Build first: `cargo build --workspace` (scripts/test.sh does).
+// A harness reports failure by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
+pub const PAM_PERMIT: &str = "/usr/lib/x86_64-linux-gnu/security/pam_permit.so";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn my_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The name of the account running the tests: a real account, as PAM needs.
+pub fn my_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .expect("the test user has no account name")
+        .name
+}
+
+/// The workspace's `target/debug`, or `$CARGO_TARGET_DIR/debug`.
+pub fn target_dir() -> PathBuf {
+    let base = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    };
+    base.join("debug")
+}
+
+/// A built artifact; fails the test with instructions when it is missing.
+pub fn artifact(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
+pub fn twofoldd() -> PathBuf {
+    artifact("twofoldd")
+}
+
+pub fn twofold_cli() -> PathBuf {
+    artifact("twofold")
+}
+
+pub fn pam_module() -> PathBuf {
+    artifact("libpam_twofold.so")
+}
+
+/// A temp directory other users can enter (the non-root daemon and pamtester need that).
+pub fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Waits until something accepts connections on `socket`.
+pub fn wait_for_socket(socket: &Path, child: &mut Child, what: &str, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(socket).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during start-up ({status}): {}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A twofoldd of its own: temp socket, database and config; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+/// What `twofold enroll` + `twofold confirm` handed out.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub secret: String,
+    pub backup_codes: Vec<String>,
+}
+
+impl Daemon {
+    /// `unenrolled` is "allow" or "deny"; `extra` is appended to the config file.
+    pub fn start(unenrolled: &str, extra: &str) -> Daemon {
+        let dir = open_tempdir();
+        let socket = dir.path().join("s");
+        let config = dir.path().join("twofold.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = {:?}\ndatabase = {:?}\nissuer = \"pam-test\"\nunenrolled = {unenrolled:?}\n{extra}\n",
+                socket,
+                dir.path().join("d.db"),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("twofoldd.log")).unwrap();
+        let mut child = Command::new(twofoldd())
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn twofoldd");
+        let log_path = dir.path().join("twofoldd.log");
+        wait_for_socket(&socket, &mut child, "twofoldd", || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        Daemon {
+            dir,
+            socket,
+            child: Some(child),
+        }
+    }
+
+    /// Kills the daemon (by its pid) and waits for it; the socket file stays behind.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `twofold --socket S ARGS...`, never through `$TWOFOLD_SOCKET`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(twofold_cli())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TWOFOLD_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run twofold")
+    }
+
+    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "twofold {args:?} failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Enrolls `user` and confirms with oathtool's current code (which consumes this step).
+    pub fn enroll(&self, user: &str) -> Enrollment {
+        let started = self.cli_json(&["enroll", "--user", user, "--json"]);
+        let secret = started["secret"].as_str().unwrap().to_string();
+        ensure_step_time(8);
+        let confirmed =
+            self.cli_json(&["confirm", &oathtool(&secret, 0), "--user", user, "--json"]);
+        let backup_codes = confirmed["backup_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        Enrollment {
+            secret,
+            backup_codes,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The code for unix time `at`, from oathtool.
+pub fn oathtool_at(secret: &str, at: u64) -> String {
+    let out = Command::new("oathtool")
+        .args(["--totp", "-b", "-N", &format!("@{at}"), secret])
+        .output()
+        .expect("oathtool is needed (Debian package oathtool; scripts/deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "oathtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The code `steps` periods from now, from oathtool.
+pub fn oathtool(secret: &str, steps: i64) -> String {
+    let at = unix_now().checked_add_signed(steps * 30).unwrap();
+    oathtool_at(secret, at)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Sleeps into the next 30-second step when fewer than `need` seconds are left in this one,
+/// so a code computed now is still the one the daemon expects when it arrives.
+pub fn ensure_step_time(need: u64) {
+    let left = 30 - unix_now() % 30;
+    if left < need {
+        std::thread::sleep(Duration::from_secs(left) + Duration::from_millis(200));
+    }
+}
+
+/// A PAM service for pamtester under pam_wrapper, in a private service directory.
+#[derive(Debug)]
+pub struct PamService {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+/// What pamtester did.
+#[derive(Debug)]
+pub struct PamRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl PamRun {
+    /// Everything pamtester and the module printed.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// `auth` arguments pointing pam_twofold.so at `socket`. A daemon run by a non-root test user
+/// must be trusted explicitly: the module trusts only root by default.
+pub fn module_args(socket: &Path) -> String {
+    let mut args = format!("socket={} timeout=3", socket.display());
+    if !is_root() {
+        args.push_str(&format!(" daemon_uid={}", my_uid()));
+    }
+    args
+}
+
+impl PamService {
+    /// `stack` is the service file's text; `MODULE` in it is replaced by the module's path.
+    pub fn new(stack: &str) -> PamService {
+        let dir = open_tempdir();
+        let name = "twofold-test".to_string();
+        let text = stack.replace("MODULE", pam_module().to_str().unwrap());
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        assert!(
+            Path::new(PAM_WRAPPER).is_file(),
+            "{PAM_WRAPPER} is missing (Debian package libpam-wrapper; scripts/deps.sh installs it)"
+        );
+        PamService { dir, name }
+    }
+
+    /// The common stack: `auth required pam_twofold.so ARGS`.
+    pub fn required(socket: &Path, extra_args: &str) -> PamService {
+        PamService::new(&format!(
+            "auth required MODULE {} {extra_args}\n",
+            module_args(socket)
+        ))
+    }
+
+    /// `pamtester -v SERVICE USER authenticate` with `stdin` as the user's typing (`None`:
+    /// standard input is /dev/null, so the conversation gets no answer).
+    pub fn authenticate(&self, user: &str, stdin: Option<&str>) -> PamRun {
+        let mut cmd = Command::new("pamtester");
+        cmd.args(["-v", &self.name, user, "authenticate"])
+            .env("LD_PRELOAD", PAM_WRAPPER)
+            .env("PAM_WRAPPER", "1")
+            .env("PAM_WRAPPER_SERVICE_DIR", self.dir.path())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .expect("pamtester is needed (Debian package pamtester; scripts/deps.sh installs it)");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        PamRun {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// A child process killed (by its pid) and reaped when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
