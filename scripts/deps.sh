@@ -8,6 +8,7 @@ packages=(
   openssh-server openssh-client sudo   # real sshd and sudo logins in the tests and the demo
   oathtool                     # independent TOTP implementation the tests check against
   binutils                     # strings(1), to prove no backup code is stored in clear
+  python3                      # a stand-in socket server run as nobody in the PAM tests
   util-linux passwd procps     # setpriv, useradd, pkill for the tests
 )
 missing=()

@@ -1,24 +1,6 @@
 //! User names: validation (they are hostile input) and the system account database.
 
-use twofold_shared::wire::MAX_NAME;
-
-/// Accepts names an account database could hold: 1..=MAX_NAME bytes, no control characters,
-/// no whitespace, no `:` (the label separator in otpauth URIs) and no `/`.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("empty user name".into());
-    }
-    if name.len() > MAX_NAME {
-        return Err(format!("user name longer than {MAX_NAME} bytes"));
-    }
-    if name
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/')
-    {
-        return Err("user name contains a control character, space, ':' or '/'".into());
-    }
-    Ok(())
-}
+pub use twofold_shared::wire::validate_name;
 
 /// The uid of a local (NSS) account.
 pub fn uid_of(name: &str) -> Option<u32> {

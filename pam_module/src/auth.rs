@@ -6,7 +6,7 @@ use crate::text;
 use std::ffi::CStr;
 use twofold_shared::client::Client;
 use twofold_shared::wire::{
-    Method, PamItems, RequestBody, ResponseBody, SecretText, MAX_CODE, MAX_ITEM, MAX_NAME,
+    self as wire, Method, PamItems, RequestBody, ResponseBody, SecretText, MAX_CODE, MAX_ITEM,
 };
 
 /// The PAM results this module returns.
@@ -172,12 +172,7 @@ fn final_outcome(answer: &ResponseBody) -> Outcome {
 /// handled like unknown users (prompt, then "Invalid verification code.").
 fn valid_user(raw: Vec<u8>) -> Option<String> {
     let name = String::from_utf8(raw).ok()?;
-    let plausible = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/');
-    plausible.then_some(name)
+    wire::validate_name(&name).is_ok().then_some(name)
 }
 
 fn pam_items(pam: &mut impl Pam) -> PamItems {

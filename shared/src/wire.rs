@@ -19,6 +19,24 @@ pub const MAX_ITEM: usize = 256;
 /// Longest code or backup code a client may send (bytes).
 pub const MAX_CODE: usize = 64;
 
+/// The rule for user names on the wire (they are hostile input): 1..=MAX_NAME bytes, no
+/// control characters, no whitespace, no `:` (the label separator in otpauth URIs), no `/`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty user name".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("user name longer than {MAX_NAME} bytes"));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/')
+    {
+        return Err("user name contains a control character, space, ':' or '/'".into());
+    }
+    Ok(())
+}
+
 /// Text that must never be printed: codes, secrets, otpauth URIs, backup codes.
 /// `Debug` shows `[redacted]`; the memory is zeroed on drop.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

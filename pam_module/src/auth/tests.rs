@@ -616,7 +616,7 @@ fn prompt_text_and_echo_come_from_arguments() {
 
 #[test]
 fn names_no_account_can_have_look_like_wrong_codes() {
-    let long = "a".repeat(MAX_NAME + 1);
+    let long = "a".repeat(twofold_shared::wire::MAX_NAME + 1);
     for name in [
         b"".to_vec(),
         b"al\xffice".to_vec(),
