@@ -47,6 +47,19 @@ fn main() -> ExitCode {
     }
     // Everything twofoldd creates (database, WAL, journal) is private to it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if let Some(dir) = config
+        .database
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        // Under umask 077: the state directory is root's alone.
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            let msg = format!("cannot create {}: {e}", dir.display());
+            log.error(&msg);
+            eprintln!("twofoldd: {msg}");
+            return ExitCode::from(1);
+        }
+    }
     let store = match Store::open(&config.database) {
         Ok(s) => s,
         Err(e) => {
