@@ -89,6 +89,12 @@ enum Command {
     Unlock { user: String },
     /// Check a code exactly as a login would, consuming it (root; '-' reads it from standard input).
     Verify { user: String, code: String },
+    /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
+    Doctor {
+        /// twofoldd's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 struct Ctx {
@@ -98,10 +104,13 @@ struct Ctx {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = cli
+    let named = cli
         .socket
-        .or_else(|| std::env::var_os("TWOFOLD_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(twofold_shared::DEFAULT_SOCKET));
+        .or_else(|| std::env::var_os("TWOFOLD_SOCKET").map(PathBuf::from));
+    if let Command::Doctor { config } = cli.command {
+        return ExitCode::from(run_doctor(named, config, cli.json));
+    }
+    let socket = named.unwrap_or_else(|| PathBuf::from(twofold_shared::DEFAULT_SOCKET));
     let me = nix::unistd::geteuid().as_raw();
     let mut trusted = vec![0];
     if me != 0 {
@@ -203,6 +212,190 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             },
             None => exit::ERROR,
         },
+        Command::Doctor { .. } => exit::ERROR, // handled in main
+    }
+}
+
+/// `twofold doctor`: gathers the real inputs and prints each finding with its fix.
+fn run_doctor(named_socket: Option<PathBuf>, config_path: Option<PathBuf>, json_out: bool) -> u8 {
+    use crate::doctor::{self, Finding, Level};
+    let mut findings: Vec<Finding> = Vec::new();
+    let (path, explicit) = match config_path {
+        Some(p) => (p, true),
+        None => (PathBuf::from(crate::config::DEFAULT_CONFIG), false),
+    };
+    let config = match doctor::load_config(&path, explicit) {
+        Ok(c) => {
+            let message = if path.exists() {
+                format!("{} is valid", path.display())
+            } else {
+                format!("{} does not exist: the defaults apply", path.display())
+            };
+            findings.push(Finding {
+                check: "config",
+                level: Level::Ok,
+                message,
+                fix: None,
+            });
+            c
+        }
+        Err(e) => {
+            findings.push(Finding {
+                check: "config",
+                level: Level::Fail,
+                message: format!("{e} (twofoldd refuses to start with it)"),
+                fix: Some("correct the file; 'man twofold.toml' lists every key".into()),
+            });
+            crate::config::Config::default()
+        }
+    };
+    let socket = named_socket.unwrap_or_else(|| config.socket.clone());
+    let client = Client::new(&socket, Duration::from_secs(5), vec![0]);
+    match client.call(RequestBody::Ping {}) {
+        Ok(ResponseBody::Pong { daemon_version }) => findings.push(Finding {
+            check: "daemon",
+            level: Level::Ok,
+            message: format!(
+                "twofoldd {daemon_version} answers on {} (protocol {})",
+                socket.display(),
+                twofold_shared::wire::PROTOCOL_VERSION
+            ),
+            fix: None,
+        }),
+        Ok(_) => findings.push(Finding {
+            check: "daemon",
+            level: Level::Fail,
+            message: "twofoldd gave an unexpected answer to ping".into(),
+            fix: Some("install matching versions of twofold and twofoldd".into()),
+        }),
+        Err(e) => findings.push(Finding {
+            check: "daemon",
+            level: Level::Fail,
+            message: format!("{e}: every protected login is refused until it is back"),
+            fix: Some(
+                "'systemctl start twofoldd'; 'journalctl -u twofoldd' says why it stopped".into(),
+            ),
+        }),
+    }
+    findings.push(doctor::check_socket(
+        &socket,
+        doctor::socket_meta(&socket),
+        0,
+    ));
+    findings.push(doctor::check_database(
+        &config.database,
+        doctor::owner_mode(&config.database),
+        0,
+    ));
+    let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    match sshd {
+        None => findings.push(Finding {
+            check: "sshd",
+            level: Level::Ok,
+            message: "sshd is not installed".into(),
+            fix: None,
+        }),
+        Some(bin) => match std::process::Command::new(bin).arg("-T").output() {
+            Ok(out) if out.status.success() => {
+                findings.extend(doctor::check_sshd(&String::from_utf8_lossy(&out.stdout)))
+            }
+            Ok(out) => findings.push(Finding {
+                check: "sshd",
+                level: Level::Warn,
+                message: format!(
+                    "could not read sshd's settings ('sshd -T': {})",
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .next()
+                        .unwrap_or("failed")
+                ),
+                fix: Some(
+                    "run 'twofold doctor' as root; 'sshd -t' shows configuration errors".into(),
+                ),
+            }),
+            Err(e) => findings.push(Finding {
+                check: "sshd",
+                level: Level::Warn,
+                message: format!("cannot run sshd -T: {e}"),
+                fix: Some("run 'twofold doctor' as root".into()),
+            }),
+        },
+    }
+    let read = |service: &str| {
+        std::fs::read_to_string(std::path::Path::new("/etc/pam.d").join(service)).ok()
+    };
+    for service in ["sshd", "sudo"] {
+        let exists = std::path::Path::new("/etc/pam.d").join(service).exists();
+        findings.extend(doctor::check_pam(
+            service,
+            exists,
+            &doctor::twofold_lines(service, &read),
+        ));
+    }
+    let ntp = std::process::Command::new("timedatectl")
+        .args(["show", "-p", "NTPSynchronized", "--value"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    findings.push(doctor::check_clock(ntp.as_deref()));
+    match client.call(RequestBody::List {}) {
+        Ok(ResponseBody::Users { users }) => {
+            let enrolled = users
+                .iter()
+                .filter(|u| u.enrolled)
+                .map(|u| u.user.clone())
+                .collect();
+            let locked = users.iter().filter(|u| u.locked).count();
+            let accounts =
+                doctor::local_accounts(&std::fs::read_to_string("/etc/passwd").unwrap_or_default());
+            findings.extend(doctor::check_users(
+                &accounts,
+                &enrolled,
+                locked,
+                config.unenrolled,
+            ));
+        }
+        Ok(ResponseBody::Error {
+            kind: ErrorKind::PermissionDenied,
+            ..
+        }) => findings.push(Finding {
+            check: "users",
+            level: Level::Warn,
+            message: "only root can see who is enrolled".into(),
+            fix: Some("run 'sudo twofold doctor'".into()),
+        }),
+        _ => {} // the daemon finding already says it is unreachable
+    }
+    let healthy = findings.iter().all(|f| f.level == Level::Ok);
+    if json_out {
+        println!("{}", json!({ "ok": healthy, "findings": findings }));
+    } else {
+        for f in &findings {
+            let tag = match f.level {
+                Level::Ok => "[ok]  ",
+                Level::Warn => "[warn]",
+                Level::Fail => "[FAIL]",
+            };
+            println!("{tag} {:<8} {}", f.check, f.message);
+            if let Some(fix) = &f.fix {
+                println!("       {:<8} fix: {fix}", "");
+            }
+        }
+        let fails = findings.iter().filter(|f| f.level == Level::Fail).count();
+        let warns = findings.iter().filter(|f| f.level == Level::Warn).count();
+        if healthy {
+            println!("\nAll is well.");
+        } else {
+            println!("\n{fails} problem(s) and {warns} warning(s) need attention.");
+        }
+    }
+    if healthy {
+        exit::OK
+    } else {
+        exit::REJECTED
     }
 }
 

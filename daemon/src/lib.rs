@@ -6,6 +6,7 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod policy;
 pub mod server;

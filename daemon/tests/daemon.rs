@@ -724,3 +724,49 @@ fn self_enrollment_can_be_switched_off() {
     // Root still can.
     d.enroll(&me.name);
 }
+
+#[test]
+fn doctor_reports_daemon_files_and_users() {
+    let mut d = Daemon::start("unenrolled = \"deny\"");
+    d.enroll("kate");
+    let config = path_str(&d.config).to_string();
+    let r = d.cli(&["doctor", "--config", &config, "--json"]);
+    let report = r.json();
+    let findings = report["findings"].as_array().unwrap();
+    let level = |check: &str| -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| f["check"] == check)
+            .map(|f| f["level"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(level("config"), ["ok"]);
+    assert_eq!(level("daemon"), ["ok"], "{report}");
+    assert_eq!(level("socket"), ["ok"], "{report}");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["check"] == "users" && f["message"] == "1 user(s) enrolled"),
+        "{report}"
+    );
+    assert!(!level("pam").is_empty() && !level("clock").is_empty());
+    // The exit status follows the verdict.
+    assert_eq!(r.code(), if report["ok"] == true { 0 } else { 1 });
+    if is_root() {
+        assert_eq!(level("database"), ["ok"], "{report}");
+    }
+    // With the daemon gone, doctor says so and fails.
+    d.stop();
+    let r = d.cli(&["doctor", "--config", &config]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stdout().contains("[FAIL] daemon") && r.stdout().contains("systemctl start twofoldd"),
+        "{}",
+        r.stdout()
+    );
+    // A broken configuration is a finding, not a crash.
+    std::fs::write(&d.config, "windw = 1\n").unwrap();
+    let r = d.cli(&["doctor", "--config", &config, "--json"]);
+    assert_eq!(r.code(), 1);
+    assert!(r.stdout().contains("unknown field"), "{}", r.stdout());
+}

@@ -1,0 +1,527 @@
+//! `twofold doctor`: checks a host's set-up and says, in plain words, what to fix.
+//!
+//! The checks are pure functions over what they inspect (the text of `sshd -T`, PAM files,
+//! file metadata, the daemon's answers) so that they are table-tested; `gather` collects the
+//! real inputs.
+
+use crate::config::{Config, Unenrolled};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub level: Level,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn ok(check: &'static str, message: impl Into<String>) -> Finding {
+    Finding {
+        check,
+        level: Level::Ok,
+        message: message.into(),
+        fix: None,
+    }
+}
+
+fn warn(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        check,
+        level: Level::Warn,
+        message: message.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn fail(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        check,
+        level: Level::Fail,
+        message: message.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sshd
+
+/// Judges the output of `sshd -T` (lower-case keys, one `key value` per line).
+pub fn check_sshd(effective: &str) -> Vec<Finding> {
+    let get = |key: &str| {
+        effective.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            k.eq_ignore_ascii_case(key)
+                .then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    let mut out = Vec::new();
+    match get("usepam").as_deref() {
+        Some("yes") => out.push(ok("sshd", "UsePAM yes: sshd consults PAM")),
+        _ => out.push(fail(
+            "sshd",
+            "UsePAM is not yes: sshd never runs PAM, so no code is ever asked",
+            "set 'UsePAM yes' in /etc/ssh/sshd_config, then 'systemctl reload ssh'",
+        )),
+    }
+    let kbd =
+        get("kbdinteractiveauthentication").or_else(|| get("challengeresponseauthentication"));
+    match kbd.as_deref() {
+        Some("yes") => out.push(ok("sshd", "KbdInteractiveAuthentication yes: the code prompt can be shown")),
+        _ => out.push(fail(
+            "sshd",
+            "KbdInteractiveAuthentication is not yes: sshd cannot show the code prompt",
+            "set 'KbdInteractiveAuthentication yes' in /etc/ssh/sshd_config, then 'systemctl reload ssh'",
+        )),
+    }
+    let methods = get("authenticationmethods").unwrap_or_else(|| "any".into());
+    let lists: Vec<&str> = methods.split_whitespace().collect();
+    let every_list_asks = !lists.is_empty()
+        && methods != "any"
+        && lists
+            .iter()
+            .all(|l| l.split(',').any(|m| m.starts_with("keyboard-interactive")));
+    if every_list_asks {
+        out.push(ok(
+            "sshd",
+            format!("AuthenticationMethods {methods}: every login passes the code prompt"),
+        ));
+    } else {
+        out.push(warn(
+            "sshd",
+            format!("AuthenticationMethods {methods}: a login can succeed without keyboard-interactive (for example with a key alone), skipping the code"),
+            "set 'AuthenticationMethods publickey,keyboard-interactive' (keys) or 'keyboard-interactive' (passwords) in /etc/ssh/sshd_config",
+        ));
+    }
+    if get("passwordauthentication").as_deref() == Some("yes") {
+        out.push(warn(
+            "sshd",
+            "PasswordAuthentication yes: the 'password' method cannot ask for a code, so logins through it fail or skip the second factor",
+            "set 'PasswordAuthentication no'; keyboard-interactive asks for the password and then the code",
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// PAM stacks
+
+/// How a pam_twofold line in an auth stack is controlled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLine {
+    pub file: String,
+    pub control: String,
+    pub fail_closed: bool,
+}
+
+/// Whether a PAM control keeps the user out when the module fails (daemon down, wrong code):
+/// `required`/`requisite`, or a bracket whose default is bad/die and that maps no failure to
+/// ok, done, ignore or a jump.
+pub fn fail_closed(control: &str) -> bool {
+    match control {
+        "required" | "requisite" => return true,
+        "sufficient" | "optional" => return false,
+        _ => {}
+    }
+    let Some(inner) = control.strip_prefix('[').and_then(|c| c.strip_suffix(']')) else {
+        return false;
+    };
+    let mut default_closed = false;
+    for pair in inner.split_whitespace() {
+        let Some((value, action)) = pair.split_once('=') else {
+            return false;
+        };
+        let closes = matches!(action, "bad" | "die");
+        match value {
+            "default" => default_closed = closes,
+            // Success and "no opinion" may pass; every failure must close.
+            "success" | "ignore" | "new_authtok_reqd" => {}
+            _ => {
+                if !closes && action != "reset" {
+                    return false;
+                }
+            }
+        }
+    }
+    default_closed
+}
+
+/// Splits a PAM line into (type, control, module-or-target, …); `[…]` controls may hold spaces.
+fn pam_fields(line: &str) -> Option<(String, String, String)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    if let Some(target) = line.strip_prefix("@include") {
+        return Some(("@include".into(), String::new(), target.trim().to_string()));
+    }
+    let (kind, rest) = line.split_once(char::is_whitespace)?;
+    let rest = rest.trim_start();
+    let (control, rest) = if rest.starts_with('[') {
+        let end = rest.find(']')?;
+        (rest[..=end].to_string(), rest[end + 1..].trim_start())
+    } else {
+        let (c, r) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        (c.to_string(), r.trim_start())
+    };
+    let module = rest.split_whitespace().next()?.to_string();
+    Some((kind.trim_start_matches('-').to_string(), control, module))
+}
+
+/// Every pam_twofold line of the auth stack of `service`, following `@include`, `include` and
+/// `substack`. `read` returns a PAM file's text by service name.
+pub fn twofold_lines(service: &str, read: &dyn Fn(&str) -> Option<String>) -> Vec<ModuleLine> {
+    let mut found = Vec::new();
+    let mut seen = BTreeSet::new();
+    walk(service, read, &mut found, &mut seen, 0);
+    found
+}
+
+fn walk(
+    service: &str,
+    read: &dyn Fn(&str) -> Option<String>,
+    found: &mut Vec<ModuleLine>,
+    seen: &mut BTreeSet<String>,
+    depth: usize,
+) {
+    if depth > 8 || !seen.insert(service.to_string()) {
+        return;
+    }
+    let Some(text) = read(service) else { return };
+    for line in text.lines() {
+        let Some((kind, control, target)) = pam_fields(line) else {
+            continue;
+        };
+        let target_name = target.rsplit('/').next().unwrap_or(&target).to_string();
+        if kind == "@include" || (kind == "auth" && (control == "include" || control == "substack"))
+        {
+            walk(&target_name, read, found, seen, depth + 1);
+        } else if kind == "auth" && target_name == "pam_twofold.so" {
+            found.push(ModuleLine {
+                file: service.to_string(),
+                fail_closed: fail_closed(&control),
+                control,
+            });
+        }
+    }
+}
+
+pub fn check_pam(service: &'static str, exists: bool, lines: &[ModuleLine]) -> Vec<Finding> {
+    if !exists {
+        return vec![ok(
+            "pam",
+            format!("/etc/pam.d/{service} does not exist (nothing to protect)"),
+        )];
+    }
+    if lines.is_empty() {
+        return vec![warn(
+            "pam",
+            format!("the {service} PAM stack does not include pam_twofold: {service} logins have no second factor"),
+            if service == "sshd" {
+                "add 'auth required pam_twofold.so' to /etc/pam.d/sshd: in place of '@include common-auth' when logins use keys, right after it when they use passwords".to_string()
+            } else {
+                format!("add 'auth required pam_twofold.so' to /etc/pam.d/{service} right after '@include common-auth', or run 'pam-auth-update --enable twofold'")
+            },
+        )];
+    }
+    lines
+        .iter()
+        .map(|l| {
+            if l.fail_closed {
+                ok("pam", format!("{service}: pam_twofold with '{}' (in {}), fail-closed", l.control, l.file))
+            } else {
+                fail(
+                    "pam",
+                    format!("{service}: pam_twofold with '{}' (in {}) lets logins through when the module fails", l.control, l.file),
+                    "use 'auth required pam_twofold.so' (never sufficient, optional or default=ignore)",
+                )
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// A socket clients must reach: owned by `owner`, a socket, mode 0666.
+pub fn check_socket(path: &Path, meta: Option<(bool, u32, u32)>, owner: u32) -> Finding {
+    let shown = path.display();
+    match meta {
+        None => fail("socket", format!("{shown} does not exist"), "start twofoldd ('systemctl start twofoldd')"),
+        Some((false, _, _)) => fail("socket", format!("{shown} is not a socket"), "remove it and restart twofoldd"),
+        Some((true, uid, _)) if uid != owner => fail(
+            "socket",
+            format!("{shown} belongs to uid {uid}, not {owner}: another process may be impersonating twofoldd"),
+            "stop whatever created it, remove it and restart twofoldd",
+        ),
+        Some((true, _, mode)) if mode & 0o777 != 0o666 => warn(
+            "socket",
+            format!("{shown} has mode {:o}: some users cannot reach the daemon", mode & 0o777),
+            "restart twofoldd; it sets the socket to 0666 (the daemon checks every caller itself)",
+        ),
+        Some(_) => ok("socket", format!("{shown}: a socket owned by uid {owner}, mode 666")),
+    }
+}
+
+/// The database: owned by `owner`, no access for group or others.
+pub fn check_database(path: &Path, meta: Option<(u32, u32)>, owner: u32) -> Finding {
+    let shown = path.display();
+    match meta {
+        None => warn(
+            "database",
+            format!("{shown} does not exist or cannot be read by this user"),
+            "run 'twofold doctor' as root; twofoldd creates the file at start",
+        ),
+        Some((uid, _)) if uid != owner => fail(
+            "database",
+            format!("{shown} belongs to uid {uid}, not the daemon's uid {owner}"),
+            format!("chown {owner} {shown}"),
+        ),
+        Some((_, mode)) if mode & 0o077 != 0 => fail(
+            "database",
+            format!(
+                "{shown} has mode {:o}: other users can read the secrets",
+                mode & 0o777
+            ),
+            format!("chmod 600 {shown}"),
+        ),
+        Some(_) => ok(
+            "database",
+            format!("{shown}: owned by uid {owner}, mode 600"),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clock and users
+
+/// `synchronized`: what `timedatectl show -p NTPSynchronized --value` said, if it ran.
+pub fn check_clock(synchronized: Option<&str>) -> Finding {
+    match synchronized.map(str::trim) {
+        Some("yes") => ok("clock", "the system clock is synchronised (NTP)"),
+        Some(_) => warn(
+            "clock",
+            "the system clock is not synchronised: codes fail once it drifts more than 30 seconds",
+            "enable time synchronisation: 'timedatectl set-ntp true' (systemd-timesyncd or chrony)",
+        ),
+        None => warn(
+            "clock",
+            "cannot tell whether the clock is synchronised (timedatectl did not answer)",
+            "make sure NTP runs (chrony or systemd-timesyncd): codes fail once the clock drifts more than 30 seconds",
+        ),
+    }
+}
+
+/// `accounts`: local login accounts; `enrolled`: names with an active enrollment.
+pub fn check_users(
+    accounts: &[String],
+    enrolled: &BTreeSet<String>,
+    locked: usize,
+    policy: Unenrolled,
+) -> Vec<Finding> {
+    let missing: Vec<&String> = accounts.iter().filter(|a| !enrolled.contains(*a)).collect();
+    let mut out = vec![ok("users", format!("{} user(s) enrolled", enrolled.len()))];
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().take(10).map(|s| s.as_str()).collect();
+        let more = if missing.len() > 10 {
+            format!(" and {} more", missing.len() - 10)
+        } else {
+            String::new()
+        };
+        let list = format!("{}{more}", names.join(", "));
+        out.push(match policy {
+            Unenrolled::Deny => warn(
+                "users",
+                format!("{} local account(s) not enrolled would be refused (unenrolled = \"deny\"): {list}", missing.len()),
+                "enroll them ('twofold enroll --user NAME') or let them enroll themselves before they next log in",
+            ),
+            Unenrolled::Allow => warn(
+                "users",
+                format!("{} local account(s) not enrolled log in without a code (unenrolled = \"allow\"): {list}", missing.len()),
+                "have them run 'twofold enroll'; then set unenrolled = \"deny\" in /etc/twofold/twofold.toml",
+            ),
+        });
+    }
+    if locked > 0 {
+        out.push(warn(
+            "users",
+            format!("{locked} user(s) locked after too many failures"),
+            "'twofold list' shows who; 'twofold unlock NAME' clears the lock",
+        ));
+    }
+    out
+}
+
+/// Login accounts from /etc/passwd: uid at or above UID_MIN (1000) and below 60000, with a
+/// shell that is not nologin/false, plus root.
+pub fn local_accounts(passwd: &str) -> Vec<String> {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let (name, uid, shell) = (f.first()?, f.get(2)?.parse::<u32>().ok()?, f.get(6)?);
+            let login =
+                !shell.ends_with("nologin") && !shell.ends_with("/false") && !shell.is_empty();
+            (login && (uid == 0 || (1000..60000).contains(&uid))).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Reads a file's owner and mode without following a final symlink.
+pub fn owner_mode(path: &Path) -> Option<(u32, u32)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.uid(), m.mode()))
+}
+
+pub fn socket_meta(path: &Path) -> Option<(bool, u32, u32)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.file_type().is_socket(), m.uid(), m.mode()))
+}
+
+pub fn load_config(path: &Path, explicit: bool) -> Result<Config, String> {
+    Config::load(path, explicit).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn sshd_settings() {
+        let good = "usepam yes\nkbdinteractiveauthentication yes\nauthenticationmethods publickey,keyboard-interactive\npasswordauthentication no\n";
+        assert!(
+            check_sshd(good).iter().all(|f| f.level == Level::Ok),
+            "{:?}",
+            check_sshd(good)
+        );
+        let bad = "usepam no\nkbdinteractiveauthentication no\nauthenticationmethods any\npasswordauthentication yes\n";
+        let levels: Vec<Level> = check_sshd(bad).iter().map(|f| f.level).collect();
+        assert_eq!(
+            levels,
+            vec![Level::Fail, Level::Fail, Level::Warn, Level::Warn]
+        );
+        // Two lists, one without keyboard-interactive: a way around the code.
+        let split = "usepam yes\nkbdinteractiveauthentication yes\nauthenticationmethods publickey,keyboard-interactive publickey\n";
+        assert_eq!(check_sshd(split)[2].level, Level::Warn);
+        let kbd_alone = "usepam yes\nkbdinteractiveauthentication yes\nauthenticationmethods keyboard-interactive:pam\n";
+        assert_eq!(check_sshd(kbd_alone)[2].level, Level::Ok);
+    }
+
+    #[test]
+    fn fail_closed_controls() {
+        for (control, closed) in [
+            ("required", true),
+            ("requisite", true),
+            ("sufficient", false),
+            ("optional", false),
+            ("[success=ok ignore=ignore default=bad]", true),
+            ("[success=1 default=die]", true),
+            ("[success=ok default=ignore]", false),
+            ("[success=ok authinfo_unavail=ignore default=bad]", false),
+            ("[success=ok auth_err=bad default=bad]", true),
+            ("[default=ok]", false),
+            ("[success=ok]", false),
+            ("[garbage", false),
+        ] {
+            assert_eq!(fail_closed(control), closed, "{control}");
+        }
+    }
+
+    #[test]
+    fn pam_stacks_are_followed_through_includes() {
+        let files: HashMap<&str, &str> = [
+            ("sshd", "# comment\n@include common-auth\naccount include common-account\n"),
+            ("common-auth", "auth [success=1 default=ignore] pam_unix.so nullok\nauth requisite pam_deny.so\nauth required pam_permit.so\nauth required /usr/lib/x86_64-linux-gnu/security/pam_twofold.so timeout=5\n"),
+            ("sudo", "auth include sudo-extra\n"),
+            ("sudo-extra", "auth [success=ok ignore=ignore default=ignore] pam_twofold.so\n@include sudo\n"),
+            ("login", "auth required pam_unix.so\n"),
+        ]
+        .into_iter()
+        .collect();
+        let read = |s: &str| files.get(s).map(|t| t.to_string());
+        let sshd = twofold_lines("sshd", &read);
+        assert_eq!(
+            sshd,
+            vec![ModuleLine {
+                file: "common-auth".into(),
+                control: "required".into(),
+                fail_closed: true
+            }]
+        );
+        // Include loops end; the bad control is found.
+        let sudo = twofold_lines("sudo", &read);
+        assert_eq!(sudo.len(), 1);
+        assert!(!sudo[0].fail_closed);
+        assert_eq!(check_pam("sudo", true, &sudo)[0].level, Level::Fail);
+        assert_eq!(
+            check_pam("login", true, &twofold_lines("login", &read))[0].level,
+            Level::Warn
+        );
+        assert_eq!(check_pam("su", false, &[])[0].level, Level::Ok);
+    }
+
+    #[test]
+    fn files_and_modes() {
+        let p = Path::new("/run/twofold/twofold.sock");
+        assert_eq!(
+            check_socket(p, Some((true, 0, 0o140666)), 0).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_socket(p, Some((true, 1000, 0o140666)), 0).level,
+            Level::Fail
+        );
+        assert_eq!(
+            check_socket(p, Some((true, 0, 0o140600)), 0).level,
+            Level::Warn
+        );
+        assert_eq!(
+            check_socket(p, Some((false, 0, 0o100666)), 0).level,
+            Level::Fail
+        );
+        assert_eq!(check_socket(p, None, 0).level, Level::Fail);
+        let d = Path::new("/var/lib/twofold/twofold.db");
+        assert_eq!(check_database(d, Some((0, 0o100600)), 0).level, Level::Ok);
+        assert_eq!(check_database(d, Some((0, 0o100644)), 0).level, Level::Fail);
+        assert_eq!(check_database(d, Some((5, 0o100600)), 0).level, Level::Fail);
+        assert_eq!(check_database(d, None, 0).level, Level::Warn);
+    }
+
+    #[test]
+    fn clock_and_users() {
+        assert_eq!(check_clock(Some("yes\n")).level, Level::Ok);
+        assert_eq!(check_clock(Some("no")).level, Level::Warn);
+        assert_eq!(check_clock(None).level, Level::Warn);
+        let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/zsh\nsvc:x:1002:1002::/:/bin/false\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
+        let accounts = local_accounts(passwd);
+        assert_eq!(accounts, vec!["root", "alice", "bob"]);
+        let enrolled: BTreeSet<String> = ["alice".to_string()].into_iter().collect();
+        let f = check_users(&accounts, &enrolled, 1, Unenrolled::Deny);
+        assert_eq!(f.len(), 3);
+        assert!(
+            f[1].message
+                .contains("2 local account(s) not enrolled would be refused")
+                && f[1].message.contains("root, bob"),
+            "{}",
+            f[1].message
+        );
+        let all: BTreeSet<String> = accounts.iter().cloned().collect();
+        assert!(check_users(&accounts, &all, 0, Unenrolled::Allow)
+            .iter()
+            .all(|f| f.level == Level::Ok));
+    }
+}
