@@ -116,8 +116,10 @@ pub fn main() -> ExitCode {
     if me != 0 {
         trusted.push(me);
     }
+    let mut client = Client::new(socket, Duration::from_secs(30), trusted);
+    client.max_response = twofold_shared::wire::MAX_LARGE_FRAME;
     let ctx = Ctx {
-        client: Client::new(socket, Duration::from_secs(30), trusted),
+        client,
         json: cli.json,
     };
     ExitCode::from(run(&ctx, cli.command))

@@ -64,13 +64,12 @@ impl Drop for Slot {
 
 fn respond(stream: UnixStream, body: ResponseBody, timeout: Duration) {
     let mut out = DeadlineStream::new(stream, Instant::now() + timeout);
-    let _ = wire::write_frame(
-        &mut out,
-        &Response {
-            v: PROTOCOL_VERSION,
-            body,
-        },
-    );
+    // Answers may exceed the request limit (`list` of a large host); only the CLI asks for those.
+    let response = Response {
+        v: PROTOCOL_VERSION,
+        body,
+    };
+    let _ = wire::write_frame_limited(&mut out, &response, wire::MAX_LARGE_FRAME);
 }
 
 /// Answers "busy" without a thread and without blocking the accept loop. Whatever the client

@@ -770,3 +770,25 @@ fn doctor_reports_daemon_files_and_users() {
     assert_eq!(r.code(), 1);
     assert!(r.stdout().contains("unknown field"), "{}", r.stdout());
 }
+
+#[test]
+fn list_of_a_large_host_exceeds_the_request_frame_limit() {
+    let d = Arc::new(Daemon::start(""));
+    // Pending enrollments are listed too and cost no Argon2id: 400 of them make an answer of
+    // well over 64 KiB.
+    std::thread::scope(|s| {
+        for part in 0..4 {
+            let d = &d;
+            s.spawn(move || {
+                for i in 0..100 {
+                    let name = format!("pending-user-with-a-long-name-{part}-{i:03}");
+                    assert_eq!(d.cli(&["enroll", "--user", &name, "--json"]).code(), 0);
+                }
+            });
+        }
+    });
+    let r = d.cli(&["list", "--json"]);
+    assert_eq!(r.code(), 0, "{} {}", r.stdout(), r.stderr());
+    assert!(r.0.stdout.len() > 64 * 1024, "{} bytes", r.0.stdout.len());
+    assert_eq!(r.json()["users"].as_array().unwrap().len(), 400);
+}

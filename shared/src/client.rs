@@ -79,6 +79,8 @@ pub struct Client {
     /// uids allowed to serve the socket. The PAM module trusts root only (unless configured);
     /// the CLI also trusts a daemon run by the invoking user.
     pub trusted_uids: Vec<u32>,
+    /// Largest answer accepted: [`wire::MAX_FRAME`] unless raised (the CLI's `list`, `audit`).
+    pub max_response: usize,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,7 @@ impl Client {
             socket: socket.into(),
             timeout,
             trusted_uids,
+            max_response: wire::MAX_FRAME,
         }
     }
 
@@ -147,7 +150,10 @@ impl Client {
         let sent = wire::write_frame(&mut stream, &body.into_request());
         // A daemon that refuses early (too busy) answers and hangs up before reading: its
         // answer is still worth reading when our write failed.
-        let payload = match (sent, wire::read_frame(&mut stream)) {
+        let payload = match (
+            sent,
+            wire::read_frame_limited(&mut stream, self.max_response),
+        ) {
             (_, Ok(payload)) => payload,
             (Err(e), Err(_)) => return Err(e.into()),
             (Ok(()), Err(e)) => return Err(e.into()),

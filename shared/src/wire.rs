@@ -10,8 +10,12 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
 
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Frames larger than this are refused before anything is allocated for them.
+/// Requests (and the answers the PAM module reads) larger than this are refused before
+/// anything is allocated for them.
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Answers the CLI accepts from the (root-verified) daemon: `list` and `audit` of a large host
+/// exceed 64 KiB.
+pub const MAX_LARGE_FRAME: usize = 32 * 1024 * 1024;
 /// Longest user name accepted anywhere (bytes).
 pub const MAX_NAME: usize = 256;
 /// Longest PAM item (service, rhost, tty) carried for the audit log (bytes).
@@ -274,7 +278,8 @@ pub enum FrameError {
     /// The connection ended inside a frame.
     Truncated,
     Empty,
-    TooLarge(u64),
+    /// The frame's length and the limit it exceeds.
+    TooLarge(u64, usize),
     TimedOut,
     Io(io::Error),
     /// Valid frame, but not the JSON we expect.
@@ -287,8 +292,8 @@ impl fmt::Display for FrameError {
             FrameError::Closed => f.write_str("connection closed before a frame arrived"),
             FrameError::Truncated => f.write_str("connection closed in the middle of a frame"),
             FrameError::Empty => f.write_str("zero-length frame"),
-            FrameError::TooLarge(n) => {
-                write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+            FrameError::TooLarge(n, limit) => {
+                write!(f, "frame of {n} bytes exceeds the {limit}-byte limit")
             }
             FrameError::TimedOut => f.write_str("timed out"),
             FrameError::Io(e) => write!(f, "I/O error: {e}"),
@@ -328,16 +333,25 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], already_partial: bool) -> Result
     Ok(())
 }
 
-/// Reads one frame's payload. The length is checked before the buffer is allocated.
+/// Reads one frame's payload of at most [`MAX_FRAME`] bytes.
 pub fn read_frame(r: &mut impl Read) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    read_frame_limited(r, MAX_FRAME)
+}
+
+/// Reads one frame's payload of at most `limit` bytes. The length is checked before the
+/// buffer is allocated.
+pub fn read_frame_limited(
+    r: &mut impl Read,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     let mut header = [0u8; 4];
     read_full(r, &mut header, false)?;
     let len = u32::from_be_bytes(header) as usize;
     if len == 0 {
         return Err(FrameError::Empty);
     }
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len as u64));
+    if len > limit {
+        return Err(FrameError::TooLarge(len as u64, limit));
     }
     // Zeroizing: requests carry codes.
     let mut payload = Zeroizing::new(vec![0u8; len]);
@@ -345,12 +359,22 @@ pub fn read_frame(r: &mut impl Read) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     Ok(payload)
 }
 
-/// Serialises `msg` and writes it as one frame (a single write call when possible).
+/// Serialises `msg` and writes it as one frame of at most [`MAX_FRAME`] bytes.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), FrameError> {
+    write_frame_limited(w, msg, MAX_FRAME)
+}
+
+/// Serialises `msg` and writes it as one frame of at most `limit` bytes (a single write call
+/// when possible).
+pub fn write_frame_limited<T: Serialize>(
+    w: &mut impl Write,
+    msg: &T,
+    limit: usize,
+) -> Result<(), FrameError> {
     let json =
         Zeroizing::new(serde_json::to_vec(msg).map_err(|e| FrameError::Json(e.to_string()))?);
-    if json.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(json.len() as u64));
+    if json.len() > limit {
+        return Err(FrameError::TooLarge(json.len() as u64, limit));
     }
     let mut frame = Zeroizing::new(Vec::with_capacity(4 + json.len()));
     frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
@@ -449,12 +473,12 @@ mod tests {
         // A 4 GiB header is refused from the header alone.
         assert!(matches!(
             read_frame(&mut Cursor::new(frame_bytes(u32::MAX, b"{}"))),
-            Err(FrameError::TooLarge(4294967295))
+            Err(FrameError::TooLarge(4294967295, MAX_FRAME))
         ));
         let limit = MAX_FRAME as u32;
         assert!(matches!(
             read_frame(&mut Cursor::new(frame_bytes(limit + 1, b""))),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge(..))
         ));
         // Exactly the limit is fine.
         let big = vec![b' '; MAX_FRAME];
@@ -473,7 +497,7 @@ mod tests {
         let huge = "x".repeat(MAX_FRAME);
         assert!(matches!(
             write_frame(&mut Vec::new(), &huge),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge(..))
         ));
     }
 
