@@ -331,3 +331,292 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Root-only harness pieces for the sshd and sudo tests: throwaway accounts, files under /etc
+// removed on drop, and child processes run with a deadline.
+
+/// Prints why a root-only test does not run; true when the caller should return.
+pub fn skip_unless_root(test: &str, why: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    println!("SKIP {test}: needs root to {why}");
+    true
+}
+
+/// useradd, userdel and chpasswd lock /etc/passwd and /etc/shadow; tests running in parallel
+/// threads take turns here (and retry when another process holds the lock).
+static ACCOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run_account_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let _turn = ACCOUNTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut last = None;
+    for _ in 0..20 {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let busy = String::from_utf8_lossy(&out.stderr).contains("lock");
+        if out.status.success() || !busy {
+            return out;
+        }
+        last = Some(out);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    last.unwrap()
+}
+
+/// A throwaway local account (`useradd -m`), removed with its home directory and every
+/// process it still runs when dropped.
+#[derive(Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl TestUser {
+    /// Creates `name` (a leftover account of that name from a crashed run is removed first).
+    pub fn create(name: &str) -> TestUser {
+        assert!(name.len() <= 32, "user name too long: {name}");
+        if nix::unistd::User::from_name(name).ok().flatten().is_some() {
+            remove_account(name);
+        }
+        let out = run_account_tool("useradd", &["-m", "-s", "/bin/sh", name], None);
+        assert!(
+            out.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let account = nix::unistd::User::from_name(name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} has no account after useradd"));
+        TestUser {
+            name: name.to_string(),
+            uid: account.uid.as_raw(),
+            gid: account.gid.as_raw(),
+            home: account.dir,
+        }
+    }
+
+    /// Sets the password with chpasswd; it travels on standard input, never in argv.
+    pub fn set_password(&self, password: &str) {
+        let out = run_account_tool(
+            "chpasswd",
+            &[],
+            Some(&format!("{}:{password}\n", self.name)),
+        );
+        assert!(
+            out.status.success(),
+            "chpasswd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Installs `public_key` as the account's only `~/.ssh/authorized_keys` (owner, 0700/0600).
+    pub fn authorize_ssh_key(&self, public_key: &Path) {
+        let ssh = self.home.join(".ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let keys = ssh.join("authorized_keys");
+        std::fs::copy(public_key, &keys).unwrap();
+        let owner = Some(nix::unistd::Uid::from_raw(self.uid));
+        let group = Some(nix::unistd::Gid::from_raw(self.gid));
+        for (path, mode) in [(&ssh, 0o700), (&keys, 0o600)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            nix::unistd::chown(path.as_path(), owner, group).unwrap();
+        }
+    }
+}
+
+fn remove_account(name: &str) {
+    // Only this throwaway account's processes (a lingering session would make userdel refuse).
+    let kill_its_processes = || {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", name])
+            .stdin(Stdio::null())
+            .status();
+    };
+    kill_its_processes();
+    let mut complaint = String::new();
+    for _ in 0..20 {
+        let out = run_account_tool("userdel", &["-r", name], None);
+        if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+            return;
+        }
+        // "user NAME is currently used by process N": its processes are still dying.
+        complaint = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(250));
+        kill_its_processes();
+    }
+    eprintln!("warning: could not remove the test account {name}: {complaint}");
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        remove_account(&self.name);
+    }
+}
+
+/// A file outside the temp directories (`/etc/pam.d/NAME`, `/etc/sudoers.d/NAME`) that is
+/// removed when dropped. It is written under a temporary name and renamed into place, so
+/// nothing ever reads it half-written.
+#[derive(Debug)]
+pub struct SystemFile {
+    pub path: PathBuf,
+}
+
+impl SystemFile {
+    pub fn install(path: &Path, text: &str, mode: u32) -> SystemFile {
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+        SystemFile {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SystemFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a command run by [`run_with_deadline`] did.
+#[derive(Debug)]
+pub struct Finished {
+    /// `None` when it was killed at the deadline or by a signal.
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Everything it printed, for failure messages.
+    pub fn text(&self) -> String {
+        format!(
+            "exit {:?}{}\n--- stdout\n{}--- stderr\n{}",
+            self.code,
+            if self.timed_out { " (timed out)" } else { "" },
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// `setsid -w PROGRAM`: for [`run_with_deadline`]. The program runs in a session of its own
+/// (no controlling terminal, so ssh and sudo take their answers from askpass and standard
+/// input) whose process group is the child's pid, so everything it starts can be killed at once.
+pub fn in_new_session(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setsid");
+    cmd.arg("-w").arg(program);
+    cmd
+}
+
+/// Runs `cmd` (made by [`in_new_session`]) with `stdin` as its input (`None`: /dev/null); its
+/// whole process group is killed with SIGKILL at `deadline`, and whatever of it is left when it
+/// exits.
+pub fn run_with_deadline(cmd: &mut Command, stdin: Option<&str>, deadline: Duration) -> Finished {
+    use std::io::Read;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // It may exit before reading everything; that is its business.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let limit = started + deadline;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= limit {
+            timed_out = true;
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Anything it left behind in its group holds the pipes open: end it too.
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let stdout = out_reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    Finished {
+        code: status.code(),
+        timed_out,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// A 6-digit code that is none of the codes valid around now (steps -2..=3).
+pub fn wrong_code(secret: &str) -> String {
+    let now = unix_now();
+    let valid: Vec<String> = (-2..=3)
+        .map(|k| oathtool_at(secret, now.checked_add_signed(k * 30).unwrap()))
+        .collect();
+    (0..1_000_000)
+        .map(|n| format!("{:06}", (n * 7919 + 13) % 1_000_000))
+        .find(|c| !valid.contains(c))
+        .unwrap()
+}
+
+impl Daemon {
+    /// The daemon's log (its stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("twofoldd.log")).unwrap_or_default()
+    }
+}

@@ -1,0 +1,528 @@
+//! pam_twofold.so behind a real sshd: a private sshd on 127.0.0.1 (its own config, host key and
+//! pid file in a temp directory) started under a renamed binary so that its PAM service is a
+//! new /etc/pam.d/tf-sshd-PID-N (the host's /etc/pam.d/sshd is never touched), a throwaway
+//! account with an ed25519 key, and a real `ssh` client answering the code prompt through
+//! SSH_ASKPASS from a private file. Codes come from oathtool.
+//!
+//! Needs root (it starts sshd, creates accounts and writes to /etc/pam.d); otherwise each test
+//! says SKIP and passes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use twofold_tests::*;
+
+const PROMPT: &str = "Verification code:";
+const SSH_DEADLINE: Duration = Duration::from_secs(30);
+/// What the remote command prints; a refused login never prints it.
+const MARKER: &str = "tf-remote-command-ran";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and test: `PREFIX-PID-N`.
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn skip(test: &str) -> bool {
+    skip_unless_root(
+        test,
+        "start sshd, create a user account and write /etc/pam.d/tf-sshd-*",
+    )
+}
+
+fn sshd_binary() -> PathBuf {
+    ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("sshd is needed (Debian package openssh-server; scripts/deps.sh installs it)")
+}
+
+fn keygen(path: &Path, comment: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh-keygen is needed (Debian package openssh-client)");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (sshd start-up retries when it is not).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// A private sshd on 127.0.0.1, stopped (by its pid) when dropped.
+#[derive(Debug)]
+struct Sshd {
+    /// The PAM service: sshd names it after the program, a symlink of this name.
+    service: String,
+    port: u16,
+    child: Option<Child>,
+    pidfile: PathBuf,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+    _pam: SystemFile,
+}
+
+impl Sshd {
+    /// `methods` is the `AuthenticationMethods` line; `user` the only account let in.
+    fn start(socket: &Path, user: &str, methods: &str) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = open_tempdir();
+        let service = unique("tf-sshd");
+        keygen(&dir.path().join("host_key"), "tf-sshd-host");
+        let pam = SystemFile::install(
+            &Path::new("/etc/pam.d").join(&service),
+            &format!(
+                "# Written by twofold's tests/tests/sshd.rs; removed when the test ends.\n\
+                 auth     required  {} socket={}\n\
+                 account  include   common-account\n\
+                 session  required  pam_permit.so\n",
+                pam_module().display(),
+                socket.display()
+            ),
+            0o644,
+        );
+        let link = dir.path().join(&service);
+        std::os::unix::fs::symlink(sshd_binary(), &link).unwrap();
+        let pidfile = dir.path().join("sshd.pid");
+        let log = dir.path().join("sshd.log");
+        let pubkey = if methods.contains("publickey") {
+            "yes"
+        } else {
+            "no"
+        };
+        let mut failures = Vec::new();
+        // The port was free when chosen; another process may take it before sshd binds it.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\n\
+                     ListenAddress 127.0.0.1\n\
+                     HostKey {host_key}\n\
+                     PidFile {pidfile}\n\
+                     UsePAM yes\n\
+                     PubkeyAuthentication {pubkey}\n\
+                     KbdInteractiveAuthentication yes\n\
+                     PasswordAuthentication no\n\
+                     AuthenticationMethods {methods}\n\
+                     PermitRootLogin no\n\
+                     AllowUsers {user}\n\
+                     UseDNS no\n\
+                     PrintMotd no\n\
+                     PrintLastLog no\n",
+                    host_key = dir.path().join("host_key").display(),
+                    pidfile = pidfile.display(),
+                ),
+            )
+            .unwrap();
+            let _ = std::fs::remove_file(&pidfile);
+            let mut child = Command::new(&link)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start sshd");
+            // sshd writes its pid file once it listens.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let ready = loop {
+                let written = std::fs::read_to_string(&pidfile).unwrap_or_default();
+                if written.trim() == child.id().to_string() {
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sshd did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if ready {
+                return Sshd {
+                    service,
+                    port,
+                    child: Some(child),
+                    pidfile,
+                    log,
+                    dir,
+                    _pam: pam,
+                };
+            }
+            failures.push(std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        panic!("sshd never started: {failures:#?}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops sshd (SIGTERM to its pid, SIGKILL if it lingers) and checks the process named by
+    /// its pid file is gone.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let recorded = std::fs::read_to_string(&self.pidfile).unwrap_or_default();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(recorded) = recorded.trim().parse::<i32>() {
+            assert_eq!(recorded, pid.as_raw(), "the pid file names another process");
+            assert!(!pid_alive(recorded), "sshd {recorded} is still running");
+        }
+    }
+
+    /// `ssh USER@127.0.0.1 COMMAND` with `code` as the answer to every keyboard-interactive
+    /// prompt (SSH_ASKPASS reading a 0600 file), `key` as the only identity (`None`: no
+    /// public-key authentication), one prompt only, in a session of its own without a terminal.
+    fn ssh(&self, user: &TestUser, key: Option<&Path>, code: &str, command: &str) -> Login {
+        let code_file = self.dir.path().join("code");
+        let prompts = self.dir.path().join("prompts");
+        let askpass = self.dir.path().join("askpass");
+        std::fs::write(&code_file, "").unwrap();
+        std::fs::set_permissions(&code_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&code_file, format!("{code}\n")).unwrap();
+        let _ = std::fs::remove_file(&prompts);
+        // The prompt (argv[1]) is recorded so the test can see what sshd asked.
+        std::fs::write(
+            &askpass,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\ncat '{}'\n",
+                prompts.display(),
+                code_file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut cmd = in_new_session("ssh");
+        cmd.args(["-F", "/dev/null", "-p", &self.port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=no"])
+            .args(["-o", "NumberOfPasswordPrompts=1"])
+            .args(["-o", "ConnectTimeout=10"])
+            .args(["-o", "IdentitiesOnly=yes"])
+            .args(["-o", "IdentityAgent=none"]);
+        match key {
+            Some(key) => {
+                cmd.arg("-i").arg(key).args([
+                    "-o",
+                    "PreferredAuthentications=publickey,keyboard-interactive",
+                ]);
+            }
+            None => {
+                cmd.args(["-o", "PubkeyAuthentication=no"])
+                    .args(["-o", "PreferredAuthentications=keyboard-interactive"]);
+            }
+        }
+        cmd.arg(format!("{}@127.0.0.1", user.name))
+            .arg(command)
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", "none")
+            .env_remove("SSH_AUTH_SOCK");
+        let run = run_with_deadline(&mut cmd, None, SSH_DEADLINE);
+        let prompts = std::fs::read_to_string(&prompts).unwrap_or_default();
+        let _ = std::fs::remove_file(&code_file);
+        Login { run, prompts }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Still stop it, but without asserting (a panic while panicking aborts).
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return;
+        }
+        self.stop();
+    }
+}
+
+/// One ssh run and the prompts askpass was shown.
+#[derive(Debug)]
+struct Login {
+    run: Finished,
+    prompts: String,
+}
+
+impl Login {
+    fn text(&self) -> String {
+        format!("{}--- askpass prompts\n{}", self.run.text(), self.prompts)
+    }
+}
+
+/// Everything one test needs; dropped in field order: sshd, then the account, then the daemon.
+#[derive(Debug)]
+struct Setup {
+    sshd: Sshd,
+    user: TestUser,
+    daemon: Daemon,
+    key: PathBuf,
+    _keys: tempfile::TempDir,
+    enrollment: Enrollment,
+}
+
+impl Setup {
+    fn new(methods: &str) -> Setup {
+        let daemon = Daemon::start("deny", "");
+        let user = TestUser::create(&unique("tf-ssh"));
+        let keys = open_tempdir();
+        let key = keys.path().join("id_ed25519");
+        keygen(&key, &format!("{}@tf-sshd-test", user.name));
+        user.authorize_ssh_key(&key.with_extension("pub"));
+        let enrollment = daemon.enroll(&user.name);
+        let sshd = Sshd::start(&daemon.socket, &user.name, methods);
+        Setup {
+            sshd,
+            user,
+            daemon,
+            key,
+            _keys: keys,
+            enrollment,
+        }
+    }
+
+    fn context(&self, login: &Login) -> String {
+        format!(
+            "{}\n--- sshd log\n{}--- twofoldd log\n{}",
+            login.text(),
+            self.sshd.log(),
+            self.daemon.log()
+        )
+    }
+
+    /// A login that must succeed and run the command.
+    fn assert_logged_in(&self, login: &Login) {
+        assert!(
+            login.run.success(),
+            "expected a login: {}",
+            self.context(login)
+        );
+        assert_eq!(
+            login.run.stdout,
+            format!("{MARKER} {}\n", self.user.name),
+            "{}",
+            self.context(login)
+        );
+        assert!(login.prompts.contains(PROMPT), "{}", self.context(login));
+    }
+
+    /// A login that must be refused at the code prompt: ssh fails (255), the command never
+    /// runs, and the module's message reached the client (as keyboard-interactive text).
+    fn assert_refused(&self, login: &Login) {
+        assert!(
+            !login.run.timed_out,
+            "ssh hung instead of failing: {}",
+            self.context(login)
+        );
+        assert_eq!(login.run.code, Some(255), "{}", self.context(login));
+        assert!(
+            !login.run.stdout.contains(MARKER),
+            "{}",
+            self.context(login)
+        );
+        assert!(
+            login.run.stderr.contains("Permission denied"),
+            "{}",
+            self.context(login)
+        );
+        assert!(
+            login.run.stderr.contains("Invalid verification code."),
+            "{}",
+            self.context(login)
+        );
+        assert!(login.prompts.contains(PROMPT), "{}", self.context(login));
+    }
+
+    fn ssh(&self, key: bool, code: &str) -> Login {
+        let key = key.then_some(self.key.as_path());
+        self.sshd.ssh(
+            &self.user,
+            key,
+            code,
+            &format!("echo {MARKER} \"$(id -un)\""),
+        )
+    }
+
+    /// The daemon logged an accepted `method` for this user through this sshd's PAM service.
+    fn assert_daemon_accepted(&self, method: &str) {
+        let log = self.daemon.log();
+        let wanted = format!(
+            "verify user={} service={} ",
+            self.user.name, self.sshd.service
+        );
+        assert!(
+            log.lines().any(|l| l.contains(&wanted)
+                && l.contains("outcome=accepted")
+                && l.contains(&format!("method={method}"))),
+            "no accepted {method} login via {} in the daemon's log:\n{log}",
+            self.sshd.service
+        );
+    }
+
+    /// The code for the step after the one the enrollment's confirmation consumed (or, if a
+    /// step boundary has passed since, the one after that: still inside the ±1 window).
+    fn next_code(&self) -> String {
+        ensure_step_time(10);
+        oathtool(&self.enrollment.secret, 1)
+    }
+}
+
+const KEY_AND_CODE: &str = "publickey,keyboard-interactive";
+
+#[test]
+fn key_and_right_code_log_in_and_run_the_command() {
+    if skip("key_and_right_code_log_in_and_run_the_command") {
+        return;
+    }
+    let mut s = Setup::new(KEY_AND_CODE);
+    let login = s.ssh(true, &s.next_code());
+    s.assert_logged_in(&login);
+    s.assert_daemon_accepted("totp");
+    // The login really went through the renamed service, from 127.0.0.1.
+    assert!(
+        s.daemon
+            .log()
+            .contains(&format!("service={} rhost=127.0.0.1", s.sshd.service)),
+        "{}",
+        s.daemon.log()
+    );
+    s.sshd.stop();
+}
+
+#[test]
+fn key_and_wrong_code_are_refused() {
+    if skip("key_and_wrong_code_are_refused") {
+        return;
+    }
+    let mut s = Setup::new(KEY_AND_CODE);
+    let login = s.ssh(true, &wrong_code(&s.enrollment.secret));
+    s.assert_refused(&login);
+    // The code prompt was reached (the key was accepted) and the code was the reason.
+    assert!(login.prompts.contains(PROMPT), "{}", s.context(&login));
+    assert!(
+        s.daemon.log().contains("reason=wrong-code"),
+        "{}",
+        s.context(&login)
+    );
+    // The key alone is not enough either.
+    let mut cmd = in_new_session("ssh");
+    cmd.args(["-F", "/dev/null", "-p", &s.sshd.port.to_string()])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes"])
+        .args(["-o", "IdentityAgent=none"])
+        .args(["-o", "PreferredAuthentications=publickey"])
+        .arg("-i")
+        .arg(&s.key)
+        .arg(format!("{}@127.0.0.1", s.user.name))
+        .arg(format!("echo {MARKER}"))
+        .env_remove("SSH_AUTH_SOCK");
+    let key_only = run_with_deadline(&mut cmd, None, SSH_DEADLINE);
+    assert_eq!(key_only.code, Some(255), "{}", key_only.text());
+    assert!(!key_only.stdout.contains(MARKER), "{}", key_only.text());
+    assert!(
+        key_only.stderr.contains("Permission denied"),
+        "{}",
+        key_only.text()
+    );
+    s.sshd.stop();
+}
+
+#[test]
+fn replayed_code_is_refused() {
+    if skip("replayed_code_is_refused") {
+        return;
+    }
+    let mut s = Setup::new(KEY_AND_CODE);
+    let code = s.next_code();
+    s.assert_logged_in(&s.ssh(true, &code));
+    // The very same code again, at once (same step): refused as replayed.
+    let again = s.ssh(true, &code);
+    s.assert_refused(&again);
+    assert!(again.prompts.contains(PROMPT), "{}", s.context(&again));
+    assert!(
+        s.daemon.log().contains("reason=replayed"),
+        "{}",
+        s.context(&again)
+    );
+    s.sshd.stop();
+}
+
+#[test]
+fn backup_code_logs_in_once() {
+    if skip("backup_code_logs_in_once") {
+        return;
+    }
+    let mut s = Setup::new(KEY_AND_CODE);
+    let backup = s.enrollment.backup_codes[0].clone();
+    s.assert_logged_in(&s.ssh(true, &backup));
+    s.assert_daemon_accepted("backup");
+    let status = s.daemon.cli(&["status", "--user", &s.user.name, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["backup_codes_left"], 11, "{status}");
+    // Single use: the second login with it is refused.
+    let again = s.ssh(true, &backup);
+    s.assert_refused(&again);
+    // Another backup code still works.
+    s.assert_logged_in(&s.ssh(true, &s.enrollment.backup_codes[1]));
+    s.sshd.stop();
+}
+
+#[test]
+fn keyboard_interactive_alone_logs_in_with_the_code_only() {
+    if skip("keyboard_interactive_alone_logs_in_with_the_code_only") {
+        return;
+    }
+    // Here the whole PAM stack is pam_twofold (a real one would ask for a password first).
+    let mut s = Setup::new("keyboard-interactive");
+    let wrong = s.ssh(false, &wrong_code(&s.enrollment.secret));
+    s.assert_refused(&wrong);
+    assert!(wrong.prompts.contains(PROMPT), "{}", s.context(&wrong));
+    let login = s.ssh(false, &s.next_code());
+    s.assert_logged_in(&login);
+    s.assert_daemon_accepted("totp");
+    s.sshd.stop();
+}
