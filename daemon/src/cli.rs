@@ -89,6 +89,8 @@ enum Command {
     Unlock { user: String },
     /// Check a code exactly as a login would, consuming it (root; '-' reads it from standard input).
     Verify { user: String, code: String },
+    /// Show the policy in force and whom each rule affects (root).
+    Policy,
     /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
     Doctor {
         /// twofoldd's configuration file.
@@ -213,6 +215,14 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
                 Err(e) => e,
             },
             None => exit::ERROR,
+        },
+        Command::Policy => match ctx.call(RequestBody::Policy {}) {
+            Ok(ResponseBody::Policy(p)) => {
+                print_policy(ctx, &p);
+                exit::OK
+            }
+            Ok(other) => ctx.report(other),
+            Err(e) => e,
         },
         Command::Doctor { .. } => exit::ERROR, // handled in main
     }
@@ -729,6 +739,87 @@ fn print_backup_codes(ctx: &Ctx, user: &str, codes: &[SecretText], first_time: b
         println!("    {}", line.join("    "));
     }
     println!();
+}
+
+fn print_policy(ctx: &Ctx, p: &twofold_shared::wire::PolicyReport) {
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+        );
+        return;
+    }
+    let names = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
+        let more = if v.len() > 8 {
+            format!(", … {} more", v.len() - 8)
+        } else {
+            String::new()
+        };
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!("  ({}{more})", shown.join(", "))
+        }
+    };
+    if p.enabled {
+        println!("Two-factor:         on");
+    } else {
+        println!(
+            "Two-factor:         OFF (enabled = false): every login passes through without a code"
+        );
+    }
+    println!(
+        "Not enrolled:       {} (unenrolled = \"{}\")",
+        if p.unenrolled == "deny" {
+            "refused"
+        } else {
+            "let through"
+        },
+        p.unenrolled
+    );
+    for g in &p.require_groups {
+        if g.exists {
+            println!(
+                "Required for group: {} — {} member(s), {} not enrolled yet",
+                g.group, g.members, g.not_enrolled
+            );
+        } else {
+            println!("Required for group: {} — no such group", g.group);
+        }
+    }
+    println!(
+        "Self-enrollment:    {}",
+        if p.self_enroll {
+            "allowed"
+        } else {
+            "root only"
+        }
+    );
+    println!("Window:             ±{} step(s) of 30 s", p.window);
+    println!();
+    println!("Local accounts:     {}", p.accounts);
+    println!(
+        "  asked for a code:        {}{}",
+        p.asked_for_code.len(),
+        names(&p.asked_for_code)
+    );
+    println!(
+        "  refused until enrolled:  {}{}",
+        p.refused_until_enrolled.len(),
+        names(&p.refused_until_enrolled)
+    );
+    println!(
+        "  pass without a code:     {}{}",
+        p.pass_without_code.len(),
+        names(&p.pass_without_code)
+    );
+    if p.other_enrolled > 0 {
+        println!(
+            "Other enrollments:  {} (names that are not local accounts)",
+            p.other_enrolled
+        );
+    }
 }
 
 /// `YYYY-MM-DD HH:MM UTC` from Unix seconds (civil-from-days, proleptic Gregorian).

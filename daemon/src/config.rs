@@ -31,6 +31,8 @@ pub struct Config {
     /// Time steps accepted either side of now (0..=10).
     pub window: u32,
     pub unenrolled: Unenrolled,
+    /// Members of these groups are refused until they enroll, whatever `unenrolled` says.
+    pub require_groups: Vec<String>,
     /// Whether users may enroll themselves (otherwise only root enrolls).
     pub self_enroll: bool,
     /// Backup codes issued per user.
@@ -53,12 +55,22 @@ impl Default for Config {
             enabled: true,
             window: 1,
             unenrolled: Unenrolled::Allow,
+            require_groups: Vec::new(),
             self_enroll: true,
             backup_codes: 12,
             max_connections: 256,
             request_timeout: 5,
             pending_ttl: 900,
             throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+impl Unenrolled {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unenrolled::Allow => "allow",
+            Unenrolled::Deny => "deny",
         }
     }
 }
@@ -136,6 +148,13 @@ impl Config {
                     "issuer must be 1 to 64 characters, without ':' or control characters".into(),
                 );
             }
+        }
+        if let Some(bad) = self
+            .require_groups
+            .iter()
+            .find(|g| crate::users::validate_name(g).is_err())
+        {
+            return fail(format!("require_groups: {bad:?} is not a valid group name"));
         }
         if self.throttle.max_delay < self.throttle.base_delay {
             return fail("throttle.max_delay must not be below throttle.base_delay".into());

@@ -8,13 +8,13 @@ use crate::policy::{self, Caller, Decision, Operation};
 use crate::store::{PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord};
 use crate::throttle::{self, Gate};
 use crate::users;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use twofold_shared::otp::{self, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
 use twofold_shared::wire::{
-    self, EnrollmentInfo, ErrorKind, Method, PamItems, Request, RequestBody, ResponseBody,
-    SecretText, UserStatus, MAX_CODE, MAX_ITEM, PROTOCOL_VERSION,
+    self, EnrollmentInfo, ErrorKind, GroupReport, Method, PamItems, PolicyReport, Request,
+    RequestBody, ResponseBody, SecretText, UserStatus, MAX_CODE, MAX_ITEM, PROTOCOL_VERSION,
 };
 
 /// Wrong first codes after which a pending enrollment is discarded.
@@ -23,8 +23,8 @@ const MAX_FAILED_CONFIRMS: u32 = 5;
 #[derive(Debug)]
 pub struct Engine {
     store: Store,
-    config: Config,
-    issuer: String,
+    /// The policy in force; replaced whole on SIGHUP.
+    config: RwLock<Arc<Config>>,
     /// The uid twofoldd runs as; it is trusted like root.
     daemon_uid: u32,
     log: Arc<Logger>,
@@ -173,18 +173,43 @@ fn fail_in_tx(
 
 impl Engine {
     pub fn new(store: Store, config: Config, log: Arc<Logger>) -> Engine {
-        let issuer = config.issuer_or_hostname();
         Engine {
             store,
-            config,
-            issuer,
+            config: RwLock::new(Arc::new(config)),
             daemon_uid: nix::unistd::geteuid().as_raw(),
             log,
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts a new policy in force (SIGHUP). Socket and database stay as they are.
+    pub fn reload(&self, mut new: Config) {
+        let old = self.config();
+        if new.socket != old.socket || new.database != old.database {
+            self.log
+                .warn("reload: socket and database changes take effect only at restart");
+        }
+        new.socket = old.socket.clone();
+        new.database = old.database.clone();
+        self.log.info(&format!(
+            "policy reloaded: enabled={} unenrolled={} require_groups={} window={} self_enroll={}",
+            new.enabled,
+            new.unenrolled.name(),
+            audit::field(&new.require_groups.join(",")),
+            new.window,
+            new.self_enroll
+        ));
+        match self.config.write() {
+            Ok(mut c) => *c = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
     }
 
     /// Decodes one request frame and answers it.
@@ -230,6 +255,7 @@ impl Engine {
             }
             RequestBody::Disable { user, .. } => (Operation::Disable, Some(user.clone()), None),
             RequestBody::List {} => (Operation::List, None, None),
+            RequestBody::Policy {} => (Operation::Policy, None, None),
             RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
         };
         if let Some(pam) = pam {
@@ -261,7 +287,7 @@ impl Engine {
         } else {
             users::uid_of(&name)
         };
-        let decision = policy::authorize(caller, operation, target_uid, self.config.self_enroll);
+        let decision = policy::authorize(caller, operation, target_uid, self.config().self_enroll);
         if let Decision::Deny(why) = decision {
             self.log.warn(&format!(
                 "denied op={op} caller_uid={uid} user={} reason={}",
@@ -287,33 +313,37 @@ impl Engine {
             }
             RequestBody::Disable { code, .. } => self.disable(&name, code, needs_code, uid, now),
             RequestBody::List {} => self.list(now),
+            RequestBody::Policy {} => self.policy_report(),
             RequestBody::Unlock { .. } => self.unlock(&name, uid),
         }
     }
 
-    fn not_enrolled(&self) -> ResponseBody {
-        ResponseBody::NotEnrolled {
-            required: self.config.unenrolled == Unenrolled::Deny,
-        }
+    /// A known account without enrollment: refused when policy says so for everyone
+    /// (`unenrolled = "deny"`) or for a group the account belongs to (`require_groups`).
+    fn not_enrolled(&self, name: &str) -> ResponseBody {
+        let cfg = self.config();
+        let required =
+            cfg.unenrolled == Unenrolled::Deny || users::in_any_group(name, &cfg.require_groups);
+        ResponseBody::NotEnrolled { required }
     }
 
     /// Before prompting: enrolled users (and names with no account, which must look the same)
     /// are asked for a code; known accounts without enrollment follow `unenrolled`.
     fn preflight(&self, name: &str, pam: &PamItems) -> ResponseBody {
-        if !self.config.enabled {
+        if !self.config().enabled {
             return ResponseBody::Disabled;
         }
         match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
             Ok(true) => ResponseBody::Prompt,
             Ok(false) if users::uid_of(name).is_some() => {
-                let reply = self.not_enrolled();
+                let reply = self.not_enrolled(name);
                 self.log.info(&format!(
                     "login user={} service={} rhost={} tty={} outcome={}",
                     audit::field(name),
                     audit::opt(pam.service.as_deref()),
                     audit::opt(pam.rhost.as_deref()),
                     audit::opt(pam.tty.as_deref()),
-                    if self.config.unenrolled == Unenrolled::Deny {
+                    if self.config().unenrolled == Unenrolled::Deny {
                         "refused-not-enrolled"
                     } else {
                         "ignored-not-enrolled"
@@ -341,12 +371,12 @@ impl Engine {
         uid: u32,
         now: u64,
     ) -> ResponseBody {
-        if !self.config.enabled {
+        if !self.config().enabled {
             return ResponseBody::Disabled;
         }
         let outcome = match self.evaluate(name, code.expose(), now) {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => return self.not_enrolled(),
+            Ok(None) => return self.not_enrolled(name),
             Err(e) => return self.store_failed("verify", name, &e),
         };
         let (result, reply) = match outcome {
@@ -390,7 +420,7 @@ impl Engine {
                 self.log.warn(&format!(
                     "user={} locked after {} consecutive failures",
                     audit::field(name),
-                    self.config.throttle.lockout_after
+                    self.config().throttle.lockout_after
                 ));
             }
             _ => self.log.warn(&line),
@@ -406,8 +436,8 @@ impl Engine {
             .read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
         let (user, state) = snapshot;
         let input = classify(code);
-        let window = self.config.window;
-        let cfg = self.config.throttle;
+        let window = self.config().window;
+        let cfg = self.config().throttle;
         let Some(user) = user else {
             if users::uid_of(name).is_some() {
                 return Ok(None);
@@ -535,16 +565,17 @@ impl Engine {
             created_at: now,
             failed_confirms: 0,
         };
+        let issuer = self.config().issuer_or_hostname();
         let uri = OtpAuthUri {
-            issuer: Some(self.issuer.clone()),
+            issuer: Some(issuer.clone()),
             account: name.to_string(),
             secret: pending.secret.clone(),
             params: pending.params,
         };
         let info = EnrollmentInfo {
             user: name.to_string(),
-            issuer: self.issuer.clone(),
-            label: format!("{}:{name}", self.issuer),
+            label: format!("{issuer}:{name}"),
+            issuer,
             secret: SecretText::new(pending.secret.to_base32()),
             otpauth_uri: SecretText::new(uri.to_uri()),
             algorithm: pending.params.algorithm,
@@ -575,7 +606,7 @@ impl Engine {
             Err(e) => return self.store_failed("confirm", name, &e),
         };
         let owned = name.to_string();
-        if now > pending.created_at.saturating_add(self.config.pending_ttl) {
+        if now > pending.created_at.saturating_add(self.config().pending_ttl) {
             let _ = self.store.write(move |tx| tx.delete_pending(&owned));
             return error(
                 ErrorKind::NoPendingEnrollment,
@@ -588,7 +619,7 @@ impl Engine {
                 &pending.params,
                 &c,
                 pending.params.step(now),
-                self.config.window,
+                self.config().window,
             ),
             None => Vec::new(),
         };
@@ -666,7 +697,7 @@ impl Engine {
 
     /// New backup codes and their hashes (one Argon2id each: the slow part of enrollment).
     fn fresh_backup_codes(&self) -> Result<FreshCodes, Box<ResponseBody>> {
-        let (codes, salt) = backup::generate(self.config.backup_codes as usize)
+        let (codes, salt) = backup::generate(self.config().backup_codes as usize)
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hashes = codes
             .iter()
@@ -775,7 +806,7 @@ impl Engine {
     fn status_in(&self, tx: &dyn Tx, name: &str, now: u64) -> Result<UserStatus, StoreError> {
         let user = tx.user(name)?;
         let state = tx.throttle(name)?;
-        let (throttled_until, locked) = match throttle::gate(&self.config.throttle, state, now) {
+        let (throttled_until, locked) = match throttle::gate(&self.config().throttle, state, now) {
             Gate::Open => (None, false),
             Gate::Wait { until } => (Some(until), false),
             Gate::Locked => (None, true),
@@ -819,6 +850,57 @@ impl Engine {
             Ok(users) => ResponseBody::Users { users },
             Err(e) => self.store_failed("list", "-", &e),
         }
+    }
+
+    fn policy_report(&self) -> ResponseBody {
+        let cfg = self.config();
+        let enrolled: std::collections::BTreeSet<String> =
+            match self.store.read(|tx| tx.user_names()) {
+                Ok(names) => names.into_iter().collect(),
+                Err(e) => return self.store_failed("policy", "-", &e),
+            };
+        let accounts = crate::doctor::local_accounts(
+            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        );
+        let mut report = PolicyReport {
+            enabled: cfg.enabled,
+            unenrolled: cfg.unenrolled.name().into(),
+            self_enroll: cfg.self_enroll,
+            window: cfg.window,
+            accounts: accounts.len() as u32,
+            ..Default::default()
+        };
+        for name in &accounts {
+            if !cfg.enabled {
+                report.pass_without_code.push(name.clone());
+            } else if enrolled.contains(name) {
+                report.asked_for_code.push(name.clone());
+            } else if matches!(
+                self.not_enrolled(name),
+                ResponseBody::NotEnrolled { required: true }
+            ) {
+                report.refused_until_enrolled.push(name.clone());
+            } else {
+                report.pass_without_code.push(name.clone());
+            }
+        }
+        report.other_enrolled = enrolled.iter().filter(|n| !accounts.contains(n)).count() as u32;
+        for group in &cfg.require_groups {
+            let members: Vec<&String> = accounts
+                .iter()
+                .filter(|a| users::in_any_group(a, std::slice::from_ref(group)))
+                .collect();
+            report.require_groups.push(GroupReport {
+                group: group.clone(),
+                exists: nix::unistd::Group::from_name(group)
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                members: members.len() as u32,
+                not_enrolled: members.iter().filter(|m| !enrolled.contains(**m)).count() as u32,
+            });
+        }
+        ResponseBody::Policy(report)
     }
 
     fn unlock(&self, name: &str, uid: u32) -> ResponseBody {

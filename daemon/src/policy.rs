@@ -13,6 +13,7 @@ pub enum Operation {
     Disable,
     List,
     Unlock,
+    Policy,
 }
 
 /// The caller as the kernel reports it.
@@ -45,7 +46,7 @@ pub fn authorize(
     }
     match op {
         Ping => return Decision::Allow,
-        List | Unlock => return Decision::Deny("only root may do this"),
+        List | Unlock | Policy => return Decision::Deny("only root may do this"),
         _ => {}
     }
     if target_uid != Some(caller.uid) {
@@ -58,7 +59,7 @@ pub fn authorize(
         }
         Confirm => Decision::Allow,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
-        Ping | List | Unlock => Decision::Deny("only root may do this"),
+        Ping | List | Unlock | Policy => Decision::Deny("only root may do this"),
     }
 }
 
@@ -120,6 +121,8 @@ mod tests {
             (ALICE, Enroll, NOBODY, true, deny_other),
             // admin-only operations
             (ALICE, List, NOBODY, true, deny_root),
+            (ALICE, Policy, NOBODY, true, deny_root),
+            (ROOT, Policy, NOBODY, true, Allow),
             (ALICE, Unlock, ALICE_UID, true, deny_root),
             (ALICE, Unlock, BOB_UID, true, deny_root),
         ];

@@ -2,6 +2,27 @@
 
 pub use twofold_shared::wire::validate_name;
 
+/// Whether `name` belongs to any of `groups` (by primary or supplementary membership, as NSS
+/// reports it). Groups that do not exist match no one.
+pub fn in_any_group(name: &str, groups: &[String]) -> bool {
+    if groups.is_empty() {
+        return false;
+    }
+    let Some(user) = nix::unistd::User::from_name(name).ok().flatten() else {
+        return false;
+    };
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    let member_of = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
+    groups.iter().any(|g| {
+        nix::unistd::Group::from_name(g)
+            .ok()
+            .flatten()
+            .is_some_and(|group| member_of.contains(&group.gid))
+    })
+}
+
 /// The uid of a local (NSS) account.
 pub fn uid_of(name: &str) -> Option<u32> {
     nix::unistd::User::from_name(name)

@@ -792,3 +792,140 @@ fn list_of_a_large_host_exceeds_the_request_frame_limit() {
     assert!(r.0.stdout.len() > 64 * 1024, "{} bytes", r.0.stdout.len());
     assert_eq!(r.json()["users"].as_array().unwrap().len(), 400);
 }
+
+/// Rewrites the daemon's configuration (keeping socket and database) and sends SIGHUP; waits
+/// until the daemon has logged `expect` (`count` times in all).
+fn reconfigure(d: &Daemon, extra: &str, expect: &str) {
+    let before = d.log().matches(expect).count();
+    std::fs::write(
+        &d.config,
+        format!(
+            "socket = {:?}\ndatabase = {:?}\nissuer = \"test-host\"\n{extra}\n",
+            d.socket, d.database
+        ),
+    )
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log().matches(expect).count() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no '{expect}' after SIGHUP: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn policy_switch_reloads_on_sighup_and_keeps_the_old_policy_when_invalid() {
+    let d = Daemon::start("");
+    d.enroll("liam");
+    let p = d.cli(&["policy", "--json"]).json();
+    assert_eq!(p["enabled"], true);
+    assert_eq!(p["unenrolled"], "allow");
+    assert!(
+        p["pass_without_code"]
+            .as_array()
+            .unwrap()
+            .contains(&"root".into()),
+        "{p}"
+    );
+    assert_eq!(p["other_enrolled"], 1, "liam has no local account");
+    // root has an account and no enrollment: let through under "allow".
+    assert_eq!(
+        d.cli(&["verify", "root", "123456", "--json"]).json(),
+        serde_json::json!({"result": "not_enrolled", "required": false})
+    );
+
+    reconfigure(&d, "unenrolled = \"deny\"", "policy reloaded");
+    assert_eq!(
+        d.cli(&["verify", "root", "123456", "--json"]).json()["required"],
+        true
+    );
+    let p = d.cli(&["policy", "--json"]).json();
+    assert!(
+        p["refused_until_enrolled"]
+            .as_array()
+            .unwrap()
+            .contains(&"root".into()),
+        "{p}"
+    );
+    assert!(d
+        .cli(&["policy"])
+        .stdout()
+        .contains("Not enrolled:       refused"));
+
+    // An invalid file is refused; the policy in force stays.
+    reconfigure(&d, "unenrolled = \"sometimes\"", "reload refused");
+    assert_eq!(d.cli(&["policy", "--json"]).json()["unenrolled"], "deny");
+    assert!(d.log().contains("the previous policy stays in force"));
+
+    // Switched off: logins pass through untouched, and the policy says so.
+    reconfigure(&d, "enabled = false", "policy reloaded");
+    let r = d.cli(&["verify", "liam", "123456", "--json"]);
+    assert_eq!(r.json()["result"], "disabled");
+    let p = d.cli(&["policy", "--json"]).json();
+    assert_eq!(p["enabled"], false);
+    assert!(p["refused_until_enrolled"].as_array().unwrap().is_empty());
+    assert!(d.cli(&["policy"]).stdout().contains("OFF"));
+}
+
+#[test]
+fn require_groups_refuse_members_until_enrolled() {
+    if !is_root() {
+        eprintln!("SKIP require_groups_refuse_members_until_enrolled: needs root to create a group and users");
+        return;
+    }
+    let group = format!("tf-g{}", std::process::id() % 100_000);
+    let _ = Command::new("groupdel").arg(&group).output();
+    assert!(Command::new("groupadd")
+        .arg(&group)
+        .status()
+        .unwrap()
+        .success());
+    struct Group(String);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("groupdel").arg(&self.0).output();
+        }
+    }
+    let _g = Group(group.clone());
+    let member = TempUser::create("tf-m");
+    let outsider = TempUser::create("tf-n");
+    assert!(Command::new("usermod")
+        .args(["-aG", &group, &member.name])
+        .status()
+        .unwrap()
+        .success());
+    let d = Daemon::start(&format!(
+        "unenrolled = \"allow\"\nrequire_groups = [\"{group}\", \"no-such-group-tf\"]"
+    ));
+    let required =
+        |name: &str| d.cli(&["verify", name, "123456", "--json"]).json()["required"].clone();
+    assert_eq!(
+        required(&member.name),
+        true,
+        "group members are refused until enrolled"
+    );
+    assert_eq!(
+        required(&outsider.name),
+        false,
+        "others follow unenrolled = allow"
+    );
+    let p = d.cli(&["policy", "--json"]).json();
+    let groups = p["require_groups"].as_array().unwrap();
+    assert_eq!(
+        groups[0],
+        serde_json::json!({"group": group, "exists": true, "members": 1, "not_enrolled": 1})
+    );
+    assert_eq!(groups[1]["exists"], false);
+    // Once enrolled, the member is asked for a code like everyone enrolled.
+    let (secret, _) = d.enroll(&member.name);
+    assert_eq!(
+        d.cli(&["verify", &member.name, &oathtool(&secret, 1)])
+            .code(),
+        0
+    );
+}

@@ -123,6 +123,8 @@ pub enum RequestBody {
     Unlock {
         user: String,
     },
+    /// The policy in force and whom each rule affects.
+    Policy {},
 }
 
 impl RequestBody {
@@ -146,6 +148,7 @@ impl RequestBody {
             RequestBody::Disable { .. } => "disable",
             RequestBody::List {} => "list",
             RequestBody::Unlock { .. } => "unlock",
+            RequestBody::Policy {} => "policy",
         }
     }
 }
@@ -214,6 +217,7 @@ pub enum ResponseBody {
     Done {
         message: String,
     },
+    Policy(PolicyReport),
     Error {
         kind: ErrorKind,
         message: String,
@@ -247,6 +251,37 @@ pub struct UserStatus {
     /// Unix time before which attempts are refused unevaluated.
     pub throttled_until: Option<u64>,
     pub locked: bool,
+}
+
+/// The policy in force, and how many local accounts each rule affects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyReport {
+    pub enabled: bool,
+    /// `allow` or `deny`.
+    pub unenrolled: String,
+    pub self_enroll: bool,
+    pub window: u32,
+    pub require_groups: Vec<GroupReport>,
+    /// Local login accounts considered (root and uids 1000–59999 with a login shell).
+    pub accounts: u32,
+    /// Accounts asked for a code at login (enrolled).
+    pub asked_for_code: Vec<String>,
+    /// Accounts refused until they enroll.
+    pub refused_until_enrolled: Vec<String>,
+    /// Accounts that log in without a code (not enrolled, not required).
+    pub pass_without_code: Vec<String>,
+    /// Enrollments of names that are not local accounts (directory users, or stale).
+    pub other_enrolled: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupReport {
+    pub group: String,
+    pub exists: bool,
+    pub members: u32,
+    pub not_enrolled: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,29 @@ struct Args {
     database: Option<PathBuf>,
 }
 
+/// SIGHUP re-reads the configuration file; an invalid file keeps the policy in force.
+fn reload_on_sighup(
+    engine: Arc<Engine>,
+    log: Arc<Logger>,
+    path: PathBuf,
+    explicit: bool,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match Config::load(&path, explicit) {
+                    Ok(config) => engine.reload(config),
+                    Err(e) => log.error(&format!(
+                        "reload refused, the previous policy stays in force: {e}"
+                    )),
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let log = Arc::new(Logger::open());
@@ -90,6 +113,10 @@ fn main() -> ExitCode {
         }
     ));
     let engine = Arc::new(Engine::new(store, config, log.clone()));
+    if let Err(e) = reload_on_sighup(engine.clone(), log.clone(), path, explicit) {
+        log.error(&format!("cannot handle SIGHUP: {e}"));
+        return ExitCode::from(1);
+    }
     match server::serve(listener, engine, log.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
