@@ -21,7 +21,9 @@ pub enum PamCode {
     ServiceErr,
 }
 
-/// `PAM_SILENT`: no informational or error messages.
+/// `PAM_SILENT`: no informational messages. A refusal still says why: sudo before 1.9.16 passes
+/// PAM_SILENT on every call, and a login refused without a word ("enroll first", "locked")
+/// leaves people stuck. The messages hold no secret.
 pub const PAM_SILENT: u32 = 0x8000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,12 +293,10 @@ pub fn authenticate(pam: &mut impl Pam, raw_args: &[&CStr], flags: u32) -> PamCo
         );
     }
     let (code, message) = outcome.result();
-    if flags & PAM_SILENT == 0 {
-        match message {
-            Some(Message::Info(m)) => pam.info(&text::printable(&m)),
-            Some(Message::Error(m)) => pam.error(&text::printable(&m)),
-            None => {}
-        }
+    match message {
+        Some(Message::Info(m)) if flags & PAM_SILENT == 0 => pam.info(&text::printable(&m)),
+        Some(Message::Error(m)) => pam.error(&text::printable(&m)),
+        _ => {}
     }
     code
 }

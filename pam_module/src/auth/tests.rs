@@ -561,13 +561,16 @@ fn conversation_failures() {
 }
 
 #[test]
-fn silent_flag_suppresses_messages() {
+fn silent_flag_suppresses_information_but_not_the_reason_for_a_refusal() {
     let d = FakeDaemon::start(vec![
         Reply::Body(ResponseBody::Prompt),
         Reply::Body(ResponseBody::Rejected),
     ]);
-    // The prompt is still shown; the error message is not.
-    let mut pam = Script::new("alice", vec![prompt(CODE)]);
+    // The prompt is still shown, and so is why the login was refused.
+    let mut pam = Script::new(
+        "alice",
+        vec![prompt(CODE), Event::Error(MSG_INVALID.into())],
+    );
     assert_eq!(run(&mut pam, &d.args(&[]), PAM_SILENT), PamCode::AuthErr);
     let d = FakeDaemon::start(vec![
         Reply::Body(ResponseBody::Prompt),
