@@ -91,6 +91,14 @@ enum Command {
     Verify { user: String, code: String },
     /// Show the policy in force and whom each rule affects (root).
     Policy,
+    /// Show the audit trail: enrollments, logins, lockouts, unlocks, resets, reloads (root).
+    Audit {
+        #[arg(long)]
+        user: Option<String>,
+        /// Only the last DURATION: 90s, 15m, 12h, 7d, 2w.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<u64>,
+    },
     /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
     Doctor {
         /// twofoldd's configuration file.
@@ -219,6 +227,17 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         Command::Policy => match ctx.call(RequestBody::Policy {}) {
             Ok(ResponseBody::Policy(p)) => {
                 print_policy(ctx, &p);
+                exit::OK
+            }
+            Ok(other) => ctx.report(other),
+            Err(e) => e,
+        },
+        Command::Audit { user, since } => match ctx.call(RequestBody::Audit {
+            user,
+            since_secs: since,
+        }) {
+            Ok(ResponseBody::Audit { entries, omitted }) => {
+                print_audit(ctx, &entries, omitted);
                 exit::OK
             }
             Ok(other) => ctx.report(other),
@@ -822,6 +841,80 @@ fn print_policy(ctx: &Ctx, p: &twofold_shared::wire::PolicyReport) {
     }
 }
 
+/// `90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) in seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h, 7d or 2w"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h, d or w")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn print_audit(ctx: &Ctx, entries: &[twofold_shared::wire::AuditEntry], omitted: u64) {
+    if ctx.json {
+        println!("{}", json!({ "entries": entries, "omitted": omitted }));
+        return;
+    }
+    if omitted > 0 {
+        println!("({omitted} older entries not shown; narrow with --since or --user)");
+    }
+    if entries.is_empty() {
+        println!("No audit entries.");
+    }
+    for e in entries {
+        let mut line = format!(
+            "{}  {:<13} {:<16} {}",
+            format_time_secs(e.time),
+            e.event,
+            e.user.as_deref().unwrap_or("-"),
+            e.outcome
+        );
+        if let Some(m) = &e.method {
+            line.push_str(&format!(" ({m})"));
+        }
+        for (key, value) in [
+            ("service", &e.service),
+            ("rhost", &e.rhost),
+            ("tty", &e.tty),
+        ] {
+            if let Some(v) = value {
+                line.push_str(&format!(" {key}={v}"));
+            }
+        }
+        if let Some(uid) = e.caller_uid {
+            line.push_str(&format!(" by-uid={uid}"));
+        }
+        if let Some(d) = &e.detail {
+            line.push_str(&format!(" — {d}"));
+        }
+        // Names and PAM items come from clients: never let them drive the terminal.
+        let clean: String = line
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        println!("{clean}");
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_time_secs(t: u64) -> String {
+    let minutes = format_time(t);
+    minutes.replacen(" UTC", &format!(":{:02} UTC", t % 60), 1)
+}
+
 /// `YYYY-MM-DD HH:MM UTC` from Unix seconds (civil-from-days, proleptic Gregorian).
 pub fn format_time(t: u64) -> String {
     let days = (t / 86_400) as i64;
@@ -921,6 +1014,20 @@ fn print_list(ctx: &Ctx, users: &[UserStatus]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("45"), Ok(45));
+        for bad in ["", "h", "5y", "-5m", "1.5h", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_time_secs(1_234_567_890), "2009-02-13 23:31:30 UTC");
+    }
 
     #[test]
     fn time_formatting() {

@@ -43,6 +43,8 @@ pub struct Config {
     pub request_timeout: u64,
     /// Seconds a pending enrollment waits for its first code.
     pub pending_ttl: u64,
+    /// Days the audit trail is kept in the database.
+    pub audit_days: u64,
     pub throttle: ThrottleConfig,
 }
 
@@ -61,6 +63,7 @@ impl Default for Config {
             max_connections: 256,
             request_timeout: 5,
             pending_ttl: 900,
+            audit_days: 90,
             throttle: ThrottleConfig::default(),
         }
     }
@@ -136,6 +139,12 @@ impl Config {
             return fail(format!(
                 "pending_ttl = {} is out of range (60 to 86400 s)",
                 self.pending_ttl
+            ));
+        }
+        if !(1..=3650).contains(&self.audit_days) {
+            return fail(format!(
+                "audit_days = {} is out of range (1 to 3650)",
+                self.audit_days
             ));
         }
         if let Some(issuer) = &self.issuer {

@@ -13,8 +13,9 @@ use twofold_shared::otp::{self, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
 use twofold_shared::wire::{
-    self, EnrollmentInfo, ErrorKind, GroupReport, Method, PamItems, PolicyReport, Request,
-    RequestBody, ResponseBody, SecretText, UserStatus, MAX_CODE, MAX_ITEM, PROTOCOL_VERSION,
+    self, AuditEntry, EnrollmentInfo, ErrorKind, GroupReport, Method, PamItems, PolicyReport,
+    Request, RequestBody, ResponseBody, SecretText, UserStatus, MAX_CODE, MAX_ITEM,
+    PROTOCOL_VERSION,
 };
 
 /// Wrong first codes after which a pending enrollment is discarded.
@@ -92,6 +93,56 @@ fn storage_error(e: &StoreError) -> ResponseBody {
 /// A dummy secret used to spend the same work on unknown users as on real ones.
 fn decoy_secret() -> Secret {
     Secret::from_bytes(vec![0x5a; GENERATED_SECRET_BYTES])
+}
+
+/// Stores a login's outcome in the audit trail, in the transaction that decided it; a failure
+/// that reached the lockout limit also records the lockout.
+fn record_login(tx: &dyn Tx, base: &AuditEntry, outcome: Outcome) -> Result<(), StoreError> {
+    let (result, method, detail) = match outcome {
+        Outcome::Accepted {
+            method: Method::Totp,
+            ..
+        } => ("accepted", Some("totp"), None),
+        Outcome::Accepted {
+            method: Method::BackupCode,
+            left,
+        } => (
+            "accepted",
+            Some("backup-code"),
+            Some(format!("{} left", left.unwrap_or(0))),
+        ),
+        Outcome::Wrong => ("rejected", None, Some("wrong code".to_string())),
+        Outcome::Replayed => ("rejected", None, Some("replayed".to_string())),
+        Outcome::NowLocked => ("rejected", None, Some("wrong code; now locked".to_string())),
+        Outcome::Throttled { until } => ("throttled", None, Some(format!("until {until}"))),
+        Outcome::Locked => ("locked", None, None),
+    };
+    tx.audit(&AuditEntry {
+        outcome: result.into(),
+        method: method.map(Into::into),
+        detail,
+        ..base.clone()
+    })?;
+    if outcome == Outcome::NowLocked {
+        tx.audit(&AuditEntry {
+            event: "lockout".into(),
+            outcome: "locked".into(),
+            ..base.clone()
+        })?;
+    }
+    Ok(())
+}
+
+/// An audit entry for an administrative event.
+fn admin_entry(now: u64, event: &str, name: &str, outcome: &str, uid: u32) -> AuditEntry {
+    AuditEntry {
+        time: now,
+        event: event.into(),
+        user: Some(name.to_string()),
+        outcome: outcome.into(),
+        caller_uid: Some(uid),
+        ..Default::default()
+    }
 }
 
 /// Evaluates a TOTP code inside the writer: throttle gate, window, high-water mark, failure
@@ -190,7 +241,7 @@ impl Engine {
     }
 
     /// Puts a new policy in force (SIGHUP). Socket and database stay as they are.
-    pub fn reload(&self, mut new: Config) {
+    pub fn reload(&self, mut new: Config, now: u64) {
         let old = self.config();
         if new.socket != old.socket || new.database != old.database {
             self.log
@@ -206,9 +257,24 @@ impl Engine {
             new.window,
             new.self_enroll
         ));
+        let entry = AuditEntry {
+            time: now,
+            event: "policy-reload".into(),
+            outcome: "applied".into(),
+            detail: Some(format!(
+                "enabled={} unenrolled={} require_groups={}",
+                new.enabled,
+                new.unenrolled.name(),
+                new.require_groups.join(",")
+            )),
+            ..Default::default()
+        };
         match self.config.write() {
             Ok(mut c) => *c = Arc::new(new),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+            self.log.error(&format!("audit write failed: {e}"));
         }
     }
 
@@ -256,6 +322,7 @@ impl Engine {
             RequestBody::Disable { user, .. } => (Operation::Disable, Some(user.clone()), None),
             RequestBody::List {} => (Operation::List, None, None),
             RequestBody::Policy {} => (Operation::Policy, None, None),
+            RequestBody::Audit { user, .. } => (Operation::Audit, user.clone().map(Some), None),
             RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
         };
         if let Some(pam) = pam {
@@ -297,11 +364,12 @@ impl Engine {
             return error(ErrorKind::PermissionDenied, why);
         }
         let needs_code = decision == Decision::AllowWithCode;
+        let target_user = (!name.is_empty()).then(|| name.clone());
         match body {
             RequestBody::Ping {} => ResponseBody::Pong {
                 daemon_version: env!("CARGO_PKG_VERSION").into(),
             },
-            RequestBody::Preflight { pam, .. } => self.preflight(&name, &pam),
+            RequestBody::Preflight { pam, .. } => self.preflight(&name, &pam, uid, now),
             RequestBody::Verify { code, pam, .. } => self.verify(&name, &code, &pam, uid, now),
             RequestBody::Enroll { force, code, .. } => {
                 self.enroll(&name, force, code, needs_code, uid, now)
@@ -314,7 +382,8 @@ impl Engine {
             RequestBody::Disable { code, .. } => self.disable(&name, code, needs_code, uid, now),
             RequestBody::List {} => self.list(now),
             RequestBody::Policy {} => self.policy_report(),
-            RequestBody::Unlock { .. } => self.unlock(&name, uid),
+            RequestBody::Unlock { .. } => self.unlock(&name, uid, now),
+            RequestBody::Audit { since_secs, .. } => self.audit_trail(target_user, since_secs, now),
         }
     }
 
@@ -329,7 +398,27 @@ impl Engine {
 
     /// Before prompting: enrolled users (and names with no account, which must look the same)
     /// are asked for a code; known accounts without enrollment follow `unenrolled`.
-    fn preflight(&self, name: &str, pam: &PamItems) -> ResponseBody {
+    /// Logs and stores a login that met no enrollment: refused or let through by policy.
+    fn record_not_enrolled(&self, mut entry: AuditEntry, reply: &ResponseBody) {
+        entry.outcome = match reply {
+            ResponseBody::NotEnrolled { required: true } => "refused-not-enrolled",
+            _ => "ignored-not-enrolled",
+        }
+        .into();
+        self.log.info(&format!(
+            "login user={} service={} rhost={} tty={} outcome={}",
+            audit::opt(entry.user.as_deref()),
+            audit::opt(entry.service.as_deref()),
+            audit::opt(entry.rhost.as_deref()),
+            audit::opt(entry.tty.as_deref()),
+            entry.outcome
+        ));
+        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+            self.log.error(&format!("audit write failed: {e}"));
+        }
+    }
+
+    fn preflight(&self, name: &str, pam: &PamItems, uid: u32, now: u64) -> ResponseBody {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
@@ -337,18 +426,17 @@ impl Engine {
             Ok(true) => ResponseBody::Prompt,
             Ok(false) if users::uid_of(name).is_some() => {
                 let reply = self.not_enrolled(name);
-                self.log.info(&format!(
-                    "login user={} service={} rhost={} tty={} outcome={}",
-                    audit::field(name),
-                    audit::opt(pam.service.as_deref()),
-                    audit::opt(pam.rhost.as_deref()),
-                    audit::opt(pam.tty.as_deref()),
-                    if self.config().unenrolled == Unenrolled::Deny {
-                        "refused-not-enrolled"
-                    } else {
-                        "ignored-not-enrolled"
-                    }
-                ));
+                let base = AuditEntry {
+                    time: now,
+                    event: "login".into(),
+                    user: Some(name.to_string()),
+                    service: pam.service.clone(),
+                    rhost: pam.rhost.clone(),
+                    tty: pam.tty.clone(),
+                    caller_uid: Some(uid),
+                    ..Default::default()
+                };
+                self.record_not_enrolled(base, &reply);
                 reply
             }
             Ok(false) => ResponseBody::Prompt,
@@ -374,9 +462,23 @@ impl Engine {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
-        let outcome = match self.evaluate(name, code.expose(), now) {
+        let base = AuditEntry {
+            time: now,
+            event: "login".into(),
+            user: Some(name.to_string()),
+            service: pam.service.clone(),
+            rhost: pam.rhost.clone(),
+            tty: pam.tty.clone(),
+            caller_uid: Some(uid),
+            ..Default::default()
+        };
+        let outcome = match self.evaluate(name, code.expose(), now, base.clone()) {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => return self.not_enrolled(name),
+            Ok(None) => {
+                let reply = self.not_enrolled(name);
+                self.record_not_enrolled(base, &reply);
+                return reply;
+            }
             Err(e) => return self.store_failed("verify", name, &e),
         };
         let (result, reply) = match outcome {
@@ -430,7 +532,13 @@ impl Engine {
 
     /// `Ok(None)`: a known account without enrollment. Unknown names are evaluated against a
     /// decoy and rejected, at the same cost as a wrong code.
-    fn evaluate(&self, name: &str, code: &str, now: u64) -> Result<Option<Outcome>, StoreError> {
+    fn evaluate(
+        &self,
+        name: &str,
+        code: &str,
+        now: u64,
+        base: AuditEntry,
+    ) -> Result<Option<Outcome>, StoreError> {
         let snapshot = self
             .store
             .read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
@@ -457,26 +565,34 @@ impl Engine {
                 }
                 Input::Garbage => {}
             }
-            self.store.write(|tx| tx.count_unknown_rejection())?;
+            self.store.write(move |tx| {
+                tx.count_unknown_rejection()?;
+                record_login(tx, &base, Outcome::Wrong)
+            })?;
             return Ok(Some(Outcome::Wrong));
         };
         let owned = name.to_string();
         let outcome = match input {
-            Input::Totp(c) => self
-                .store
-                .write(move |tx| verify_totp_in_tx(tx, &owned, &c, now, window, &cfg))?,
+            Input::Totp(c) => self.store.write(move |tx| {
+                let outcome = verify_totp_in_tx(tx, &owned, &c, now, window, &cfg)?;
+                record_login(tx, &base, outcome)?;
+                Ok(outcome)
+            })?,
             Input::Backup(c) => {
                 // Do not spend an Argon2id hash on an attempt the throttle refuses anyway.
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                    self.store
+                        .write(move |tx| record_login(tx, &base, blocked))?;
                     return Ok(Some(blocked));
                 }
                 let hash = backup::hash(&c, &user.backup_salt);
                 self.store.write(move |tx| {
                     let state = tx.throttle(&owned)?;
                     if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                        record_login(tx, &base, blocked)?;
                         return Ok(blocked);
                     }
-                    match hash {
+                    let outcome = match hash {
                         Some(h) if tx.consume_backup_code(&owned, &h, now)? => {
                             tx.clear_throttle(&owned)?;
                             let left = tx.backup_codes_left(&owned)?;
@@ -486,15 +602,19 @@ impl Engine {
                             })
                         }
                         _ => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong),
-                    }
+                    }?;
+                    record_login(tx, &base, outcome)?;
+                    Ok(outcome)
                 })?
             }
             Input::Garbage => self.store.write(move |tx| {
                 let state = tx.throttle(&owned)?;
-                if let Some(blocked) = gate_outcome(&cfg, state, now) {
-                    return Ok(blocked);
-                }
-                fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)
+                let outcome = match gate_outcome(&cfg, state, now) {
+                    Some(blocked) => blocked,
+                    None => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)?,
+                };
+                record_login(tx, &base, outcome)?;
+                Ok(outcome)
             })?,
         };
         Ok(Some(outcome))
@@ -583,7 +703,13 @@ impl Engine {
             period: pending.params.period,
         };
         let owned = name.to_string();
-        if let Err(e) = self.store.write(move |tx| tx.put_pending(&owned, &pending)) {
+        let mut entry = admin_entry(now, "enroll", name, "pending", uid);
+        entry.detail =
+            enrolled.then(|| "replaces the active enrollment once confirmed".to_string());
+        if let Err(e) = self.store.write(move |tx| {
+            tx.put_pending(&owned, &pending)?;
+            tx.audit(&entry)
+        }) {
             return self.store_failed("enroll", name, &e);
         }
         self.log.info(&format!(
@@ -625,12 +751,20 @@ impl Engine {
         };
         let Some(step) = steps.into_iter().max() else {
             let last_try = pending.failed_confirms + 1 >= MAX_FAILED_CONFIRMS;
+            let entry = admin_entry(
+                now,
+                "confirm",
+                name,
+                if last_try { "discarded" } else { "rejected" },
+                uid,
+            );
             let result = self.store.write(move |tx| {
                 if last_try {
-                    tx.delete_pending(&owned)
+                    tx.delete_pending(&owned)?;
                 } else {
-                    tx.count_failed_confirm(&owned)
+                    tx.count_failed_confirm(&owned)?;
                 }
+                tx.audit(&entry)
             });
             if let Err(e) = result {
                 return self.store_failed("confirm", name, &e);
@@ -666,11 +800,13 @@ impl Engine {
             backup_salt: salt,
         };
         let expected = pending.secret;
+        let entry = admin_entry(now, "confirm", name, "enrolled", uid);
         let activated = self.store.write(move |tx| {
             // A second confirm racing this one finds the pending enrollment gone.
             match tx.pending(&record.name)? {
                 Some(p) if p.secret == expected => {
                     tx.activate(&record, &hashes)?;
+                    tx.audit(&entry)?;
                     Ok(true)
                 }
                 _ => Ok(false),
@@ -738,11 +874,13 @@ impl Engine {
             Err(reply) => return *reply,
         };
         let owned = name.to_string();
+        let entry = admin_entry(now, "backup-codes", name, "replaced", uid);
         let done = self.store.write(move |tx| {
             if tx.user(&owned)?.is_none() {
                 return Ok(false);
             }
             tx.replace_backup_codes(&owned, &salt, &hashes)?;
+            tx.audit(&entry)?;
             Ok(true)
         });
         match done {
@@ -785,7 +923,17 @@ impl Engine {
             }
         }
         let owned = name.to_string();
-        match self.store.write(move |tx| tx.delete_user(&owned)) {
+        let entry = admin_entry(
+            now,
+            "disable",
+            name,
+            if enrolled { "removed" } else { "cancelled" },
+            uid,
+        );
+        match self.store.write(move |tx| {
+            tx.delete_user(&owned)?;
+            tx.audit(&entry)
+        }) {
             Ok(_) => {
                 self.log.info(&format!(
                     "disable user={} caller_uid={uid} outcome=removed",
@@ -852,6 +1000,49 @@ impl Engine {
         }
     }
 
+    /// The newest entries of the trail (all users, or one), oldest first.
+    fn audit_trail(&self, user: Option<String>, since_secs: Option<u64>, now: u64) -> ResponseBody {
+        const LIMIT: u32 = 10_000;
+        let since = since_secs.map_or(0, |s| now.saturating_sub(s));
+        match self
+            .store
+            .read(|tx| tx.audit_entries(user.as_deref(), since, LIMIT))
+        {
+            Ok((entries, omitted)) => ResponseBody::Audit { entries, omitted },
+            Err(e) => self.store_failed("audit", user.as_deref().unwrap_or("-"), &e),
+        }
+    }
+
+    /// Deletes audit entries older than the configured retention.
+    pub fn prune_audit(&self, now: u64) {
+        let before = now.saturating_sub(self.config().audit_days.saturating_mul(86_400));
+        match self.store.write(move |tx| tx.prune_audit(before)) {
+            Ok(0) => {}
+            Ok(n) => self.log.info(&format!(
+                "audit: pruned {n} entries older than {} days",
+                self.config().audit_days
+            )),
+            Err(e) => self.log.error(&format!("audit pruning failed: {e}")),
+        }
+    }
+
+    /// A configuration file SIGHUP could not use: logged and kept in the trail.
+    pub fn reload_refused(&self, why: &str, now: u64) {
+        self.log.error(&format!(
+            "reload refused, the previous policy stays in force: {why}"
+        ));
+        let entry = AuditEntry {
+            time: now,
+            event: "policy-reload".into(),
+            outcome: "refused".into(),
+            detail: Some(why.chars().take(300).collect()),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+            self.log.error(&format!("audit write failed: {e}"));
+        }
+    }
+
     fn policy_report(&self) -> ResponseBody {
         let cfg = self.config();
         let enrolled: std::collections::BTreeSet<String> =
@@ -903,9 +1094,13 @@ impl Engine {
         ResponseBody::Policy(report)
     }
 
-    fn unlock(&self, name: &str, uid: u32) -> ResponseBody {
+    fn unlock(&self, name: &str, uid: u32, now: u64) -> ResponseBody {
         let owned = name.to_string();
-        match self.store.write(move |tx| tx.clear_throttle(&owned)) {
+        let entry = admin_entry(now, "unlock", name, "cleared", uid);
+        match self.store.write(move |tx| {
+            tx.clear_throttle(&owned)?;
+            tx.audit(&entry)
+        }) {
             Ok(()) => {
                 self.log.info(&format!(
                     "unlock user={} caller_uid={uid}",
@@ -1187,6 +1382,28 @@ mod tests {
             verify(&e, "root", "123456", T0),
             ResponseBody::Disabled
         ));
+    }
+
+    #[test]
+    fn audit_entries_are_pruned_by_age() {
+        let (e, _dir) = engine("audit_days = 1");
+        enrolled(&e, "old", T0);
+        let count = |now| match e.handle(
+            0,
+            RequestBody::Audit {
+                user: None,
+                since_secs: None,
+            },
+            now,
+        ) {
+            ResponseBody::Audit { entries, .. } => entries.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(count(T0), 2, "enroll and confirm");
+        e.prune_audit(T0 + 86_400);
+        assert_eq!(count(T0 + 86_400), 2, "a day old is kept");
+        e.prune_audit(T0 + 86_401);
+        assert_eq!(count(T0 + 86_401), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub enum Operation {
     List,
     Unlock,
     Policy,
+    Audit,
 }
 
 /// The caller as the kernel reports it.
@@ -46,7 +47,7 @@ pub fn authorize(
     }
     match op {
         Ping => return Decision::Allow,
-        List | Unlock | Policy => return Decision::Deny("only root may do this"),
+        List | Unlock | Policy | Audit => return Decision::Deny("only root may do this"),
         _ => {}
     }
     if target_uid != Some(caller.uid) {
@@ -59,7 +60,7 @@ pub fn authorize(
         }
         Confirm => Decision::Allow,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
-        Ping | List | Unlock | Policy => Decision::Deny("only root may do this"),
+        Ping | List | Unlock | Policy | Audit => Decision::Deny("only root may do this"),
     }
 }
 
@@ -122,6 +123,9 @@ mod tests {
             // admin-only operations
             (ALICE, List, NOBODY, true, deny_root),
             (ALICE, Policy, NOBODY, true, deny_root),
+            (ALICE, Audit, ALICE_UID, true, deny_root),
+            (ALICE, Audit, NOBODY, true, deny_root),
+            (ROOT, Audit, BOB_UID, true, Allow),
             (ROOT, Policy, NOBODY, true, Allow),
             (ALICE, Unlock, ALICE_UID, true, deny_root),
             (ALICE, Unlock, BOB_UID, true, deny_root),

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use twofold_shared::otp::{Algorithm, TotpParams};
 use twofold_shared::secret::Secret;
+use twofold_shared::wire::AuditEntry;
 
 /// How many queued write jobs share one commit at most.
 const MAX_BATCH: usize = 512;
@@ -121,6 +122,16 @@ pub trait Tx {
     fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()>;
     /// Removes the enrollment, its backup codes and any pending enrollment. True if enrolled.
     fn delete_user(&self, name: &str) -> Result<bool>;
+    fn audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Matching entries, oldest first, at most `limit` of the newest; and how many were left out.
+    fn audit_entries(
+        &self,
+        user: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, u64)>;
+    /// Deletes entries older than `before`; returns how many.
+    fn prune_audit(&self, before: u64) -> Result<usize>;
 }
 
 /// Migrations, in order; `PRAGMA user_version` records how many have run.
@@ -161,6 +172,22 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     );
     INSERT INTO counters (name, value) VALUES ('unknown_rejections', 0);",
+    // 2: the audit trail
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        user TEXT,
+        outcome TEXT NOT NULL,
+        method TEXT,
+        service TEXT,
+        rhost TEXT,
+        tty TEXT,
+        caller_uid INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_time ON audit (time);
+    CREATE INDEX audit_by_user ON audit (user, time);",
 ];
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -606,6 +633,71 @@ impl Tx for SqliteTx<'_> {
             insert.execute(params![name, code.as_bytes()])?;
         }
         Ok(())
+    }
+
+    fn audit(&self, e: &AuditEntry) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO audit (time, event, user, outcome, method, service, rhost, tty, caller_uid, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                to_i64(e.time),
+                e.event,
+                e.user,
+                e.outcome,
+                e.method,
+                e.service,
+                e.rhost,
+                e.tty,
+                e.caller_uid,
+                e.detail
+            ])?;
+        Ok(())
+    }
+
+    fn audit_entries(
+        &self,
+        user: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        let total: i64 = self
+            .0
+            .prepare_cached(
+                "SELECT COUNT(*) FROM audit WHERE time >= ?1 AND (?2 IS NULL OR user = ?2)",
+            )?
+            .query_row(params![to_i64(since), user], |r| r.get(0))?;
+        let mut stmt = self.0.prepare_cached(
+            "SELECT time, event, user, outcome, method, service, rhost, tty, caller_uid, detail FROM audit
+             WHERE time >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY time DESC, id DESC LIMIT ?3",
+        )?;
+        let mut entries = stmt
+            .query_map(params![to_i64(since), user, i64::from(limit)], |r| {
+                Ok(AuditEntry {
+                    time: r.get::<_, i64>(0)?.max(0) as u64,
+                    event: r.get(1)?,
+                    user: r.get(2)?,
+                    outcome: r.get(3)?,
+                    method: r.get(4)?,
+                    service: r.get(5)?,
+                    rhost: r.get(6)?,
+                    tty: r.get(7)?,
+                    caller_uid: r.get(8)?,
+                    detail: r.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        entries.reverse();
+        let omitted = (total.max(0) as u64).saturating_sub(entries.len() as u64);
+        Ok((entries, omitted))
+    }
+
+    fn prune_audit(&self, before: u64) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached("DELETE FROM audit WHERE time < ?1")?
+            .execute([to_i64(before)])?)
     }
 
     fn delete_user(&self, name: &str) -> Result<bool> {

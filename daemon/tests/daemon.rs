@@ -929,3 +929,96 @@ fn require_groups_refuse_members_until_enrolled() {
         0
     );
 }
+
+#[test]
+fn audit_trail_records_every_event_and_never_a_code() {
+    let d = Daemon::start(
+        "[throttle]\nfree_failures = 5\nbase_delay = 0\nmax_delay = 0\nlockout_after = 3",
+    );
+    ensure_step_time(8);
+    let (secret, codes) = d.enroll("mia");
+    let good = oathtool(&secret, 1);
+    assert_eq!(d.cli(&["verify", "mia", &good]).code(), 0);
+    assert_eq!(d.cli(&["verify", "mia", &codes[0]]).code(), 0);
+    for _ in 0..3 {
+        assert_eq!(d.cli(&["verify", "mia", "000000"]).code(), 1);
+    }
+    assert_eq!(d.cli(&["verify", "mia", "000000"]).code(), 3);
+    assert_eq!(d.cli(&["unlock", "mia"]).code(), 0);
+    assert_eq!(
+        d.cli(&["backup-codes", "--user", "mia", "--json"]).code(),
+        0
+    );
+    assert_eq!(d.cli(&["verify", "root", "123456"]).code(), 4);
+    reconfigure(&d, "unenrolled = \"deny\"", "policy reloaded");
+    reconfigure(&d, "bogus = 1", "reload refused");
+    assert_eq!(d.cli(&["disable", "--user", "mia"]).code(), 0);
+
+    let r = d.cli(&["audit", "--json"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    let seen: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["event"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+                e["method"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    for want in [
+        "enroll pending -",
+        "confirm enrolled -",
+        "login accepted totp",
+        "login accepted backup-code",
+        "login rejected -",
+        "lockout locked -",
+        "login locked -",
+        "unlock cleared -",
+        "backup-codes replaced -",
+        "login ignored-not-enrolled -",
+        "policy-reload applied -",
+        "policy-reload refused -",
+        "disable removed -",
+    ] {
+        assert!(seen.iter().any(|s| s == want), "no '{want}' in {seen:#?}");
+    }
+    // Oldest first, each with the caller's uid where a caller asked.
+    let times: Vec<u64> = entries
+        .iter()
+        .map(|e| e["time"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    // No code or backup code in the trail, the log or the database.
+    let everything = format!("{} {} {}", r.stdout(), d.cli(&["audit"]).stdout(), d.log());
+    for secret_text in [
+        good.as_str(),
+        codes[0].as_str(),
+        &codes[0].replace('-', ""),
+        secret.as_str(),
+    ] {
+        assert!(!everything.contains(secret_text), "{secret_text} leaked");
+    }
+    // Filters.
+    let mine = d.cli(&["audit", "--user", "root", "--json"]).json();
+    assert!(mine["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["user"] == "root"));
+    assert_eq!(mine["entries"].as_array().unwrap().len(), 1);
+    assert!(
+        !d.cli(&["audit", "--since", "1h", "--json"]).json()["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(d.cli(&["audit", "--since", "soon"]).code(), 2);
+    let human = d.cli(&["audit", "--user", "mia"]).stdout();
+    assert!(
+        human.contains("login") && human.contains("accepted (totp)") && human.contains("by-uid=0"),
+        "{human}"
+    );
+}

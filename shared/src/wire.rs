@@ -125,6 +125,13 @@ pub enum RequestBody {
     },
     /// The policy in force and whom each rule affects.
     Policy {},
+    /// The audit trail, newest last; optionally one user's, and only the last `since_secs`.
+    Audit {
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        since_secs: Option<u64>,
+    },
 }
 
 impl RequestBody {
@@ -149,6 +156,7 @@ impl RequestBody {
             RequestBody::List {} => "list",
             RequestBody::Unlock { .. } => "unlock",
             RequestBody::Policy {} => "policy",
+            RequestBody::Audit { .. } => "audit",
         }
     }
 }
@@ -218,6 +226,11 @@ pub enum ResponseBody {
         message: String,
     },
     Policy(PolicyReport),
+    Audit {
+        entries: Vec<AuditEntry>,
+        /// Older matching entries left out (the answer holds at most the newest 10,000).
+        omitted: u64,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -251,6 +264,25 @@ pub struct UserStatus {
     /// Unix time before which attempts are refused unevaluated.
     pub throttled_until: Option<u64>,
     pub locked: bool,
+}
+
+/// One line of the audit trail. Never holds a code or a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub time: u64,
+    /// enroll, confirm, login, lockout, unlock, disable, backup-codes, policy-reload, …
+    pub event: String,
+    pub user: Option<String>,
+    pub outcome: String,
+    /// totp or backup-code, for logins that got as far as a method.
+    pub method: Option<String>,
+    pub service: Option<String>,
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    /// The uid of the process that asked (the PAM host, the CLI user).
+    pub caller_uid: Option<u32>,
+    pub detail: Option<String>,
 }
 
 /// The policy in force, and how many local accounts each rule affects.

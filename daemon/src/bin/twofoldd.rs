@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use twofold_daemon::audit::Logger;
 use twofold_daemon::config::{Config, DEFAULT_CONFIG};
-use twofold_daemon::{engine::Engine, server, store::Store};
+use twofold_daemon::{clock, engine::Engine, server, store::Store};
 
 /// Serve twofold's second-factor checks on a Unix socket (runs in the foreground).
 #[derive(Parser, Debug)]
@@ -25,22 +25,15 @@ struct Args {
 }
 
 /// SIGHUP re-reads the configuration file; an invalid file keeps the policy in force.
-fn reload_on_sighup(
-    engine: Arc<Engine>,
-    log: Arc<Logger>,
-    path: PathBuf,
-    explicit: bool,
-) -> std::io::Result<()> {
+fn reload_on_sighup(engine: Arc<Engine>, path: PathBuf, explicit: bool) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
         .name("sighup".into())
         .spawn(move || {
             for _ in signals.forever() {
                 match Config::load(&path, explicit) {
-                    Ok(config) => engine.reload(config),
-                    Err(e) => log.error(&format!(
-                        "reload refused, the previous policy stays in force: {e}"
-                    )),
+                    Ok(config) => engine.reload(config, clock::now()),
+                    Err(e) => engine.reload_refused(&e.to_string(), clock::now()),
                 }
             }
         })?;
@@ -113,7 +106,18 @@ fn main() -> ExitCode {
         }
     ));
     let engine = Arc::new(Engine::new(store, config, log.clone()));
-    if let Err(e) = reload_on_sighup(engine.clone(), log.clone(), path, explicit) {
+    let pruner = engine.clone();
+    let started = std::thread::Builder::new()
+        .name("audit-pruner".into())
+        .spawn(move || loop {
+            pruner.prune_audit(clock::now());
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        });
+    if let Err(e) = started {
+        log.error(&format!("cannot start the audit pruner: {e}"));
+        return ExitCode::from(1);
+    }
+    if let Err(e) = reload_on_sighup(engine.clone(), path, explicit) {
         log.error(&format!("cannot handle SIGHUP: {e}"));
         return ExitCode::from(1);
     }
