@@ -335,14 +335,26 @@ impl Engine {
                 }
             }
         }
-        // Resolve who the request is about: named, or the caller's own account.
+        // Resolve who the request is about: named, or the caller's own account. A name with an
+        // account is replaced by the account's own spelling, so that every spelling the name
+        // service accepts (ALICE, alice@DOMAIN) meets the same enrollment and throttle.
         let name = match target {
             None => String::new(),
             Some(Some(name)) => {
                 if let Err(why) = users::validate_name(&name) {
                     return error(ErrorKind::BadRequest, why);
                 }
-                name
+                match users::canonical(&name) {
+                    Ok(Some(canonical)) => canonical,
+                    Ok(None) => name,
+                    Err(why) => {
+                        self.log.error(&format!(
+                            "name service failed for user={}: {why}",
+                            audit::field(&name)
+                        ));
+                        return error(ErrorKind::Internal, "the name service failed; try again");
+                    }
+                }
             }
             Some(None) => match users::name_of(uid) {
                 Some(name) => name,
@@ -391,9 +403,20 @@ impl Engine {
     /// (`unenrolled = "deny"`) or for a group the account belongs to (`require_groups`).
     fn not_enrolled(&self, name: &str) -> ResponseBody {
         let cfg = self.config();
-        let required =
-            cfg.unenrolled == Unenrolled::Deny || users::in_any_group(name, &cfg.require_groups);
-        ResponseBody::NotEnrolled { required }
+        if cfg.unenrolled == Unenrolled::Deny {
+            return ResponseBody::NotEnrolled { required: true };
+        }
+        match users::in_any_group(name, &cfg.require_groups) {
+            Ok(required) => ResponseBody::NotEnrolled { required },
+            Err(why) => {
+                self.log.error(&format!(
+                    "require_groups for user={}: {}; refusing",
+                    audit::field(name),
+                    audit::field(&why)
+                ));
+                error(ErrorKind::Internal, "group membership could not be checked")
+            }
+        }
     }
 
     /// Before prompting: enrolled users (and names with no account, which must look the same)
@@ -1079,7 +1102,7 @@ impl Engine {
         for group in &cfg.require_groups {
             let members: Vec<&String> = accounts
                 .iter()
-                .filter(|a| users::in_any_group(a, std::slice::from_ref(group)))
+                .filter(|a| users::in_any_group(a, std::slice::from_ref(group)).unwrap_or(false))
                 .collect();
             report.require_groups.push(GroupReport {
                 group: group.clone(),

@@ -3,24 +3,52 @@
 pub use twofold_shared::wire::validate_name;
 
 /// Whether `name` belongs to any of `groups` (by primary or supplementary membership, as NSS
-/// reports it). Groups that do not exist match no one.
-pub fn in_any_group(name: &str, groups: &[String]) -> bool {
+/// reports it). Any failure to find out — the name service failing, a group that does not
+/// exist — is an error: a policy that cannot be evaluated must not let anyone through.
+pub fn in_any_group(name: &str, groups: &[String]) -> Result<bool, String> {
     if groups.is_empty() {
-        return false;
+        return Ok(false);
     }
-    let Some(user) = nix::unistd::User::from_name(name).ok().flatten() else {
-        return false;
+    let user = match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => u,
+        Ok(None) => return Ok(false), // no account: no groups
+        Err(e) => return Err(format!("looking up {name}: {e}")),
     };
-    let Ok(cname) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    let member_of = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
-    groups.iter().any(|g| {
-        nix::unistd::Group::from_name(g)
-            .ok()
-            .flatten()
-            .is_some_and(|group| member_of.contains(&group.gid))
-    })
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| "user name holds a NUL byte".to_string())?;
+    let member_of = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| format!("groups of {name}: {e}"))?;
+    for g in groups {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(group)) if member_of.contains(&group.gid) => return Ok(true),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("group {g} does not exist")),
+            Err(e) => return Err(format!("looking up group {g}: {e}")),
+        }
+    }
+    Ok(false)
+}
+
+/// Checks that every group named in `require_groups` exists, at start and on reload.
+pub fn check_groups(groups: &[String]) -> Result<(), String> {
+    for g in groups {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("require_groups: group {g:?} does not exist")),
+            Err(e) => return Err(format!("require_groups: looking up group {g:?}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The account's own spelling of `name`, if the name service knows the account. An error of
+/// the name service (as opposed to "no such account") is an error, never "unknown".
+pub fn canonical(name: &str) -> Result<Option<String>, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(Some(user.name)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The uid of a local (NSS) account.

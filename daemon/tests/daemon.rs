@@ -900,7 +900,7 @@ fn require_groups_refuse_members_until_enrolled() {
         .unwrap()
         .success());
     let d = Daemon::start(&format!(
-        "unenrolled = \"allow\"\nrequire_groups = [\"{group}\", \"no-such-group-tf\"]"
+        "unenrolled = \"allow\"\nrequire_groups = [\"{group}\"]"
     ));
     let required =
         |name: &str| d.cli(&["verify", name, "123456", "--json"]).json()["required"].clone();
@@ -920,7 +920,26 @@ fn require_groups_refuse_members_until_enrolled() {
         groups[0],
         serde_json::json!({"group": group, "exists": true, "members": 1, "not_enrolled": 1})
     );
-    assert_eq!(groups[1]["exists"], false);
+    assert_eq!(groups.len(), 1);
+    // A group that does not exist is a configuration error: refused at reload (the policy in
+    // force stays) and at start, never silently "nobody is a member".
+    reconfigure(
+        &d,
+        "require_groups = [\"no-such-group-tf\"]",
+        "reload refused",
+    );
+    assert_eq!(required(&member.name), true);
+    let out = Command::new(TWOFOLDD)
+        .arg("--config")
+        .arg(&d.config)
+        .arg("--socket")
+        .arg(d.dir.path().join("other.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("group \"no-such-group-tf\" does not exist")
+    );
     // Once enrolled, the member is asked for a code like everyone enrolled.
     let (secret, _) = d.enroll(&member.name);
     assert_eq!(

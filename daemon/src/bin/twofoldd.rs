@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use twofold_daemon::audit::Logger;
 use twofold_daemon::config::{Config, DEFAULT_CONFIG};
-use twofold_daemon::{clock, engine::Engine, server, store::Store};
+use twofold_daemon::{clock, engine::Engine, server, store::Store, users};
 
 /// Serve twofold's second-factor checks on a Unix socket (runs in the foreground).
 #[derive(Parser, Debug)]
@@ -31,7 +31,10 @@ fn reload_on_sighup(engine: Arc<Engine>, path: PathBuf, explicit: bool) -> std::
         .name("sighup".into())
         .spawn(move || {
             for _ in signals.forever() {
-                match Config::load(&path, explicit) {
+                let checked = Config::load(&path, explicit)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| users::check_groups(&c.require_groups).map(|()| c));
+                match checked {
                     Ok(config) => engine.reload(config, clock::now()),
                     Err(e) => engine.reload_refused(&e.to_string(), clock::now()),
                 }
@@ -60,6 +63,11 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.database {
         config.database = d;
+    }
+    if let Err(e) = users::check_groups(&config.require_groups) {
+        log.error(&format!("configuration: {e}"));
+        eprintln!("twofoldd: {e}");
+        return ExitCode::from(2);
     }
     // Everything twofoldd creates (database, WAL, journal) is private to it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
