@@ -10,8 +10,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twofold_shared::client::DeadlineStream;
 use twofold_shared::wire::{self, ErrorKind, FrameError, Response, ResponseBody, PROTOCOL_VERSION};
@@ -53,15 +53,6 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Decrements the live-connection count when a connection thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn respond(stream: UnixStream, body: ResponseBody, timeout: Duration) {
     let mut out = DeadlineStream::new(stream, Instant::now() + timeout);
     // Answers may exceed the request limit (`list` of a large host); only the CLI asks for those.
@@ -98,10 +89,70 @@ fn refuse_busy(stream: UnixStream) {
     let _ = out.get_ref().read(&mut sink);
 }
 
+/// Connections in progress, by peer uid. Unprivileged users share three quarters of
+/// `max_connections` and may hold at most [`PER_USER`] each, so that no local user can take
+/// every slot and lock root out of sudo and ssh.
+struct Slots {
+    max: usize,
+    state: Mutex<SlotCounts>,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    total: usize,
+    unprivileged: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// Connections one unprivileged uid may have open at once.
+pub const PER_USER: usize = 8;
+
+impl Slots {
+    fn take(self: &Arc<Self>, uid: u32, privileged: bool) -> Option<Slot> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.total >= self.max {
+            return None;
+        }
+        if !privileged {
+            let mine = s.by_uid.get(&uid).copied().unwrap_or(0);
+            if mine >= PER_USER || s.unprivileged >= self.max * 3 / 4 {
+                return None;
+            }
+            s.by_uid.insert(uid, mine + 1);
+            s.unprivileged += 1;
+        }
+        s.total += 1;
+        Some(Slot { slots: self.clone(), uid, privileged })
+    }
+}
+
+/// Gives a connection's slot back when its thread ends, however it ends.
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+    privileged: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if !self.privileged {
+            s.unprivileged = s.unprivileged.saturating_sub(1);
+            if let Some(n) = s.by_uid.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    s.by_uid.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
 /// Serves forever.
 pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> io::Result<()> {
-    let live = Arc::new(AtomicUsize::new(0));
-    let max = engine.config().max_connections;
+    let slots = Arc::new(Slots { max: engine.config().max_connections, state: Mutex::default() });
+    let daemon_uid = nix::unistd::geteuid().as_raw();
     let timeout = Duration::from_secs(engine.config().request_timeout);
     for conn in listener.incoming() {
         let stream = match conn {
@@ -113,20 +164,23 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
                 continue;
             }
         };
-        if live.fetch_add(1, Ordering::SeqCst) >= max {
-            live.fetch_sub(1, Ordering::SeqCst);
+        let uid = match getsockopt(&stream, PeerCredentials) {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                log.error(&format!("cannot read peer credentials: {e}"));
+                continue;
+            }
+        };
+        let Some(slot) = slots.take(uid, uid == 0 || uid == daemon_uid) else {
             refuse_busy(stream);
             continue;
-        }
-        let slot = Slot(live.clone());
+        };
         let engine = engine.clone();
         let log2 = log.clone();
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                handle(stream, &engine, &log2, timeout);
-            });
+        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
+            let _slot = slot;
+            handle(stream, uid, &engine, &log2, timeout);
+        });
         if let Err(e) = spawned {
             log.error(&format!("cannot start a connection thread: {e}"));
         }
@@ -134,14 +188,7 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
     Ok(())
 }
 
-fn handle(stream: UnixStream, engine: &Engine, log: &Logger, timeout: Duration) {
-    let uid = match getsockopt(&stream, PeerCredentials) {
-        Ok(cred) => cred.uid(),
-        Err(e) => {
-            log.error(&format!("cannot read peer credentials: {e}"));
-            return;
-        }
-    };
+fn handle(stream: UnixStream, uid: u32, engine: &Engine, log: &Logger, timeout: Duration) {
     let mut input = DeadlineStream::new(stream, Instant::now() + timeout);
     let reply = match wire::read_frame(&mut input) {
         Ok(payload) => engine.handle_payload(uid, &payload, clock::now()),

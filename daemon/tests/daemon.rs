@@ -1041,3 +1041,36 @@ fn audit_trail_records_every_event_and_never_a_code() {
         "{human}"
     );
 }
+
+#[test]
+fn one_user_cannot_take_every_connection() {
+    if !is_root() {
+        eprintln!("SKIP one_user_cannot_take_every_connection: needs root to create a second user");
+        return;
+    }
+    let d = Daemon::start("max_connections = 16\nrequest_timeout = 30");
+    std::thread::sleep(Duration::from_millis(300)); // let the start-up probe finish
+    let hog = TempUser::create("tf-h");
+    // The user opens 40 idle connections and keeps them open.
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid", &hog.name, "--regid", &hog.name, "--init-groups", "--", "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket,sys,time\nh=[]\nfor i in range(40):\n  s=socket.socket(socket.AF_UNIX); s.connect({:?}); h.append(s)\nprint('held', flush=True)\ntime.sleep(60)",
+            path_str(&d.socket)
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    std::thread::sleep(Duration::from_millis(300));
+    // Root is still served; the hog's next request is answered "busy".
+    let root = d.cli(&["status", "--user", "root"]);
+    assert_eq!(root.code(), 0, "{}", root.stderr());
+    let theirs = d.cli_as(Some(&hog.name), &["status", "--json"], None);
+    assert_eq!(theirs.code(), 6, "{}", theirs.stdout());
+    assert_eq!(theirs.json()["kind"], "busy");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
