@@ -36,15 +36,16 @@ module="$bin/libpam_twofold.so"
 work=$(mktemp -d /tmp/twofold-demo.XXXXXX)
 chmod 755 "$work"
 service="twofold-demo-$$"
-daemon_pid="" sshd_pid=""
+daemon_pid=""
+# shellcheck source-path=SCRIPTDIR source=sshd-lib.sh
+. "$repo/scripts/sshd-lib.sh"
 
 cleanup() {
   set +e
-  [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null && wait "$sshd_pid" 2>/dev/null
+  sshd_stop
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
   pkill -KILL -u "$user" 2>/dev/null
   id "$user" >/dev/null 2>&1 && userdel -r "$user" 2>/dev/null
-  rm -f "/etc/pam.d/$service"
   rm -rf "$work"
   echo "demo.sh: cleaned up (daemon, sshd, user $user, /etc/pam.d/$service, $work)"
 }
@@ -72,32 +73,7 @@ install -d -m 700 -o "$user" -g "$user" "/home/$user/.ssh"
 install -m 600 -o "$user" -g "$user" "$work/id_demo.pub" "/home/$user/.ssh/authorized_keys"
 
 say "Starting sshd on 127.0.0.1:$port: public key AND a verification code"
-ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
-cat > "/etc/pam.d/$service" <<PAM
-# Written by twofold's demo.sh; removed when it stops.
-auth     required  $module socket=$work/twofold.sock
-account  include   common-account
-session  required  pam_permit.so
-PAM
-cat > "$work/sshd_config" <<SSHD
-Port $port
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-PidFile $work/sshd.pid
-UsePAM yes
-PubkeyAuthentication yes
-KbdInteractiveAuthentication yes
-PasswordAuthentication no
-AuthenticationMethods publickey,keyboard-interactive
-PermitRootLogin no
-AllowUsers $user
-SSHD
-mkdir -p /run/sshd
-# sshd names its PAM service after the program: a link called $service gives it ours.
-ln -s "$(command -v sshd)" "$work/$service"
-"$work/$service" -D -e -f "$work/sshd_config" 2> "$work/sshd.log" &
-sshd_pid=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+sshd_start "$work" "$port" "$service" "$user" "auth     required  $module socket=$work/twofold.sock"
 
 say "Enrolling $user (this is what your phone would scan)"
 # Under script(1) the CLI sees a terminal and draws the QR code black on white; its code
@@ -111,29 +87,18 @@ tf confirm "$(oathtool --totp -b "$secret")" --user "$user" > "$work/backup.txt"
 echo "Confirmed with the current code. Backup codes (single use):"
 sed -n 's/^    /    /p' "$work/backup.txt"
 
-# ssh asks for the code through SSH_ASKPASS: a script that reads it from a private file, so
-# no code ever appears in argv or the environment.
-cat > "$work/askpass" <<'ASK'
-#!/bin/sh
-cat "$(dirname "$0")/code"
-ASK
-chmod 700 "$work/askpass"
-ssh_opts=(-i "$work/id_demo" -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-          -o LogLevel=ERROR -o PreferredAuthentications=publickey,keyboard-interactive)
-
 say "Proving a real SSH login with a computed code (oathtool, next time step)"
-oathtool --totp -b -N "now + 30 seconds" "$secret" > "$work/code"
-out=$(SSH_ASKPASS="$work/askpass" SSH_ASKPASS_REQUIRE=force DISPLAY=none setsid -w \
-      ssh "${ssh_opts[@]}" "$user@127.0.0.1" 'echo "logged in as $(id -un) on $(hostname) with two factors"' < /dev/null)
+code=$(oathtool --totp -b -N "now + 30 seconds" "$secret")
+# shellcheck disable=SC2016 # the remote shell expands it
+out=$(sshd_login "$work" "$port" "$user" "$work/id_demo" "$code" \
+      'echo "logged in as $(id -un) on $(hostname) with two factors"')
 echo "$out"
 [[ "$out" == "logged in as $user"* ]] || { echo "demo.sh: the SSH login failed" >&2; tail -20 "$work/sshd.log" >&2; exit 1; }
 echo "The same code again is refused (each code works once):"
-if SSH_ASKPASS="$work/askpass" SSH_ASKPASS_REQUIRE=force DISPLAY=none setsid -w \
-     ssh "${ssh_opts[@]}" -o NumberOfPasswordPrompts=1 "$user@127.0.0.1" true < /dev/null 2>/dev/null; then
+if sshd_login "$work" "$port" "$user" "$work/id_demo" "$code" true 2>/dev/null; then
   echo "demo.sh: a replayed code was accepted" >&2; exit 1
 fi
 echo "    refused, as it should be."
-rm -f "$work/code"
 
 if $once; then
   say "Done: one real SSH login needed a key and a code (--once)"
