@@ -10,6 +10,8 @@ packages=(
   binutils                     # strings(1), to prove no backup code is stored in clear
   python3                      # a stand-in socket server run as nobody in the PAM tests
   util-linux passwd procps     # setpriv, useradd, pkill for the tests
+  debhelper dpkg-dev lintian   # building and checking the Debian package (package-test.sh)
+  systemd man-db               # systemd-analyze on its unit; man -l on its manual pages
 )
 missing=()
 for p in "${packages[@]}"; do
