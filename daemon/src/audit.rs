@@ -87,7 +87,13 @@ pub fn field(value: &str) -> String {
             out.push_str("...");
             break;
         }
-        if c.is_control() || c.is_whitespace() || c == '"' || c == '\\' || c == '=' {
+        if c.is_control()
+            || c.is_whitespace()
+            || is_invisible(c)
+            || c == '"'
+            || c == '\\'
+            || c == '='
+        {
             for b in c.to_string().bytes() {
                 let _ = write!(out, "\\x{b:02x}");
             }
@@ -97,6 +103,28 @@ pub fn field(value: &str) -> String {
     }
     if out.is_empty() {
         out.push('-');
+    }
+    out
+}
+
+pub use twofold_shared::wire::is_invisible;
+
+/// Free text that may hold client input (error messages quoting field names): one line,
+/// control and invisible characters escaped, at most 200 characters.
+pub fn text(value: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i == 200 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() || is_invisible(c) || c == '\\' {
+            for b in c.to_string().bytes() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -119,5 +147,12 @@ mod tests {
         let long = field(&"x".repeat(1000));
         assert_eq!(long.len(), 67);
         assert_eq!(opt(None), "-");
+        assert_eq!(field("a\u{202e}b"), "a\\xe2\\x80\\xaeb");
+        // Free text keeps its spaces but not its line breaks.
+        assert_eq!(
+            text("unknown field `a\nfake: line` at 1"),
+            "unknown field `a\\x0afake: line` at 1"
+        );
+        assert_eq!(text(&"y".repeat(500)).len(), 203);
     }
 }

@@ -8,7 +8,7 @@ use crate::policy::{self, Caller, Decision, Operation};
 use crate::store::{PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord};
 use crate::throttle::{self, Gate};
 use crate::users;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use twofold_shared::otp::{self, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
@@ -26,6 +26,9 @@ pub struct Engine {
     store: Store,
     /// The policy in force; replaced whole on SIGHUP.
     config: RwLock<Arc<Config>>,
+    /// Argon2id hashes running at once: each takes 19 MiB, so a burst of backup-code guesses
+    /// must queue rather than exhaust memory.
+    hashing: HashGate,
     /// The uid twofoldd runs as; it is trusted like root.
     daemon_uid: u32,
     log: Arc<Logger>,
@@ -46,6 +49,35 @@ enum Outcome {
     Locked,
     /// This failure reached the lockout limit.
     NowLocked,
+}
+
+/// A counting semaphore bounding concurrent Argon2id computations.
+#[derive(Debug)]
+struct HashGate {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl HashGate {
+    fn new(permits: usize) -> Self {
+        HashGate {
+            free: Mutex::new(permits.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        drop(free);
+        let result = f();
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.freed.notify_one();
+        result
+    }
 }
 
 struct FreshCodes {
@@ -227,9 +259,15 @@ impl Engine {
         Engine {
             store,
             config: RwLock::new(Arc::new(config)),
+            hashing: HashGate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             daemon_uid: nix::unistd::geteuid().as_raw(),
             log,
         }
+    }
+
+    /// Argon2id of a backup code, waiting for a free hashing slot.
+    fn hash_backup(&self, normalized: &str, salt: &[u8]) -> Option<backup::BackupHash> {
+        self.hashing.run(|| backup::hash(normalized, salt))
     }
 
     /// The configuration in force now.
@@ -293,7 +331,10 @@ impl Engine {
         match wire::decode::<Request>(payload) {
             Ok(request) => self.handle(uid, request.body, now),
             Err(e) => {
-                self.log.warn(&format!("bad request from uid {uid}: {e}"));
+                self.log.warn(&format!(
+                    "bad request from uid {uid}: {}",
+                    audit::text(&e.to_string())
+                ));
                 error(ErrorKind::BadRequest, e.to_string())
             }
         }
@@ -584,7 +625,7 @@ impl Engine {
                     );
                 }
                 Input::Backup(c) => {
-                    let _ = backup::hash(c, &[0x5a; backup::SALT_BYTES]);
+                    let _ = self.hash_backup(c, &[0x5a; backup::SALT_BYTES]);
                 }
                 Input::Garbage => {}
             }
@@ -608,7 +649,7 @@ impl Engine {
                         .write(move |tx| record_login(tx, &base, blocked))?;
                     return Ok(Some(blocked));
                 }
-                let hash = backup::hash(&c, &user.backup_salt);
+                let hash = self.hash_backup(&c, &user.backup_salt);
                 self.store.write(move |tx| {
                     let state = tx.throttle(&owned)?;
                     if let Some(blocked) = gate_outcome(&cfg, state, now) {
@@ -860,7 +901,7 @@ impl Engine {
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hashes = codes
             .iter()
-            .map(|c| backup::normalize(c.expose()).and_then(|n| backup::hash(&n, &salt)))
+            .map(|c| backup::normalize(c.expose()).and_then(|n| self.hash_backup(&n, &salt)))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing backup codes failed")))?;
         Ok(FreshCodes {
@@ -1427,6 +1468,28 @@ mod tests {
         assert_eq!(count(T0 + 86_400), 2, "a day old is kept");
         e.prune_audit(T0 + 86_401);
         assert_eq!(count(T0 + 86_401), 0);
+    }
+
+    #[test]
+    fn at_most_n_hashes_run_at_once() {
+        let gate = Arc::new(HashGate::new(2));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    gate.run(|| {
+                        let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    })
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

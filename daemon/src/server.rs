@@ -6,11 +6,11 @@ use crate::audit::Logger;
 use crate::clock;
 use crate::engine::Engine;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twofold_shared::client::DeadlineStream;
@@ -122,7 +122,11 @@ impl Slots {
             s.unprivileged += 1;
         }
         s.total += 1;
-        Some(Slot { slots: self.clone(), uid, privileged })
+        Some(Slot {
+            slots: self.clone(),
+            uid,
+            privileged,
+        })
     }
 }
 
@@ -151,7 +155,10 @@ impl Drop for Slot {
 
 /// Serves forever.
 pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> io::Result<()> {
-    let slots = Arc::new(Slots { max: engine.config().max_connections, state: Mutex::default() });
+    let slots = Arc::new(Slots {
+        max: engine.config().max_connections,
+        state: Mutex::default(),
+    });
     let daemon_uid = nix::unistd::geteuid().as_raw();
     let timeout = Duration::from_secs(engine.config().request_timeout);
     for conn in listener.incoming() {
@@ -177,10 +184,12 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
         };
         let engine = engine.clone();
         let log2 = log.clone();
-        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
-            let _slot = slot;
-            handle(stream, uid, &engine, &log2, timeout);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                let _slot = slot;
+                handle(stream, uid, &engine, &log2, timeout);
+            });
         if let Err(e) = spawned {
             log.error(&format!("cannot start a connection thread: {e}"));
         }

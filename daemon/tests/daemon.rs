@@ -1062,7 +1062,9 @@ fn one_user_cannot_take_every_connection() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "held");
     std::thread::sleep(Duration::from_millis(300));
     // Root is still served; the hog's next request is answered "busy".

@@ -34,11 +34,19 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     if name
         .chars()
-        .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/')
+        .any(|c| c.is_control() || c.is_whitespace() || c == ':' || c == '/' || is_invisible(c))
     {
-        return Err("user name contains a control character, space, ':' or '/'".into());
+        return Err(
+            "user name contains a control or invisible character, a space, ':' or '/'".into(),
+        );
     }
     Ok(())
+}
+
+/// Bidi controls and zero-width characters: not control characters, but they make a name look
+/// like another in logs and terminals.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}')
 }
 
 /// Text that must never be printed: codes, secrets, otpauth URIs, backup codes.
