@@ -368,14 +368,35 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
             continue;
         }
         let mut completions = Vec::with_capacity(batch.len());
-        for job in batch {
-            let savepoint = conn.execute_batch("SAVEPOINT job");
+        let mut jobs = batch.into_iter();
+        let mut broken = None;
+        for job in jobs.by_ref() {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                job.abandon(StoreError::Commit(e.to_string()));
+                broken = Some(e.to_string());
+                break;
+            }
             let (ok, complete) = job.run(&conn);
-            if savepoint.is_ok() && !ok {
+            if !ok {
                 let _ = conn.execute_batch("ROLLBACK TO job");
             }
             let _ = conn.execute_batch("RELEASE job");
             completions.push(complete);
+            // SQLite rolls the whole transaction back by itself on some errors (disk full,
+            // I/O error, out of memory). Jobs run after that would autocommit one by one while
+            // their callers hear "failed": stop here, so nothing is half done.
+            if conn.is_autocommit() {
+                broken = Some("the transaction was rolled back by the database".into());
+                break;
+            }
+        }
+        if let Some(why) = broken {
+            jobs.for_each(|job| job.abandon(StoreError::Commit(why.clone())));
+            let _ = conn.execute_batch("ROLLBACK");
+            completions
+                .into_iter()
+                .for_each(|c| c(Err(StoreError::Commit(why.clone()))));
+            continue;
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),

@@ -1076,3 +1076,80 @@ fn one_user_cannot_take_every_connection() {
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+#[test]
+fn full_disk_fails_closed_and_loses_nothing() {
+    if !is_root() {
+        eprintln!(
+            "SKIP full_disk_fails_closed_and_loses_nothing: needs root to mount a small tmpfs"
+        );
+        return;
+    }
+    let mut d = Daemon::start("");
+    // Move the database onto a 3 MiB tmpfs.
+    let fs = d.dir.path().join("small");
+    std::fs::create_dir(&fs).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap()
+        .success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    d.database = fs.join("twofold.db");
+    std::fs::write(
+        &d.config,
+        format!(
+            "socket = {:?}\ndatabase = {:?}\nissuer = \"test-host\"\n",
+            d.socket, d.database
+        ),
+    )
+    .unwrap();
+    d.restart();
+    ensure_step_time(20);
+    let (secret, codes) = d.enroll("nora");
+    // Fill the file system to the last byte.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", fs.join("filler").display()))
+        .stderr(Stdio::null())
+        .status();
+    // Writes fail now; the daemon must say so, never "accepted", and count nothing.
+    let mut refused = 0;
+    for _ in 0..50 {
+        let r = d.cli(&["verify", "nora", "000000", "--json"]);
+        match r.code() {
+            1 => continue, // the WAL still had room for this one
+            6 => {
+                assert_eq!(r.json()["kind"], "storage", "{}", r.stdout());
+                refused += 1;
+                break;
+            }
+            other => panic!("unexpected exit {other}: {}", r.stdout()),
+        }
+    }
+    assert_eq!(refused, 1, "the disk never filled up");
+    let code = oathtool(&secret, 1);
+    let r = d.cli(&["verify", "nora", &code, "--json"]);
+    assert_eq!(
+        r.code(),
+        6,
+        "a valid code on a full disk must not be accepted: {}",
+        r.stdout()
+    );
+    let r = d.cli(&["verify", "nora", &codes[0], "--json"]);
+    assert_eq!(r.code(), 6, "nor a backup code: {}", r.stdout());
+    assert!(d.alive(), "the daemon died on a full disk");
+    // Space again: the same code and the same backup code still work: nothing was spent.
+    std::fs::remove_file(fs.join("filler")).unwrap();
+    assert_eq!(d.cli(&["verify", "nora", &code]).code(), 0);
+    let r = d.cli(&["verify", "nora", &codes[0], "--json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(r.json()["backup_codes_left"], 11);
+}
