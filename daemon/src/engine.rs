@@ -526,6 +526,18 @@ impl Engine {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
+        self.verify_enabled(name, code, pam, uid, now)
+    }
+
+    /// `verify` without the on/off switch.
+    fn verify_enabled(
+        &self,
+        name: &str,
+        code: &SecretText,
+        pam: &PamItems,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
         let base = AuditEntry {
             time: now,
             event: "login".into(),
@@ -629,11 +641,22 @@ impl Engine {
                 }
                 Input::Garbage => {}
             }
-            self.store.write(move |tx| {
-                tx.count_unknown_rejection()?;
-                record_login(tx, &base, Outcome::Wrong)
+            // The same throttle as for enrolled users, so that the answers (rejected, then
+            // throttled, then locked) do not tell the two apart.
+            let owned = name.to_string();
+            let outcome = self.store.write(move |tx| {
+                let state = tx.throttle(&owned)?;
+                let outcome = match gate_outcome(&cfg, state, now) {
+                    Some(blocked) => blocked,
+                    None => {
+                        tx.count_unknown_rejection()?;
+                        fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)?
+                    }
+                };
+                record_login(tx, &base, outcome)?;
+                Ok(outcome)
             })?;
-            return Ok(Some(Outcome::Wrong));
+            return Ok(Some(outcome));
         };
         let owned = name.to_string();
         let outcome = match input {
@@ -704,7 +727,8 @@ impl Engine {
             rhost: None,
             tty: None,
         };
-        match self.verify(name, &code, &pam, uid, now) {
+        // Not `verify`: proving possession works even while logins are switched off.
+        match self.verify_enabled(name, &code, &pam, uid, now) {
             ResponseBody::Accepted { .. } => None,
             other => Some(other),
         }
@@ -994,11 +1018,23 @@ impl Engine {
             if enrolled { "removed" } else { "cancelled" },
             uid,
         );
-        match self.store.write(move |tx| {
+        let proven = enrolled || !needs_code;
+        let removed = self.store.write(move |tx| {
+            // Decided again inside the transaction: a confirmation landing after the snapshot
+            // made an enrollment that this unproven request must not remove.
+            if !proven && tx.user(&owned)?.is_some() {
+                return Ok(false);
+            }
             tx.delete_user(&owned)?;
-            tx.audit(&entry)
-        }) {
-            Ok(_) => {
+            tx.audit(&entry)?;
+            Ok(true)
+        });
+        match removed {
+            Ok(false) => error(
+                ErrorKind::CodeRequired,
+                "an enrollment was confirmed meanwhile: give a current code or a backup code",
+            ),
+            Ok(true) => {
                 self.log.info(&format!(
                     "disable user={} caller_uid={uid} outcome=removed",
                     audit::field(name)
@@ -1026,7 +1062,9 @@ impl Engine {
         Ok(UserStatus {
             user: name.to_string(),
             enrolled: user.is_some(),
-            pending: tx.pending(name)?.is_some(),
+            pending: tx
+                .pending(name)?
+                .is_some_and(|p| now <= p.created_at.saturating_add(self.config().pending_ttl)),
             backup_codes_left: if user.is_some() {
                 tx.backup_codes_left(name)?
             } else {
@@ -1077,16 +1115,28 @@ impl Engine {
         }
     }
 
-    /// Deletes audit entries older than the configured retention.
-    pub fn prune_audit(&self, now: u64) {
-        let before = now.saturating_sub(self.config().audit_days.saturating_mul(86_400));
-        match self.store.write(move |tx| tx.prune_audit(before)) {
-            Ok(0) => {}
-            Ok(n) => self.log.info(&format!(
-                "audit: pruned {n} entries older than {} days",
-                self.config().audit_days
+    /// Hourly housekeeping: audit entries older than the retention, expired pending
+    /// enrollments, and failure counts of names without enrollment untouched for a day (the
+    /// throttle of names that are nobody's must not grow the database without bound).
+    pub fn housekeeping(&self, now: u64) {
+        let cfg = self.config();
+        let audit_before = now.saturating_sub(cfg.audit_days.saturating_mul(86_400));
+        let pending_before = now.saturating_sub(cfg.pending_ttl);
+        let lockout = cfg.throttle.lockout_after;
+        let result = self.store.write(move |tx| {
+            Ok((
+                tx.prune_audit(audit_before)?,
+                tx.prune_pending(pending_before)?,
+                tx.prune_throttle(now.saturating_sub(86_400), lockout)?,
+            ))
+        });
+        match result {
+            Ok((0, 0, 0)) => {}
+            Ok((audit, pending, throttle)) => self.log.info(&format!(
+                "housekeeping: removed {audit} audit entries older than {} days, {pending} expired pending enrollments, {throttle} stale failure counts",
+                cfg.audit_days
             )),
-            Err(e) => self.log.error(&format!("audit pruning failed: {e}")),
+            Err(e) => self.log.error(&format!("housekeeping failed: {e}")),
         }
     }
 
@@ -1464,10 +1514,64 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(count(T0), 2, "enroll and confirm");
-        e.prune_audit(T0 + 86_400);
+        e.housekeeping(T0 + 86_400);
         assert_eq!(count(T0 + 86_400), 2, "a day old is kept");
-        e.prune_audit(T0 + 86_401);
+        e.housekeeping(T0 + 86_401);
         assert_eq!(count(T0 + 86_401), 0);
+    }
+
+    #[test]
+    fn housekeeping_forgets_stale_counts_of_nobody_and_expired_pendings() {
+        let (e, _dir) = engine("");
+        enrolled(&e, "kept", T0);
+        for name in ["kept", "ghost"] {
+            assert!(matches!(
+                verify(&e, name, "000000", T0),
+                ResponseBody::Rejected
+            ));
+        }
+        e.handle(
+            0,
+            RequestBody::Enroll {
+                user: Some("late".into()),
+                force: false,
+                code: None,
+            },
+            T0,
+        );
+        let status = |name: &str, now| match e.handle(
+            0,
+            RequestBody::Status {
+                user: Some(name.into()),
+            },
+            now,
+        ) {
+            ResponseBody::Status(s) => s,
+            other => panic!("{other:?}"),
+        };
+        assert!(status("late", T0).pending);
+        assert!(
+            !status("late", T0 + 901).pending,
+            "expired pending enrollments are not shown as pending"
+        );
+        e.housekeeping(T0 + 86_401);
+        assert_eq!(
+            status("kept", T0 + 86_401).failures,
+            1,
+            "an enrolled user's count stays"
+        );
+        assert_eq!(
+            status("ghost", T0 + 86_401).failures,
+            0,
+            "nobody's stale count goes"
+        );
+        let ResponseBody::Users { users } = e.handle(0, RequestBody::List {}, T0 + 86_401) else {
+            panic!()
+        };
+        assert!(
+            users.iter().all(|u| u.user != "late"),
+            "expired pending enrollment removed"
+        );
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub trait Tx {
     ) -> Result<(Vec<AuditEntry>, u64)>;
     /// Deletes entries older than `before`; returns how many.
     fn prune_audit(&self, before: u64) -> Result<usize>;
+    /// Deletes pending enrollments created before `before`.
+    fn prune_pending(&self, before: u64) -> Result<usize>;
+    /// Deletes failure counts, last touched before `before` and short of `lockout`, of names
+    /// that have no enrollment.
+    fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize>;
 }
 
 /// Migrations, in order; `PRAGMA user_version` records how many have run.
@@ -719,6 +724,28 @@ impl Tx for SqliteTx<'_> {
             .0
             .prepare_cached("DELETE FROM audit WHERE time < ?1")?
             .execute([to_i64(before)])?)
+    }
+
+    fn prune_pending(&self, before: u64) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached("DELETE FROM pending WHERE created_at < ?1")?
+            .execute([to_i64(before)])?)
+    }
+
+    fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize> {
+        let lockout = if lockout == 0 {
+            i64::MAX
+        } else {
+            i64::from(lockout)
+        };
+        Ok(self
+            .0
+            .prepare_cached(
+                "DELETE FROM throttle WHERE last_failure < ?1 AND failures < ?2
+                 AND name NOT IN (SELECT name FROM users)",
+            )?
+            .execute(params![to_i64(before), lockout])?)
     }
 
     fn delete_user(&self, name: &str) -> Result<bool> {

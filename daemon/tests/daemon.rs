@@ -1153,3 +1153,15 @@ fn full_disk_fails_closed_and_loses_nothing() {
     assert_eq!(r.code(), 0, "{}", r.stdout());
     assert_eq!(r.json()["backup_codes_left"], 11);
 }
+
+#[test]
+fn names_without_account_meet_the_same_throttle_as_enrolled_users() {
+    let d = Daemon::start("");
+    let (_s, _c) = d.enroll("olga"); // no local account either, but enrolled
+    for name in ["olga", "no-such-account-qq"] {
+        let codes: Vec<i32> = (0..7)
+            .map(|_| d.cli(&["verify", name, "000000"]).code())
+            .collect();
+        assert_eq!(codes, [1, 1, 1, 1, 1, 3, 3], "{name}");
+    }
+}

@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     let started = std::thread::Builder::new()
         .name("audit-pruner".into())
         .spawn(move || loop {
-            pruner.prune_audit(clock::now());
+            pruner.housekeeping(clock::now());
             std::thread::sleep(std::time::Duration::from_secs(3600));
         });
     if let Err(e) = started {
