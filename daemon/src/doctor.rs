@@ -229,7 +229,7 @@ pub fn check_pam(service: &'static str, exists: bool, lines: &[ModuleLine]) -> V
             "pam",
             format!("the {service} PAM stack does not include pam_twofold: {service} logins have no second factor"),
             if service == "sshd" {
-                "add 'auth required pam_twofold.so' to /etc/pam.d/sshd: in place of '@include common-auth' when logins use keys, right after it when they use passwords".to_string()
+                "logins with keys: replace '@include common-auth' in /etc/pam.d/sshd with 'auth [success=ok ignore=ignore default=die] pam_twofold.so' and 'auth required pam_permit.so'; with passwords: add 'auth required pam_twofold.so' right after it (README: Protect SSH and sudo)".to_string()
             } else {
                 format!("add 'auth required pam_twofold.so' to /etc/pam.d/{service} right after '@include common-auth', or run 'pam-auth-update --enable twofold'")
             },
