@@ -156,6 +156,19 @@ kill "$u_pid" 2>/dev/null || true
 wait "$u_pid" 2>/dev/null || true
 [ -S "$work/u.sock" ] || { cat "$work/uncommented.toml" "$work/u.log" >&2; fail "the shipped configuration, uncommented, is refused"; }
 ok "the shipped configuration parses commented ($(grep -c '^#[a-z_]* = ' /etc/twofold/twofold.toml) keys) and uncommented"
+# ... and lists every key the daemon knows (the fields of Config and ThrottleConfig).
+while read -r key; do
+  grep -Eq "^#($key = |\[$key\]$)" /etc/twofold/twofold.toml \
+    || fail "key '$key' of daemon/src/config.rs is missing from debian/twofold.toml (and twofold.toml(5)?)"
+  grep -q "^\.BR $key " "$repo/debian/man/twofold.toml.5" || [ "$key" = throttle ] \
+    || fail "key '$key' of daemon/src/config.rs is missing from debian/man/twofold.toml.5"
+done < <(sed -n '/^pub struct \(Config\|ThrottleConfig\) {/,/^}/s/^    pub \([a-z_]*\):.*/\1/p' \
+           "$repo/daemon/src/config.rs" "$repo/daemon/src/throttle.rs")
+# twofold(1) describes every command the installed twofold has.
+man1=$(sed 's/\\-/-/g' "$repo/debian/man/twofold.1")
+while read -r cmd; do
+  grep -q "^\.B $cmd\b" <<< "$man1" || fail "'twofold $cmd' is missing from debian/man/twofold.1"
+done < <(/usr/bin/twofold --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help)
 
 step "Enrolling $user with the installed twofold"
 id "$user" >/dev/null 2>&1 && { pkill -KILL -u "$user" 2>/dev/null || true; userdel -r "$user" 2>/dev/null || true; }
