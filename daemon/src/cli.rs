@@ -215,6 +215,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         },
         Command::Verify { user, code } => match read_code_arg(&code) {
             Some(code) => match ctx.call(RequestBody::Verify {
+                grace_secs: 0,
                 user,
                 code,
                 pam: Default::default(),

@@ -14,7 +14,7 @@ use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
 use twofold_shared::wire::{
     self, AuditEntry, EnrollmentInfo, ErrorKind, GroupReport, Method, PamItems, PolicyReport,
-    Request, RequestBody, ResponseBody, SecretText, UserStatus, MAX_CODE, MAX_ITEM,
+    Request, RequestBody, ResponseBody, SecretText, UserStatus, MAX_CODE, MAX_GRACE_SECS, MAX_ITEM,
     PROTOCOL_VERSION,
 };
 
@@ -136,6 +136,10 @@ fn record_login(tx: &dyn Tx, base: &AuditEntry, outcome: Outcome) -> Result<(), 
             ..
         } => ("accepted", Some("totp"), None),
         Outcome::Accepted {
+            method: Method::Remembered,
+            ..
+        } => ("accepted", Some("remembered"), None),
+        Outcome::Accepted {
             method: Method::BackupCode,
             left,
         } => (
@@ -163,6 +167,34 @@ fn record_login(tx: &dyn Tx, base: &AuditEntry, outcome: Outcome) -> Result<(), 
         })?;
     }
     Ok(())
+}
+
+/// What "remember this device" is keyed by: the service, and the remote host or else the tty.
+/// Without either, nothing is remembered.
+fn grace_key(pam: &PamItems) -> Option<(String, String)> {
+    let service = pam.service.clone().filter(|s| !s.is_empty())?;
+    let origin = match (&pam.rhost, &pam.tty) {
+        (Some(rhost), _) if !rhost.is_empty() => format!("rhost:{rhost}"),
+        (_, Some(tty)) if !tty.is_empty() => format!("tty:{tty}"),
+        _ => return None,
+    };
+    Some((service, origin))
+}
+
+/// After an accepted code, remembers the origin for later preflights (same transaction).
+fn remember_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    outcome: Outcome,
+    grace: Option<&(String, String)>,
+    now: u64,
+) -> Result<(), StoreError> {
+    match (outcome, grace) {
+        (Outcome::Accepted { .. }, Some((service, origin))) => {
+            tx.remember(name, service, origin, now)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// An audit entry for an administrative event.
@@ -348,7 +380,7 @@ impl Engine {
         let op = body.op_name();
         let (operation, target, pam) = match &body {
             RequestBody::Ping {} => (Operation::Ping, None, None),
-            RequestBody::Preflight { user, pam } => {
+            RequestBody::Preflight { user, pam, .. } => {
                 (Operation::Preflight, Some(Some(user.clone())), Some(pam))
             }
             RequestBody::Verify { user, pam, .. } => {
@@ -422,8 +454,15 @@ impl Engine {
             RequestBody::Ping {} => ResponseBody::Pong {
                 daemon_version: env!("CARGO_PKG_VERSION").into(),
             },
-            RequestBody::Preflight { pam, .. } => self.preflight(&name, &pam, uid, now),
-            RequestBody::Verify { code, pam, .. } => self.verify(&name, &code, &pam, uid, now),
+            RequestBody::Preflight {
+                pam, grace_secs, ..
+            } => self.preflight(&name, &pam, grace_secs.min(MAX_GRACE_SECS), uid, now),
+            RequestBody::Verify {
+                code,
+                pam,
+                grace_secs,
+                ..
+            } => self.verify(&name, &code, &pam, grace_secs > 0, uid, now),
             RequestBody::Enroll { force, code, .. } => {
                 self.enroll(&name, force, code, needs_code, uid, now)
             }
@@ -482,11 +521,76 @@ impl Engine {
         }
     }
 
-    fn preflight(&self, name: &str, pam: &PamItems, uid: u32, now: u64) -> ResponseBody {
+    /// A login remembered from the same origin within `grace_secs` (and the user not locked).
+    fn remembered(
+        &self,
+        name: &str,
+        pam: &PamItems,
+        grace_secs: u64,
+        uid: u32,
+        now: u64,
+    ) -> Option<ResponseBody> {
+        let (service, origin) = grace_key(pam)?;
+        let cfg = self.config().throttle;
+        let (at, state) = self
+            .store
+            .read(|tx| {
+                Ok((
+                    tx.remembered_at(name, &service, &origin)?,
+                    tx.throttle(name)?,
+                ))
+            })
+            .ok()?;
+        let at = at?;
+        let fresh = at <= now && now < at.saturating_add(grace_secs);
+        if !fresh || throttle::gate(&cfg, state, now) == Gate::Locked {
+            return None;
+        }
+        let entry = AuditEntry {
+            time: now,
+            event: "login".into(),
+            user: Some(name.to_string()),
+            outcome: "accepted".into(),
+            method: Some("remembered".into()),
+            service: pam.service.clone(),
+            rhost: pam.rhost.clone(),
+            tty: pam.tty.clone(),
+            caller_uid: Some(uid),
+            detail: Some(format!("code given {} s ago", now - at)),
+        };
+        // Accepted only once the acceptance is on record.
+        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+            self.log.error(&format!("audit write failed: {e}"));
+            return None;
+        }
+        self.log.info(&format!(
+            "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome=accepted method=remembered",
+            audit::field(name),
+            audit::opt(pam.service.as_deref()),
+            audit::opt(pam.rhost.as_deref()),
+            audit::opt(pam.tty.as_deref()),
+        ));
+        Some(ResponseBody::Accepted {
+            method: Method::Remembered,
+            backup_codes_left: None,
+        })
+    }
+
+    fn preflight(
+        &self,
+        name: &str,
+        pam: &PamItems,
+        grace_secs: u64,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
         match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+            Ok(true) if grace_secs > 0 => self
+                .remembered(name, pam, grace_secs, uid, now)
+                .unwrap_or(ResponseBody::Prompt),
             Ok(true) => ResponseBody::Prompt,
             Ok(false) if users::uid_of(name).is_some() => {
                 let reply = self.not_enrolled(name);
@@ -520,13 +624,14 @@ impl Engine {
         name: &str,
         code: &SecretText,
         pam: &PamItems,
+        remember: bool,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
-        self.verify_enabled(name, code, pam, uid, now)
+        self.verify_enabled(name, code, pam, remember, uid, now)
     }
 
     /// `verify` without the on/off switch.
@@ -535,6 +640,7 @@ impl Engine {
         name: &str,
         code: &SecretText,
         pam: &PamItems,
+        remember: bool,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
@@ -548,7 +654,8 @@ impl Engine {
             caller_uid: Some(uid),
             ..Default::default()
         };
-        let outcome = match self.evaluate(name, code.expose(), now, base.clone()) {
+        let grace = if remember { grace_key(pam) } else { None };
+        let outcome = match self.evaluate(name, code.expose(), now, base.clone(), grace) {
             Ok(Some(outcome)) => outcome,
             Ok(None) => {
                 let reply = self.not_enrolled(name);
@@ -561,6 +668,7 @@ impl Engine {
             Outcome::Accepted { method, left } => (
                 match method {
                     Method::Totp => "accepted method=totp".to_string(),
+                    Method::Remembered => "accepted method=remembered".to_string(),
                     Method::BackupCode => {
                         format!("accepted method=backup-code left={}", left.unwrap_or(0))
                     }
@@ -614,6 +722,7 @@ impl Engine {
         code: &str,
         now: u64,
         base: AuditEntry,
+        grace: Option<(String, String)>,
     ) -> Result<Option<Outcome>, StoreError> {
         let snapshot = self
             .store
@@ -663,6 +772,7 @@ impl Engine {
             Input::Totp(c) => self.store.write(move |tx| {
                 let outcome = verify_totp_in_tx(tx, &owned, &c, now, window, &cfg)?;
                 record_login(tx, &base, outcome)?;
+                remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                 Ok(outcome)
             })?,
             Input::Backup(c) => {
@@ -691,6 +801,7 @@ impl Engine {
                         _ => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong),
                     }?;
                     record_login(tx, &base, outcome)?;
+                    remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok(outcome)
                 })?
             }
@@ -728,7 +839,7 @@ impl Engine {
             tty: None,
         };
         // Not `verify`: proving possession works even while logins are switched off.
-        match self.verify_enabled(name, &code, &pam, uid, now) {
+        match self.verify_enabled(name, &code, &pam, false, uid, now) {
             ResponseBody::Accepted { .. } => None,
             other => Some(other),
         }
@@ -1128,11 +1239,12 @@ impl Engine {
                 tx.prune_audit(audit_before)?,
                 tx.prune_pending(pending_before)?,
                 tx.prune_throttle(now.saturating_sub(86_400), lockout)?,
+                tx.prune_grace(now.saturating_sub(MAX_GRACE_SECS))?,
             ))
         });
         match result {
-            Ok((0, 0, 0)) => {}
-            Ok((audit, pending, throttle)) => self.log.info(&format!(
+            Ok((0, 0, 0, _)) => {}
+            Ok((audit, pending, throttle, _)) => self.log.info(&format!(
                 "housekeeping: removed {audit} audit entries older than {} days, {pending} expired pending enrollments, {throttle} stale failure counts",
                 cfg.audit_days
             )),
@@ -1280,6 +1392,7 @@ mod tests {
                 user: name.into(),
                 code: SecretText::new(code),
                 pam: PamItems::default(),
+                grace_secs: 0,
             },
             now,
         )
@@ -1488,6 +1601,7 @@ mod tests {
             RequestBody::Preflight {
                 user: "root".into(),
                 pam: PamItems::default(),
+                grace_secs: 0,
             },
             T0,
         );
@@ -1575,6 +1689,69 @@ mod tests {
     }
 
     #[test]
+    fn remembered_devices_expire_and_do_not_outlast_a_lock() {
+        let (e, _dir) = engine(
+            "[throttle]\nfree_failures = 5\nbase_delay = 0\nmax_delay = 0\nlockout_after = 2",
+        );
+        let secret = enrolled(&e, "g", T0);
+        let pam = PamItems {
+            service: Some("sshd".into()),
+            rhost: Some("192.0.2.1".into()),
+            tty: None,
+        };
+        let pre = |grace, now| {
+            e.handle(
+                0,
+                RequestBody::Preflight {
+                    user: "g".into(),
+                    pam: pam.clone(),
+                    grace_secs: grace,
+                },
+                now,
+            )
+        };
+        let code = code_at_step(&secret, T0 / 30 + 1);
+        let ok = e.handle(
+            0,
+            RequestBody::Verify {
+                user: "g".into(),
+                code: SecretText::new(code),
+                pam: pam.clone(),
+                grace_secs: 60,
+            },
+            T0 + 30,
+        );
+        assert!(
+            matches!(
+                ok,
+                ResponseBody::Accepted {
+                    method: Method::Totp,
+                    ..
+                }
+            ),
+            "{ok:?}"
+        );
+        assert!(matches!(
+            pre(60, T0 + 89),
+            ResponseBody::Accepted {
+                method: Method::Remembered,
+                ..
+            }
+        ));
+        assert!(matches!(pre(60, T0 + 90), ResponseBody::Prompt), "expired");
+        assert!(matches!(pre(0, T0 + 31), ResponseBody::Prompt), "grace off");
+        assert!(
+            matches!(pre(60, T0 + 29), ResponseBody::Prompt),
+            "a clock that went back does not extend it"
+        );
+        // Locked: a remembered device does not get around the lock.
+        for _ in 0..2 {
+            verify(&e, "g", "000000", T0 + 40);
+        }
+        assert!(matches!(pre(60, T0 + 41), ResponseBody::Prompt));
+    }
+
+    #[test]
     fn at_most_n_hashes_run_at_once() {
         let gate = Arc::new(HashGate::new(2));
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1606,6 +1783,7 @@ mod tests {
                 RequestBody::Preflight {
                     user: n.into(),
                     pam: PamItems::default(),
+                    grace_secs: 0,
                 },
                 T0,
             )

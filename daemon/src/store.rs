@@ -123,6 +123,10 @@ pub trait Tx {
     /// Removes the enrollment, its backup codes and any pending enrollment. True if enrolled.
     fn delete_user(&self, name: &str) -> Result<bool>;
     fn audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Remembers a successful code of `name` for `service` from `origin` at `at`.
+    fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()>;
+    /// When `name` last succeeded with a code for `service` from `origin`.
+    fn remembered_at(&self, name: &str, service: &str, origin: &str) -> Result<Option<u64>>;
     /// Matching entries, oldest first, at most `limit` of the newest; and how many were left out.
     fn audit_entries(
         &self,
@@ -132,6 +136,8 @@ pub trait Tx {
     ) -> Result<(Vec<AuditEntry>, u64)>;
     /// Deletes entries older than `before`; returns how many.
     fn prune_audit(&self, before: u64) -> Result<usize>;
+    /// Forgets remembered devices older than `before`.
+    fn prune_grace(&self, before: u64) -> Result<usize>;
     /// Deletes pending enrollments created before `before`.
     fn prune_pending(&self, before: u64) -> Result<usize>;
     /// Deletes failure counts, last touched before `before` and short of `lockout`, of names
@@ -193,6 +199,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_time ON audit (time);
     CREATE INDEX audit_by_user ON audit (user, time);",
+    // 3: "remember this device"
+    "CREATE TABLE grace (
+        name TEXT NOT NULL,
+        service TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (name, service, origin)
+    ) WITHOUT ROWID;",
 ];
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -642,6 +656,10 @@ impl Tx for SqliteTx<'_> {
                 u.backup_salt
             ])?;
         self.replace_backup_codes(&u.name, &u.backup_salt, codes)?;
+        // A new secret: devices remembered under the old one are asked again.
+        self.0
+            .prepare_cached("DELETE FROM grace WHERE name = ?1")?
+            .execute([&u.name])?;
         self.delete_pending(&u.name)
     }
 
@@ -726,6 +744,34 @@ impl Tx for SqliteTx<'_> {
             .execute([to_i64(before)])?)
     }
 
+    fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO grace (name, service, origin, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name, service, origin) DO UPDATE SET at = excluded.at",
+            )?
+            .execute(params![name, service, origin, to_i64(at)])?;
+        Ok(())
+    }
+
+    fn remembered_at(&self, name: &str, service: &str, origin: &str) -> Result<Option<u64>> {
+        let at = self
+            .0
+            .prepare_cached(
+                "SELECT at FROM grace WHERE name = ?1 AND service = ?2 AND origin = ?3",
+            )?
+            .query_row(params![name, service, origin], |r| r.get::<_, i64>(0))
+            .optional()?;
+        Ok(at.map(|t| t.max(0) as u64))
+    }
+
+    fn prune_grace(&self, before: u64) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached("DELETE FROM grace WHERE at < ?1")?
+            .execute([to_i64(before)])?)
+    }
+
     fn prune_pending(&self, before: u64) -> Result<usize> {
         Ok(self
             .0
@@ -755,6 +801,9 @@ impl Tx for SqliteTx<'_> {
             .execute([name])?;
         self.0
             .prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?
+            .execute([name])?;
+        self.0
+            .prepare_cached("DELETE FROM grace WHERE name = ?1")?
             .execute([name])?;
         self.delete_pending(name)?;
         Ok(removed == 1)

@@ -20,6 +20,9 @@ pub struct Args {
     pub debug: bool,
     /// A uid besides root trusted to serve the socket.
     pub daemon_uid: Option<u32>,
+    /// "Remember this device": seconds after a successful code during which the same user,
+    /// service and remote host (or tty) is not asked again; 0 = off.
+    pub grace_secs: u64,
 }
 
 impl Default for Args {
@@ -31,6 +34,7 @@ impl Default for Args {
             echo: false,
             debug: false,
             daemon_uid: None,
+            grace_secs: 0,
         }
     }
 }
@@ -115,6 +119,13 @@ pub fn parse(raw: &[&CStr]) -> Result<Args, ArgError> {
             }
             ("prompt", Some(v)) if !v.is_empty() => args.prompt = v.to_string(),
             ("daemon_uid", Some(v)) => args.daemon_uid = Some(v.parse().map_err(|_| bad())?),
+            ("grace", Some(v)) => {
+                let secs: u64 = v.parse().map_err(|_| bad())?;
+                if secs > twofold_shared::wire::MAX_GRACE_SECS {
+                    return Err(bad());
+                }
+                args.grace_secs = secs;
+            }
             ("echo", None) => args.echo = true,
             ("debug", None) => args.debug = true,
             ("socket" | "prompt", Some(_)) => return Err(bad()),
@@ -154,8 +165,13 @@ mod tests {
             "echo",
             "debug",
             "daemon_uid=1000",
+            "grace=1800",
         ])
         .unwrap();
+        assert_eq!(a.grace_secs, 1800);
+        assert!(parse_strs(&["grace=604801"]).is_err());
+        assert!(parse_strs(&["grace=-1"]).is_err());
+        assert!(parse_strs(&["grace"]).is_err());
         assert_eq!(a.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(a.timeout, Duration::from_secs(30));
         assert_eq!(a.prompt, "Code:");
@@ -210,7 +226,7 @@ mod tests {
         }
         for unknown in [
             "nosuch",
-            "grace=60",
+            "graces=60",
             "echo=1",
             "debug=yes",
             "timeout",

@@ -146,8 +146,13 @@ impl Outcome {
 fn preflight_outcome(answer: &ResponseBody) -> Option<Outcome> {
     match answer {
         ResponseBody::Prompt => None,
-        // Reserved for "remember this device": an explicit acceptance.
-        ResponseBody::Accepted { .. } => Some(Outcome::Accepted),
+        // "Remember this device" (module argument grace=): the daemon accepted without a code.
+        ResponseBody::Accepted {
+            method: Method::Remembered,
+            ..
+        } => Some(Outcome::Accepted),
+        // Any other acceptance before a code was typed is nonsense: fail closed.
+        ResponseBody::Accepted { .. } => Some(Outcome::Unavailable),
         other => Some(final_outcome(other)),
     }
 }
@@ -159,7 +164,10 @@ fn final_outcome(answer: &ResponseBody) -> Outcome {
             method: Method::BackupCode,
             backup_codes_left: Some(left),
         } => Outcome::AcceptedBackup { left },
-        ResponseBody::Accepted { .. } => Outcome::Accepted,
+        ResponseBody::Accepted {
+            method: Method::Totp | Method::BackupCode,
+            ..
+        } => Outcome::Accepted,
         ResponseBody::Rejected => Outcome::Rejected,
         ResponseBody::Throttled { retry_after_secs } => Outcome::Throttled { retry_after_secs },
         ResponseBody::Locked => Outcome::Locked,
@@ -236,6 +244,7 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
         let request = RequestBody::Preflight {
             user: user.to_string(),
             pam: items.clone(),
+            grace_secs: args.grace_secs,
         };
         match ask(pam, &client, request) {
             Ok(answer) => {
@@ -258,6 +267,7 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
         user: user.to_string(),
         code,
         pam: items,
+        grace_secs: args.grace_secs,
     };
     match ask(pam, &client, request) {
         Ok(answer) => final_outcome(&answer),

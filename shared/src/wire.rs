@@ -20,6 +20,8 @@ pub const MAX_LARGE_FRAME: usize = 32 * 1024 * 1024;
 pub const MAX_NAME: usize = 256;
 /// Longest PAM item (service, rhost, tty) carried for the audit log (bytes).
 pub const MAX_ITEM: usize = 256;
+/// Longest "remember this device" period a client may ask for: 7 days.
+pub const MAX_GRACE_SECS: u64 = 7 * 86_400;
 /// Longest code or backup code a client may send (bytes).
 pub const MAX_CODE: usize = 64;
 
@@ -86,18 +88,25 @@ pub struct Request {
 pub enum RequestBody {
     /// Protocol and daemon version.
     Ping {},
-    /// Asked by the PAM module before prompting: must this login be asked for a code?
+    /// Asked by the PAM module before prompting: must this login be asked for a code? With
+    /// `grace_secs`, a login of the same user and service from the same remote host (or tty)
+    /// within that many seconds of a successful code is accepted without one.
     Preflight {
         user: String,
         #[serde(default)]
         pam: PamItems,
+        #[serde(default)]
+        grace_secs: u64,
     },
-    /// Check (and consume) a TOTP code or a backup code, exactly as a login does.
+    /// Check (and consume) a TOTP code or a backup code, exactly as a login does. With
+    /// `grace_secs`, a success is remembered for later preflights.
     Verify {
         user: String,
         code: SecretText,
         #[serde(default)]
         pam: PamItems,
+        #[serde(default)]
+        grace_secs: u64,
     },
     /// Start a pending enrollment; replaces an active one only with `force`.
     Enroll {
@@ -193,6 +202,8 @@ pub struct Response {
 pub enum Method {
     Totp,
     BackupCode,
+    /// No code: a recent success of the same user, service and origin ("remember this device").
+    Remembered,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -518,6 +529,7 @@ mod tests {
                 rhost: None,
                 tty: None,
             },
+            grace_secs: 0,
         }
         .into_request();
         let mut buf = Vec::new();

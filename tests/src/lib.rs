@@ -291,8 +291,17 @@ impl PamService {
     /// `pamtester -v SERVICE USER authenticate` with `stdin` as the user's typing (`None`:
     /// standard input is /dev/null, so the conversation gets no answer).
     pub fn authenticate(&self, user: &str, stdin: Option<&str>) -> PamRun {
+        self.authenticate_with(user, &[], stdin)
+    }
+
+    /// `authenticate` with PAM items set first, e.g. `["rhost=192.0.2.7", "tty=pts/3"]`.
+    pub fn authenticate_with(&self, user: &str, items: &[&str], stdin: Option<&str>) -> PamRun {
         let mut cmd = Command::new("pamtester");
-        cmd.args(["-v", &self.name, user, "authenticate"])
+        cmd.arg("-v");
+        for item in items {
+            cmd.arg(format!("-I{item}"));
+        }
+        cmd.args([&self.name, user, "authenticate"])
             .env("LD_PRELOAD", PAM_WRAPPER)
             .env("PAM_WRAPPER", "1")
             .env("PAM_WRAPPER_SERVICE_DIR", self.dir.path())

@@ -197,7 +197,7 @@ import socket, struct, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind(sys.argv[1])
 s.listen(16)
-reply = b'{"v":1,"body":{"result":"accepted","method":"totp"}}'
+reply = b'{"v":1,"body":{"result":"accepted","method":"remembered"}}'
 def read(c, n):
     data = b""
     while len(data) < n:
@@ -256,6 +256,7 @@ fn socket_served_by_a_non_root_process_is_refused() {
         .call(RequestBody::Preflight {
             user: my_name(),
             pam: Default::default(),
+            grace_secs: 0,
         })
         .unwrap();
     assert!(

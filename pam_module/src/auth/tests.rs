@@ -294,14 +294,21 @@ fn right_code_is_accepted_with_two_separate_requests() {
         tty: Some("pts/3".into()),
     };
     match &requests[0].body {
-        RequestBody::Preflight { user, pam } => {
+        RequestBody::Preflight {
+            user,
+            pam,
+            grace_secs,
+        } => {
             assert_eq!(user, "alice");
             assert_eq!(pam, &items);
+            assert_eq!(*grace_secs, 0);
         }
         other => panic!("first request: {other:?}"),
     }
     match &requests[1].body {
-        RequestBody::Verify { user, code, pam } => {
+        RequestBody::Verify {
+            user, code, pam, ..
+        } => {
             assert_eq!(user, "alice");
             assert_eq!(code.expose(), CODE);
             assert_eq!(pam, &items);
@@ -417,13 +424,23 @@ fn preflight_answers_decide_without_prompting() {
             vec![Event::Error(MSG_ENROLL.into())],
         ),
         (ResponseBody::Disabled, PamCode::Ignore, vec![]),
+        // A remembered device: accepted without a code.
+        (
+            ResponseBody::Accepted {
+                method: Method::Remembered,
+                backup_codes_left: None,
+            },
+            PamCode::Success,
+            vec![],
+        ),
+        // "Accepted" by code before any code was typed: fail closed.
         (
             ResponseBody::Accepted {
                 method: Method::Totp,
                 backup_codes_left: None,
             },
-            PamCode::Success,
-            vec![],
+            PamCode::AuthInfoUnavail,
+            vec![Event::Error(MSG_UNAVAILABLE.into())],
         ),
         (
             ResponseBody::Rejected,
