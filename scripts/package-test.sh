@@ -169,6 +169,11 @@ man1=$(sed 's/\\-/-/g' "$repo/debian/man/twofold.1")
 while read -r cmd; do
   grep -q "^\.B $cmd\b" <<< "$man1" || fail "'twofold $cmd' is missing from debian/man/twofold.1"
 done < <(/usr/bin/twofold --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help)
+# pam_twofold(8) describes every module argument of pam_module/src/args.rs.
+while read -r arg; do
+  grep -Eq "^\.BI? \[?$arg(=| |$)" "$repo/debian/man/pam_twofold.8" \
+    || fail "module argument '$arg' is missing from debian/man/pam_twofold.8"
+done < <(grep -P '^\s*\("[a-z_]+"(, | \|).*=>' "$repo/pam_module/src/args.rs" | grep -oP '^\s*\("\K[a-z_]+' | sort -u)
 
 step "Enrolling $user with the installed twofold"
 id "$user" >/dev/null 2>&1 && { pkill -KILL -u "$user" 2>/dev/null || true; userdel -r "$user" 2>/dev/null || true; }
