@@ -81,8 +81,12 @@ pub fn generate(count: usize) -> Result<(Vec<SecretText>, Vec<u8>), RandomError>
     Ok((codes, salt))
 }
 
-/// What a typed backup code reduces to: case, spaces and hyphens ignored. `None` when the
-/// input cannot be a backup code at all.
+/// Digits of the scratch codes google-authenticator-libpam writes (imported as backup codes).
+pub const SCRATCH_DIGITS: usize = 8;
+
+/// What a typed backup code reduces to: case, spaces and hyphens ignored. Also accepts the
+/// 8-digit scratch codes of an imported google-authenticator file. `None` when the input
+/// cannot be a backup code at all.
 pub fn normalize(input: &str) -> Option<Zeroizing<String>> {
     let code: Zeroizing<String> = Zeroizing::new(
         input
@@ -91,7 +95,9 @@ pub fn normalize(input: &str) -> Option<Zeroizing<String>> {
             .map(|c| c.to_ascii_lowercase())
             .collect(),
     );
-    (code.len() == CODE_CHARS && code.bytes().all(|b| ALPHABET.contains(&b))).then_some(code)
+    let ours = code.len() == CODE_CHARS && code.bytes().all(|b| ALPHABET.contains(&b));
+    let scratch = code.len() == SCRATCH_DIGITS && code.bytes().all(|b| b.is_ascii_digit());
+    (ours || scratch).then_some(code)
 }
 
 /// Argon2id of a normalised code under `salt`. The only error is a salt shorter than
@@ -142,12 +148,18 @@ mod tests {
                 "{typed}"
             );
         }
+        assert_eq!(
+            normalize("3781 0052").as_deref().map(|s| s.as_str()),
+            Some("37810052")
+        );
         for bad in [
             "",
             "abcd-efgh-ijkl",
             "abcd-efgh-ijkl-mnop-q",
             "abcd-efgh-ijkl-mno1",
             "123456",
+            "1234567",
+            "123456789",
             "abcd-efgh-ijkl-mnø",
         ] {
             assert!(normalize(bad).is_none(), "{bad}");

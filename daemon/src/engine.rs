@@ -80,6 +80,16 @@ impl HashGate {
     }
 }
 
+/// What an import brings, as sent by the CLI.
+struct Imported {
+    secret: SecretText,
+    params: TotpParams,
+    window: Option<u32>,
+    backup_codes: Vec<SecretText>,
+    last_used_step: Option<u64>,
+    force: bool,
+}
+
 struct FreshCodes {
     codes: Vec<SecretText>,
     hashes: Vec<backup::BackupHash>,
@@ -93,14 +103,14 @@ enum Input {
     Garbage,
 }
 
-fn classify(code: &str) -> Input {
+/// A TOTP code has exactly the user's number of digits; anything else that can be a backup
+/// code (including the 8-digit scratch codes of an imported google-authenticator file) is one.
+fn classify(code: &str, digits: u32) -> Input {
     if code.len() > MAX_CODE {
         return Input::Garbage;
     }
-    for digits in otp::MIN_DIGITS..=otp::MAX_DIGITS {
-        if let Some(c) = otp::normalize_code(code, digits) {
-            return Input::Totp(c);
-        }
+    if let Some(c) = otp::normalize_code(code, digits) {
+        return Input::Totp(c);
     }
     match backup::normalize(code) {
         Some(c) => Input::Backup(c),
@@ -232,7 +242,7 @@ fn verify_totp_in_tx(
         &user.params,
         code,
         user.params.step(now),
-        window,
+        user.window.unwrap_or(window),
     );
     let fresh = steps
         .iter()
@@ -396,6 +406,7 @@ impl Engine {
             RequestBody::List {} => (Operation::List, None, None),
             RequestBody::Policy {} => (Operation::Policy, None, None),
             RequestBody::Audit { user, .. } => (Operation::Audit, user.clone().map(Some), None),
+            RequestBody::Import { user, .. } => (Operation::Import, Some(Some(user.clone())), None),
             RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
         };
         if let Some(pam) = pam {
@@ -476,6 +487,27 @@ impl Engine {
             RequestBody::Policy {} => self.policy_report(),
             RequestBody::Unlock { .. } => self.unlock(&name, uid, now),
             RequestBody::Audit { since_secs, .. } => self.audit_trail(target_user, since_secs, now),
+            RequestBody::Import {
+                secret,
+                params,
+                window,
+                backup_codes,
+                last_used_step,
+                force,
+                ..
+            } => self.import(
+                &name,
+                Imported {
+                    secret,
+                    params,
+                    window,
+                    backup_codes,
+                    last_used_step,
+                    force,
+                },
+                uid,
+                now,
+            ),
         }
     }
 
@@ -728,7 +760,10 @@ impl Engine {
             .store
             .read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
         let (user, state) = snapshot;
-        let input = classify(code);
+        let digits = user
+            .as_ref()
+            .map_or(TotpParams::default().digits, |u| u.params.digits);
+        let input = classify(code, digits);
         let window = self.config().window;
         let cfg = self.config().throttle;
         let Some(user) = user else {
@@ -997,6 +1032,7 @@ impl Engine {
             last_step: i64::try_from(step).unwrap_or(i64::MAX),
             last_success: None,
             backup_salt: salt,
+            window: None,
         };
         let expected = pending.secret;
         let entry = admin_entry(now, "confirm", name, "enrolled", uid);
@@ -1210,6 +1246,107 @@ impl Engine {
         match result {
             Ok(users) => ResponseBody::Users { users },
             Err(e) => self.store_failed("list", "-", &e),
+        }
+    }
+
+    /// Makes an enrollment from elsewhere active at once (no pending step: the user's app
+    /// already has the key). Replaces an existing one only with `force`.
+    fn import(&self, name: &str, import: Imported, uid: u32, now: u64) -> ResponseBody {
+        let secret = match Secret::from_base32(import.secret.expose()) {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!("the imported key is refused: {e}"),
+                )
+            }
+        };
+        if let Err(why) = import.params.validate() {
+            return error(ErrorKind::BadRequest, why);
+        }
+        if import.window.is_some_and(|w| w > crate::import::MAX_WINDOW) {
+            return error(
+                ErrorKind::BadRequest,
+                format!("window must be 0 to {}", crate::import::MAX_WINDOW),
+            );
+        }
+        if import.backup_codes.len() > 100 {
+            return error(ErrorKind::BadRequest, "more than 100 backup codes");
+        }
+        let normalized = match import
+            .backup_codes
+            .iter()
+            .map(|c| backup::normalize(c.expose()))
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(n) => n,
+            None => {
+                return error(
+                    ErrorKind::BadRequest,
+                    "a backup code is neither 8 digits nor 16 base32 characters",
+                )
+            }
+        };
+        match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+            Ok(true) if !import.force => {
+                return error(
+                    ErrorKind::AlreadyEnrolled,
+                    format!("{name} is already enrolled; use --force to replace the enrollment"),
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return self.store_failed("import", name, &e),
+        }
+        let mut salt = vec![0u8; backup::SALT_BYTES];
+        if backup::random_bytes(&mut salt).is_err() {
+            return error(
+                ErrorKind::Internal,
+                "the system random number generator failed",
+            );
+        }
+        let Some(hashes) = normalized
+            .iter()
+            .map(|c| self.hash_backup(c, &salt))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return error(ErrorKind::Internal, "hashing backup codes failed");
+        };
+        let record = UserRecord {
+            name: name.to_string(),
+            secret,
+            params: import.params,
+            enrolled_at: now,
+            last_step: import
+                .last_used_step
+                .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            last_success: None,
+            backup_salt: salt,
+            window: import.window,
+        };
+        let mut entry = admin_entry(now, "import", name, "enrolled", uid);
+        entry.detail = Some(format!(
+            "{} {} digits {} s window {} backup codes {}",
+            record.params.algorithm,
+            record.params.digits,
+            record.params.period,
+            record.window.map_or("default".into(), |w| format!("±{w}")),
+            hashes.len()
+        ));
+        let summary = entry.detail.clone().unwrap_or_default();
+        match self.store.write(move |tx| {
+            tx.activate(&record, &hashes)?;
+            tx.audit(&entry)
+        }) {
+            Ok(()) => {
+                self.log.info(&format!(
+                    "import user={} caller_uid={uid} outcome=enrolled {summary}",
+                    audit::field(name)
+                ));
+                ResponseBody::Done {
+                    message: format!("{name} imported: {summary}"),
+                }
+            }
+            Err(e) => self.store_failed("import", name, &e),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod import;
 pub mod policy;
 pub mod server;
 pub mod store;

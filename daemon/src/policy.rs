@@ -15,6 +15,7 @@ pub enum Operation {
     Unlock,
     Policy,
     Audit,
+    Import,
 }
 
 /// The caller as the kernel reports it.
@@ -47,7 +48,7 @@ pub fn authorize(
     }
     match op {
         Ping => return Decision::Allow,
-        List | Unlock | Policy | Audit => return Decision::Deny("only root may do this"),
+        List | Unlock | Policy | Audit | Import => return Decision::Deny("only root may do this"),
         _ => {}
     }
     if target_uid != Some(caller.uid) {
@@ -60,7 +61,7 @@ pub fn authorize(
         }
         Confirm => Decision::Allow,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
-        Ping | List | Unlock | Policy | Audit => Decision::Deny("only root may do this"),
+        Ping | List | Unlock | Policy | Audit | Import => Decision::Deny("only root may do this"),
     }
 }
 
@@ -125,6 +126,8 @@ mod tests {
             (ALICE, Policy, NOBODY, true, deny_root),
             (ALICE, Audit, ALICE_UID, true, deny_root),
             (ALICE, Audit, NOBODY, true, deny_root),
+            (ALICE, Import, ALICE_UID, true, deny_root),
+            (ROOT, Import, BOB_UID, true, Allow),
             (ROOT, Audit, BOB_UID, true, Allow),
             (ROOT, Policy, NOBODY, true, Allow),
             (ALICE, Unlock, ALICE_UID, true, deny_root),

@@ -78,6 +78,8 @@ pub struct UserRecord {
     pub last_step: i64,
     pub last_success: Option<u64>,
     pub backup_salt: Vec<u8>,
+    /// Steps accepted either side of now for this user (imported); `None`: the configured one.
+    pub window: Option<u32>,
 }
 
 /// An enrollment waiting for its first code.
@@ -207,6 +209,8 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         PRIMARY KEY (name, service, origin)
     ) WITHOUT ROWID;",
+    // 4: a window of its own for imported enrollments
+    "ALTER TABLE users ADD COLUMN window INTEGER;",
 ];
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -454,7 +458,7 @@ impl Tx for SqliteTx<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt
+                "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window
                  FROM users WHERE name = ?1",
             )?
             .query_row([name], |r| {
@@ -467,10 +471,12 @@ impl Tx for SqliteTx<'_> {
                     r.get::<_, i64>(5)?,
                     r.get::<_, Option<i64>>(6)?,
                     r.get::<_, Vec<u8>>(7)?,
+                    r.get::<_, Option<i64>>(8)?,
                 ))
             })
             .optional()?;
-        let Some((secret, alg, digits, period, enrolled_at, last_step, last_success, salt)) = row
+        let Some((secret, alg, digits, period, enrolled_at, last_step, last_success, salt, window)) =
+            row
         else {
             return Ok(None);
         };
@@ -482,6 +488,7 @@ impl Tx for SqliteTx<'_> {
             last_step,
             last_success: last_success.map(|t| t.max(0) as u64),
             backup_salt: salt,
+            window: window.map(|w| w.clamp(0, 10) as u32),
         }))
     }
 
@@ -641,8 +648,8 @@ impl Tx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO users
-                 (name, secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 (name, secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 u.name,
@@ -653,7 +660,8 @@ impl Tx for SqliteTx<'_> {
                 to_i64(u.enrolled_at),
                 u.last_step,
                 u.last_success.map(to_i64),
-                u.backup_salt
+                u.backup_salt,
+                u.window
             ])?;
         self.replace_backup_codes(&u.name, &u.backup_salt, codes)?;
         // A new secret: devices remembered under the old one are asked again.

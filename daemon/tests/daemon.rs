@@ -1165,3 +1165,308 @@ fn names_without_account_meet_the_same_throttle_as_enrolled_users() {
         assert_eq!(codes, [1, 1, 1, 1, 1, 3, 3], "{name}");
     }
 }
+
+/// Runs the real google-authenticator tool to write `file`; `args` choose the options.
+fn google_authenticator(file: &std::path::Path, args: &[&str], stdin: &str) {
+    let mut child = Command::new("google-authenticator")
+        .args(["-f", "-C", "-q", "-Q", "NONE", "-s"])
+        .arg(file)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("google-authenticator is required (Debian package libpam-google-authenticator; scripts/deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn import_from_google_authenticator_keeps_the_phone_and_the_scratch_codes() {
+    let d = Daemon::start("");
+    let file = d.dir.path().join("ga-defaults");
+    google_authenticator(&file, &["-t", "-d", "-r", "3", "-R", "30", "-w", "3"], "");
+    let before = std::fs::read(&file).unwrap();
+    let text = String::from_utf8(before.clone()).unwrap();
+    let secret = text.lines().next().unwrap().to_string();
+    let scratch: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() == 8 && l.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(scratch.len(), 5);
+    let r = d.cli(&[
+        "import",
+        "google-authenticator",
+        "--user",
+        "pat",
+        path_str(&file),
+    ]);
+    assert_eq!(r.code(), 0, "{} {}", r.stdout(), r.stderr());
+    assert!(
+        r.stdout().contains("pat imported") && r.stdout().contains("backup codes 5"),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stderr().contains("RATE_LIMIT not imported"),
+        "{}",
+        r.stderr()
+    );
+    // The source file is untouched.
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    // The phone's codes work at once (no confirmation step), exactly once.
+    ensure_step_time(5);
+    let code = oathtool(&secret, 0);
+    assert_eq!(d.cli(&["verify", "pat", &code]).code(), 0);
+    assert_eq!(d.cli(&["verify", "pat", &code]).code(), 1);
+    // Scratch codes are single-use backup codes, stored hashed.
+    let r = d.cli(&["verify", "pat", scratch[2], "--json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(r.json()["backup_codes_left"], 4);
+    assert_eq!(d.cli(&["verify", "pat", scratch[2]]).code(), 1);
+    let strings = Command::new("strings").arg(&d.database).output().unwrap();
+    for s in &scratch {
+        assert!(
+            !String::from_utf8_lossy(&strings.stdout).contains(s),
+            "a scratch code is stored in clear"
+        );
+    }
+    // Importing again needs --force.
+    let again = d.cli(&[
+        "import",
+        "google-authenticator",
+        "--user",
+        "pat",
+        path_str(&file),
+        "--json",
+    ]);
+    assert_eq!(again.code(), 2);
+    assert_eq!(again.json()["kind"], "already_enrolled");
+    assert_eq!(
+        d.cli(&[
+            "import",
+            "google-authenticator",
+            "--user",
+            "pat",
+            path_str(&file),
+            "--force"
+        ])
+        .code(),
+        0
+    );
+    assert!(d
+        .cli(&["audit", "--user", "pat"])
+        .stdout()
+        .contains("import"));
+}
+
+#[test]
+fn import_keeps_step_size_and_window() {
+    let d = Daemon::start("");
+    let file = d.dir.path().join("ga-wide");
+    google_authenticator(
+        &file,
+        &["-t", "-D", "-u", "-S", "60", "-w", "17", "-e", "0"],
+        "",
+    );
+    let secret = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.cli(&[
+            "import",
+            "google-authenticator",
+            "--user",
+            "quinn",
+            path_str(&file)
+        ])
+        .code(),
+        0
+    );
+    // 60-second steps, and 4 steps back is inside a window of 17 codes (±8).
+    let old = Command::new("oathtool")
+        .args([
+            "--totp",
+            "-s",
+            "60s",
+            "-b",
+            "-N",
+            "now - 240 seconds",
+            &secret,
+        ])
+        .output()
+        .unwrap();
+    let old = String::from_utf8(old.stdout).unwrap().trim().to_string();
+    assert_eq!(d.cli(&["verify", "quinn", &old]).code(), 0);
+    // A 30-second code of the same key is not one of these.
+    assert_eq!(d.cli(&["verify", "quinn", &oathtool(&secret, 0)]).code(), 1);
+}
+
+#[test]
+fn import_refuses_hotp_and_malformed_files_with_the_reason() {
+    let d = Daemon::start("");
+    let hotp = d.dir.path().join("ga-hotp");
+    google_authenticator(&hotp, &["-c", "-w", "3"], "n\n");
+    let r = d.cli(&[
+        "import",
+        "google-authenticator",
+        "--user",
+        "ruth",
+        path_str(&hotp),
+    ]);
+    assert_eq!(r.code(), 2);
+    assert!(
+        r.stderr().contains("counter-based (HOTP)"),
+        "{}",
+        r.stderr()
+    );
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("empty", b"", "empty"),
+        ("short-key", b"JBSWY3DPEHPK3PXP\n\" TOTP_AUTH\n", "80 bits"),
+        ("garbage", b"\xff\xfe\x00binary", "not a text file"),
+        (
+            "bad-line",
+            b"4JZ5HSY5CTMVUR6GNXOGOFGYQA\n\" TOTP_AUTH\nhello\n",
+            "line 3",
+        ),
+        (
+            "no-mode",
+            b"4JZ5HSY5CTMVUR6GNXOGOFGYQA\n12345678\n",
+            "no TOTP_AUTH",
+        ),
+    ];
+    for (name, content, want) in cases {
+        let f = d.dir.path().join(name);
+        std::fs::write(&f, content).unwrap();
+        let r = d.cli(&[
+            "import",
+            "google-authenticator",
+            "--user",
+            "ruth",
+            path_str(&f),
+        ]);
+        assert_eq!(r.code(), 2, "{name}");
+        assert!(r.stderr().contains(want), "{name}: {}", r.stderr());
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            content,
+            "{name}: the file changed"
+        );
+    }
+    let missing = d.cli(&[
+        "import",
+        "google-authenticator",
+        "--user",
+        "ruth",
+        "/nonexistent/ga",
+    ]);
+    assert_eq!(missing.code(), 2);
+    assert_eq!(
+        d.cli(&["status", "--user", "ruth", "--json"]).json()["enrolled"],
+        false
+    );
+}
+
+#[test]
+fn import_reads_the_users_own_file_but_never_through_a_symlink() {
+    if !is_root() {
+        eprintln!("SKIP import_reads_the_users_own_file_but_never_through_a_symlink: needs root to create a user");
+        return;
+    }
+    let d = Daemon::start("");
+    let u = TempUser::create("tf-ga");
+    let home = std::path::PathBuf::from(format!("/home/{}", u.name));
+    let own = home.join(".google_authenticator");
+    // Written by the user, as they would have.
+    let status = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &u.name,
+            "--regid",
+            &u.name,
+            "--init-groups",
+            "--",
+            "google-authenticator",
+            "-t",
+            "-d",
+            "-f",
+            "-C",
+            "-q",
+            "-Q",
+            "NONE",
+            "-w",
+            "3",
+            "-r",
+            "3",
+            "-R",
+            "30",
+        ])
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = d.cli(&["import", "google-authenticator", "--user", &u.name]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    // A user who points the file at something of root's gets nothing read.
+    std::fs::remove_file(&own).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &own).unwrap();
+    let r = d.cli(&[
+        "import",
+        "google-authenticator",
+        "--user",
+        &u.name,
+        "--force",
+    ]);
+    assert_eq!(r.code(), 2);
+    assert!(r.stderr().contains("symbolic link"), "{}", r.stderr());
+    // Users may not import, not even their own file: the daemon refuses (exit 5).
+    std::fs::remove_file(&own).unwrap();
+    let status = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &u.name,
+            "--regid",
+            &u.name,
+            "--init-groups",
+            "--",
+            "google-authenticator",
+            "-t",
+            "-d",
+            "-f",
+            "-C",
+            "-q",
+            "-Q",
+            "NONE",
+            "-w",
+            "3",
+            "-r",
+            "3",
+            "-R",
+            "30",
+        ])
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = d.cli_as(
+        Some(&u.name),
+        &[
+            "import",
+            "google-authenticator",
+            "--user",
+            &u.name,
+            "--force",
+        ],
+        None,
+    );
+    assert_eq!(r.code(), 5, "{}", r.stderr());
+}

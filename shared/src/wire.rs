@@ -3,7 +3,7 @@
 //! One request per connection. A frame is a u32 big-endian length followed by that many bytes
 //! of JSON. Every request and every response carries the protocol version `v`.
 
-use crate::otp::Algorithm;
+use crate::otp::{Algorithm, TotpParams};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -142,6 +142,22 @@ pub enum RequestBody {
     },
     /// The policy in force and whom each rule affects.
     Policy {},
+    /// Take over an enrollment made elsewhere (google-authenticator-libpam), keeping the
+    /// user's secret, parameters and single-use codes.
+    Import {
+        user: String,
+        secret: SecretText,
+        params: TotpParams,
+        #[serde(default)]
+        window: Option<u32>,
+        #[serde(default)]
+        backup_codes: Vec<SecretText>,
+        /// The highest time step already used where the enrollment came from.
+        #[serde(default)]
+        last_used_step: Option<u64>,
+        #[serde(default)]
+        force: bool,
+    },
     /// The audit trail, newest last; optionally one user's, and only the last `since_secs`.
     Audit {
         #[serde(default)]
@@ -174,6 +190,7 @@ impl RequestBody {
             RequestBody::Unlock { .. } => "unlock",
             RequestBody::Policy {} => "policy",
             RequestBody::Audit { .. } => "audit",
+            RequestBody::Import { .. } => "import",
         }
     }
 }
