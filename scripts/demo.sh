@@ -33,8 +33,9 @@ bin="$repo/target/release"
 module="$bin/libpam_twofold.so"
 [ -f "$module" ] || { echo "demo.sh: $module was not built" >&2; exit 1; }
 
+# From here on, everything the demo writes (key, QR code, backup codes) is root's alone.
+umask 077
 work=$(mktemp -d /tmp/twofold-demo.XXXXXX)
-chmod 755 "$work"
 service="twofold-demo-$$"
 daemon_pid=""
 # shellcheck source-path=SCRIPTDIR source=sshd-lib.sh
@@ -83,12 +84,14 @@ script -qec "$bin/twofold --socket $work/twofold.sock enroll --user $user" "$wor
 set -e
 secret=$(sed -n 's/^Key: *//p' "$work/enroll.txt" | tr -d ' \r')
 [ -n "$secret" ] || { echo "demo.sh: enrollment showed no key" >&2; exit 1; }
-tf confirm "$(oathtool --totp -b "$secret")" --user "$user" > "$work/backup.txt"
+# Key and codes travel through pipes, never argv: other users can read /proc/*/cmdline.
+totp() { printf '%s\n' "$secret" | oathtool --totp -b "$@" -; }
+totp | tf confirm - --user "$user" > "$work/backup.txt"
 echo "Confirmed with the current code. Backup codes (single use):"
 sed -n 's/^    /    /p' "$work/backup.txt"
 
 say "Proving a real SSH login with a computed code (oathtool, next time step)"
-code=$(oathtool --totp -b -N "now + 30 seconds" "$secret")
+code=$(totp -N "now + 30 seconds")
 # shellcheck disable=SC2016 # the remote shell expands it
 out=$(sshd_login "$work" "$port" "$user" "$work/id_demo" "$code" \
       'echo "logged in as $(id -un) on $(hostname) with two factors"')

@@ -36,7 +36,7 @@ fi
 "$repo/scripts/deps.sh"
 
 work=$(mktemp -d /tmp/twofold-pkgtest.XXXXXX)
-chmod 755 "$work"
+chmod 700 "$work"  # the key and codes of the test user live here
 user=twofold-pkgtest
 service="twofold-pkgtest-$$"
 daemon_pid=""
@@ -183,7 +183,9 @@ install -d -m 700 -o "$user" -g "$user" "/home/$user/.ssh"
 install -m 600 -o "$user" -g "$user" "$work/id_user.pub" "/home/$user/.ssh/authorized_keys"
 /usr/bin/twofold enroll --user "$user" --json > "$work/enroll.json"
 secret=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])' < "$work/enroll.json")
-oathtool --totp -b "$secret" | /usr/bin/twofold confirm - --user "$user" > /dev/null \
+# The key goes to oathtool on a pipe, never in argv (other users can read /proc/*/cmdline).
+totp() { printf '%s\n' "$secret" | oathtool --totp -b "$@" -; }
+totp | /usr/bin/twofold confirm - --user "$user" > /dev/null \
   || fail "twofold confirm refused the current code"
 /usr/bin/twofold status --user "$user"
 ok "enrolled"
@@ -206,7 +208,7 @@ port=$(free_port)
 sshd_start "$work" "$port" "$service" "$user" "auth     required  pam_twofold.so"
 ok "sshd on 127.0.0.1:$port, PAM service /etc/pam.d/$service"
 # The confirmation used the current time step: log in with the next one.
-code=$(oathtool --totp -b -N "now + 30 seconds" "$secret")
+code=$(totp -N "now + 30 seconds")
 # shellcheck disable=SC2016 # the remote shell expands it
 out=$(sshd_login "$work" "$port" "$user" "$work/id_user" "$code" 'echo "in as $(id -un)"') \
   || { tail -20 "$work/sshd.log" >&2; fail "the login with a correct code was refused"; }
@@ -214,7 +216,7 @@ out=$(sshd_login "$work" "$port" "$user" "$work/id_user" "$code" 'echo "in as $(
 failures() { /usr/bin/twofold status --user "$user" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["failures"])'; }
 [ "$(failures)" = 0 ] || fail "the daemon counts failures after a good login"
 ok "correct code: logged in"
-wrong=$(printf '%06d' $(( (10#$(oathtool --totp -b -N "now + 60 seconds" "$secret") + 500000) % 1000000 )))
+wrong=$(printf '%06d' $(( (10#$(totp -N "now + 60 seconds") + 500000) % 1000000 )))
 if sshd_login "$work" "$port" "$user" "$work/id_user" "$wrong" true 2>/dev/null; then
   fail "a wrong code logged in"
 fi
