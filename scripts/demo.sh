@@ -29,7 +29,7 @@ say "Installing the packages the demo needs"
 
 say "Building twofoldd, twofold and pam_twofold.so (release)"
 (cd "$repo" && cargo build --release --quiet -p twofold-daemon -p pam_twofold)
-bin="$repo/target/release"
+bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 module="$bin/libpam_twofold.so"
 [ -f "$module" ] || { echo "demo.sh: $module was not built" >&2; exit 1; }
 
