@@ -148,7 +148,7 @@ for _ in $(seq 100); do [ -S /run/twofold/twofold.sock ] && break; kill -0 "$dae
 [ "$(stat -c %a /run/twofold/twofold.sock)" = 666 ] || fail "socket mode is $(stat -c %a /run/twofold/twofold.sock), not 666"
 ok "serving /run/twofold/twofold.sock"
 # The shipped file lists every key with its default: uncommented, it must parse too.
-sed -n 's/^#\([a-z_]* = \|\[throttle\]\)/\1/p' /etc/twofold/twofold.toml > "$work/uncommented.toml"
+sed -n 's/^#\([a-z_]* = \|\[throttle\]\|\[email\]\)/\1/p' /etc/twofold/twofold.toml > "$work/uncommented.toml"
 /usr/sbin/twofoldd --config "$work/uncommented.toml" --socket "$work/u.sock" --database "$work/u.db" 2> "$work/u.log" &
 u_pid=$!
 for _ in $(seq 100); do [ -S "$work/u.sock" ] && break; kill -0 "$u_pid" 2>/dev/null || break; sleep 0.1; done
@@ -160,7 +160,7 @@ ok "the shipped configuration parses commented ($(grep -c '^#[a-z_]* = ' /etc/tw
 while read -r key; do
   grep -Eq "^#($key = |\[$key\]$)" /etc/twofold/twofold.toml \
     || fail "key '$key' of daemon/src/config.rs is missing from debian/twofold.toml (and twofold.toml(5)?)"
-  grep -q "^\.BR $key " "$repo/debian/man/twofold.toml.5" || [ "$key" = throttle ] \
+  grep -q "^\.BR $key " "$repo/debian/man/twofold.toml.5" || [ "$key" = throttle ] || [ "$key" = email ] \
     || fail "key '$key' of daemon/src/config.rs is missing from debian/man/twofold.toml.5"
 done < <(sed -n '/^pub struct \(Config\|ThrottleConfig\) {/,/^}/s/^    pub \([a-z_]*\):.*/\1/p' \
            "$repo/daemon/src/config.rs" "$repo/daemon/src/throttle.rs")

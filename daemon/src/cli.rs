@@ -102,11 +102,41 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         since: Option<u64>,
     },
+    /// Email codes: register, confirm or remove the address codes can be mailed to.
+    #[command(subcommand)]
+    Email(EmailCommand),
     /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
     Doctor {
         /// twofoldd's configuration file.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EmailCommand {
+    /// Register ADDRESS: a code is mailed to it, then asked for here (or give it to 'confirm').
+    Set {
+        address: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code, when you change your own address ('-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Verify the registered address with the code mailed to it ('-': standard input).
+    Confirm {
+        code: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Forget the address.
+    Remove {
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
     },
 }
 
@@ -264,6 +294,42 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         Command::Import(ImportSource::GoogleAuthenticator { user, file, force }) => {
             import_google_authenticator(ctx, &user, file, force)
         }
+        Command::Email(EmailCommand::Set {
+            address,
+            user,
+            code,
+        }) => match code_arg(code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::EmailSet {
+                    user: user.clone(),
+                    address: address.clone(),
+                    code,
+                },
+                |ctx, r| email_sent(ctx, user.clone(), r),
+            ),
+            Err(e) => e,
+        },
+        Command::Email(EmailCommand::Confirm { code, user }) => match read_code_arg(&code) {
+            Some(code) => match ctx.call(RequestBody::EmailConfirm { user, code }) {
+                Ok(r) => ctx.report(r),
+                Err(e) => e,
+            },
+            None => exit::ERROR,
+        },
+        Command::Email(EmailCommand::Remove { user, code }) => match code_arg(code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::EmailRemove {
+                    user: user.clone(),
+                    code,
+                },
+                |ctx, r| ctx.report(r),
+            ),
+            Err(e) => e,
+        },
         Command::Doctor { .. } => exit::ERROR, // handled in main
     }
 }
@@ -451,6 +517,30 @@ fn run_doctor(named_socket: Option<PathBuf>, config_path: Option<PathBuf>, json_
     }
 }
 
+/// After `email set`: interactively, asks for the mailed code and confirms it; otherwise says
+/// how to confirm.
+fn email_sent(ctx: &Ctx, user: Option<String>, reply: ResponseBody) -> u8 {
+    let ResponseBody::EmailSent { masked } = reply else {
+        return ctx.report(reply);
+    };
+    let masked = crate::audit::text(&masked);
+    if ctx.json || !std::io::stdin().is_terminal() {
+        if ctx.json {
+            println!("{}", json!({"result": "email_sent", "masked": masked}));
+        } else {
+            println!("A code was sent to {masked}; confirm with 'twofold email confirm CODE'.");
+        }
+        return exit::OK;
+    }
+    let Some(code) = prompt(&format!("Code sent to {masked}: ")) else {
+        return exit::ERROR;
+    };
+    match ctx.call(RequestBody::EmailConfirm { user, code }) {
+        Ok(r) => ctx.report(r),
+        Err(e) => e,
+    }
+}
+
 /// A code given on the command line, or `-` to read one line from standard input (which
 /// keeps it out of the process list).
 fn read_code_arg(arg: &str) -> Option<SecretText> {
@@ -572,6 +662,7 @@ impl Ctx {
                 match kind {
                     ErrorKind::PermissionDenied => exit::DENIED,
                     ErrorKind::Busy | ErrorKind::Storage => exit::UNAVAILABLE,
+                    ErrorKind::RateLimited => exit::THROTTLED,
                     _ => exit::ERROR,
                 },
                 format!("twofold: {message}"),
@@ -1100,6 +1191,17 @@ fn print_status(ctx: &Ctx, s: &UserStatus) {
             s.last_success
                 .map(format_time)
                 .unwrap_or_else(|| "never".into())
+        );
+    }
+    if let Some(email) = &s.email {
+        println!(
+            "Email:         {} ({})",
+            crate::audit::text(email),
+            if s.email_verified {
+                "verified"
+            } else {
+                "not verified"
+            }
         );
     }
     println!(

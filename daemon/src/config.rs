@@ -46,6 +46,59 @@ pub struct Config {
     /// Days the audit trail is kept in the database.
     pub audit_days: u64,
     pub throttle: ThrottleConfig,
+    /// Whether users may have one-time codes mailed to their verified address.
+    pub email_codes: bool,
+    /// A user with a verified address and no authenticator app gets an emailed code at login.
+    pub email_auto: bool,
+    /// Seconds a mailed code (login or address verification) stays valid.
+    pub email_code_ttl: u64,
+    pub email: EmailConfig,
+}
+
+/// How mail leaves the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The local `sendmail` program (any MTA provides one).
+    #[default]
+    Sendmail,
+    /// A relay spoken to directly.
+    Smtp,
+}
+
+/// The `[email]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// Sender address; `twofold@HOSTNAME` when unset.
+    pub from: Option<String>,
+    pub transport: Transport,
+    /// The sendmail program (transport = "sendmail").
+    pub sendmail: PathBuf,
+    /// The relay (transport = "smtp").
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    /// Require STARTTLS before anything else is said to the relay.
+    pub starttls: bool,
+    /// SMTP login name; the password is read from `password_file`.
+    pub username: Option<String>,
+    /// A root-owned file, not readable by group or others, holding the SMTP password.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            from: None,
+            transport: Transport::Sendmail,
+            sendmail: PathBuf::from("/usr/sbin/sendmail"),
+            smtp_host: None,
+            smtp_port: 25,
+            starttls: true,
+            username: None,
+            password_file: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -65,6 +118,10 @@ impl Default for Config {
             pending_ttl: 900,
             audit_days: 90,
             throttle: ThrottleConfig::default(),
+            email_codes: false,
+            email_auto: false,
+            email_code_ttl: 600,
+            email: EmailConfig::default(),
         }
     }
 }
@@ -165,6 +222,32 @@ impl Config {
         {
             return fail(format!("require_groups: {bad:?} is not a valid group name"));
         }
+        if !(60..=86_400).contains(&self.email_code_ttl) {
+            return fail(format!(
+                "email_code_ttl = {} is out of range (60 to 86400 s)",
+                self.email_code_ttl
+            ));
+        }
+        if let Some(from) = &self.email.from {
+            if let Err(why) = crate::email::validate_address(from) {
+                return fail(format!("email.from: {why}"));
+            }
+        }
+        if self.email.username.is_some() != self.email.password_file.is_some() {
+            return fail("email.username and email.password_file go together".into());
+        }
+        if self.email_codes
+            && self.email.transport == Transport::Smtp
+            && self.email.smtp_host.as_deref().unwrap_or("").is_empty()
+        {
+            return fail("email.transport = \"smtp\" needs email.smtp_host".into());
+        }
+        if !self.email.sendmail.is_absolute() {
+            return fail("email.sendmail must be an absolute path".into());
+        }
+        if let Some(p) = &self.email.password_file {
+            crate::email::check_password_file(p).map_err(ConfigError)?;
+        }
         if self.throttle.max_delay < self.throttle.base_delay {
             return fail("throttle.max_delay must not be below throttle.base_delay".into());
         }
@@ -182,6 +265,15 @@ impl Config {
                 .unwrap_or_else(|| "twofold".to_string())
         })
     }
+}
+
+/// This host's name (`localhost` when it has none).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
@@ -211,6 +303,23 @@ mod tests {
         assert_eq!(c.throttle.free_failures, 3);
         assert_eq!(c.throttle.base_delay, 30); // default kept inside the table
         assert!(!c.enabled);
+        let c = Config::parse(
+            r#"
+            email_codes = true
+            email_auto = true
+            email_code_ttl = 300
+            [email]
+            from = "2fa@example.org"
+            transport = "smtp"
+            smtp_host = "relay.example.org"
+            smtp_port = 587
+            starttls = true
+            "#,
+        )
+        .unwrap();
+        assert!(c.email_codes && c.email_auto);
+        assert_eq!(c.email.transport, Transport::Smtp);
+        assert_eq!(c.email.smtp_port, 587);
     }
 
     #[test]
@@ -224,9 +333,44 @@ mod tests {
             "issuer = \"a:b\"",
             "[throttle]\nbase_delay = 100\nmax_delay = 10",
             "window = -1",
+            "email_code_ttl = 5",
+            "[email]\nfrom = \"not an address\"",
+            "[email]\ntransport = \"carrier-pigeon\"",
+            "[email]\npassword = \"x\"",
+            "[email]\nusername = \"u\"",
+            "email_codes = true\n[email]\ntransport = \"smtp\"",
+            "[email]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"",
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shipped_file_parses_uncommented() {
+        // As scripts/package-test.sh does: `#key = ` lines and the table headers.
+        let shipped = include_str!("../../debian/twofold.toml");
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| {
+                l.starts_with("[throttle]")
+                    || l.starts_with("[email]")
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.contains("smtp_port = 25"), "{uncommented}");
+        let c = Config::parse(&uncommented).unwrap();
+        assert_eq!(
+            c.email,
+            EmailConfig {
+                from: Some("twofold@localhost".into()),
+                smtp_host: Some("localhost".into()),
+                ..EmailConfig::default()
+            }
+        );
     }
 
     #[test]

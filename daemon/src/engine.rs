@@ -4,8 +4,11 @@
 use crate::audit::{self, Logger};
 use crate::backup;
 use crate::config::{Config, Unenrolled};
+use crate::email::{self, Mailer};
 use crate::policy::{self, Caller, Decision, Operation};
-use crate::store::{PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord};
+use crate::store::{
+    CodePurpose, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord,
+};
 use crate::throttle::{self, Gate};
 use crate::users;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -32,6 +35,75 @@ pub struct Engine {
     /// The uid twofoldd runs as; it is trusted like root.
     daemon_uid: u32,
     log: Arc<Logger>,
+    /// Delivery used instead of the configured one (tests).
+    mailer: MailerSlot,
+}
+
+struct MailerSlot(Option<Arc<dyn Mailer>>);
+
+impl std::fmt::Debug for MailerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "MailerSlot(custom)"
+        } else {
+            "MailerSlot(configured)"
+        })
+    }
+}
+
+/// A typed answer checked against a mailed login code: its hash under that code's salt.
+struct EmailTry {
+    salt: Vec<u8>,
+    hash: Option<backup::BackupHash>,
+}
+
+/// Inside the writer: does the answer match the live mailed code? A match consumes the code;
+/// a miss counts a try, and the fifth kills it.
+fn email_in_tx(tx: &dyn Tx, name: &str, attempt: &EmailTry, now: u64) -> Result<bool, StoreError> {
+    let Some(code) = tx.mailed_code(name, CodePurpose::Login)? else {
+        return Ok(false);
+    };
+    if now >= code.expires || code.salt != attempt.salt {
+        return Ok(false);
+    }
+    let matches = attempt.hash.as_ref().is_some_and(|h| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            h.as_bytes(),
+            code.hash.as_slice(),
+        ))
+    });
+    if matches {
+        tx.delete_mailed_code(name, CodePurpose::Login)?;
+        return Ok(true);
+    }
+    if code.tries + 1 >= email::MAX_TRIES {
+        tx.delete_mailed_code(name, CodePurpose::Login)?;
+    } else {
+        tx.count_mailed_code_try(name, CodePurpose::Login)?;
+    }
+    Ok(false)
+}
+
+/// The mailed-code-only check (no TOTP involved): gate, code, failure accounting.
+fn verify_email_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    attempt: &EmailTry,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+) -> Result<Outcome, StoreError> {
+    let state = tx.throttle(name)?;
+    if let Some(blocked) = gate_outcome(cfg, state, now) {
+        return Ok(blocked);
+    }
+    if email_in_tx(tx, name, attempt, now)? {
+        tx.clear_throttle(name)?;
+        return Ok(Outcome::Accepted {
+            method: Method::Email,
+            left: None,
+        });
+    }
+    fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong)
 }
 
 /// What a verification came to, before it is turned into a reply and an audit line.
@@ -150,6 +222,10 @@ fn record_login(tx: &dyn Tx, base: &AuditEntry, outcome: Outcome) -> Result<(), 
             ..
         } => ("accepted", Some("remembered"), None),
         Outcome::Accepted {
+            method: Method::Email,
+            ..
+        } => ("accepted", Some("email"), None),
+        Outcome::Accepted {
             method: Method::BackupCode,
             left,
         } => (
@@ -228,6 +304,7 @@ fn verify_totp_in_tx(
     now: u64,
     window: u32,
     cfg: &throttle::ThrottleConfig,
+    email_try: Option<&EmailTry>,
 ) -> Result<Outcome, StoreError> {
     let state = tx.throttle(name)?;
     if let Some(blocked) = gate_outcome(cfg, state, now) {
@@ -254,6 +331,13 @@ fn verify_totp_in_tx(
             tx.clear_throttle(name)?;
             Ok(Outcome::Accepted {
                 method: Method::Totp,
+                left: None,
+            })
+        }
+        _ if email_try.is_some_and(|t| email_in_tx(tx, name, t, now).unwrap_or(false)) => {
+            tx.clear_throttle(name)?;
+            Ok(Outcome::Accepted {
+                method: Method::Email,
                 left: None,
             })
         }
@@ -304,7 +388,14 @@ impl Engine {
             hashing: HashGate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             daemon_uid: nix::unistd::geteuid().as_raw(),
             log,
+            mailer: MailerSlot(None),
         }
+    }
+
+    /// Sends mail through `mailer` instead of the configured transport (tests).
+    pub fn with_mailer(mut self, mailer: Arc<dyn Mailer>) -> Engine {
+        self.mailer = MailerSlot(Some(mailer));
+        self
     }
 
     /// Argon2id of a backup code, waiting for a free hashing slot.
@@ -408,6 +499,18 @@ impl Engine {
             RequestBody::Audit { user, .. } => (Operation::Audit, user.clone().map(Some), None),
             RequestBody::Import { user, .. } => (Operation::Import, Some(Some(user.clone())), None),
             RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
+            RequestBody::EmailSet { user, .. } => (Operation::EmailSet, Some(user.clone()), None),
+            RequestBody::EmailConfirm { user, .. } => {
+                (Operation::EmailConfirm, Some(user.clone()), None)
+            }
+            RequestBody::EmailRemove { user, .. } => {
+                (Operation::EmailRemove, Some(user.clone()), None)
+            }
+            RequestBody::SendEmailCode { user, pam } => (
+                Operation::SendEmailCode,
+                Some(Some(user.clone())),
+                Some(pam),
+            ),
         };
         if let Some(pam) = pam {
             for item in [&pam.service, &pam.rhost, &pam.tty].into_iter().flatten() {
@@ -486,6 +589,19 @@ impl Engine {
             RequestBody::List {} => self.list(now),
             RequestBody::Policy {} => self.policy_report(),
             RequestBody::Unlock { .. } => self.unlock(&name, uid, now),
+            RequestBody::EmailSet { address, code, .. } => {
+                self.email_set(&name, &address, code, needs_code, uid, now)
+            }
+            RequestBody::EmailConfirm { code, .. } => self.email_confirm(&name, &code, uid, now),
+            RequestBody::EmailRemove { code, .. } => {
+                self.email_remove(&name, code, needs_code, uid, now)
+            }
+            RequestBody::SendEmailCode { pam, .. } => {
+                if !self.config().enabled {
+                    return ResponseBody::Disabled;
+                }
+                self.send_email_code(&name, &pam, false, uid, now)
+            }
             RequestBody::Audit { since_secs, .. } => self.audit_trail(target_user, since_secs, now),
             RequestBody::Import {
                 secret,
@@ -625,6 +741,16 @@ impl Engine {
                 .unwrap_or(ResponseBody::Prompt),
             Ok(true) => ResponseBody::Prompt,
             Ok(false) if users::uid_of(name).is_some() => {
+                let cfg = self.config();
+                if cfg.email_codes && cfg.email_auto {
+                    match self.store.read(|tx| tx.email(name)) {
+                        Ok(Some(e)) if e.verified => {
+                            return self.send_email_code(name, pam, true, uid, now)
+                        }
+                        Ok(_) => {}
+                        Err(e) => return self.store_failed("preflight", name, &e),
+                    }
+                }
                 let reply = self.not_enrolled(name);
                 let base = AuditEntry {
                     time: now,
@@ -701,6 +827,7 @@ impl Engine {
                 match method {
                     Method::Totp => "accepted method=totp".to_string(),
                     Method::Remembered => "accepted method=remembered".to_string(),
+                    Method::Email => "accepted method=email".to_string(),
                     Method::BackupCode => {
                         format!("accepted method=backup-code left={}", left.unwrap_or(0))
                     }
@@ -756,16 +883,53 @@ impl Engine {
         base: AuditEntry,
         grace: Option<(String, String)>,
     ) -> Result<Option<Outcome>, StoreError> {
-        let snapshot = self
-            .store
-            .read(|tx| Ok((tx.user(name)?, tx.throttle(name)?)))?;
-        let (user, state) = snapshot;
+        let snapshot = self.store.read(|tx| {
+            Ok((
+                tx.user(name)?,
+                tx.throttle(name)?,
+                tx.mailed_code(name, CodePurpose::Login)?,
+            ))
+        })?;
+        let (user, state, mailed) = snapshot;
+        let cfg_now = self.config();
+        // A live mailed code: a six-digit answer is also checked against it (one hash).
+        let email_try = match (mailed, email::normalize_code(code)) {
+            (Some(m), Some(typed))
+                if cfg_now.email_codes
+                    && now < m.expires
+                    && gate_outcome(&cfg_now.throttle, state, now).is_none() =>
+            {
+                Some(EmailTry {
+                    hash: self.hash_backup(&typed, &m.salt),
+                    salt: m.salt,
+                })
+            }
+            _ => None,
+        };
         let digits = user
             .as_ref()
             .map_or(TotpParams::default().digits, |u| u.params.digits);
         let input = classify(code, digits);
         let window = self.config().window;
         let cfg = self.config().throttle;
+        let owned = name.to_string();
+        let not_totp = user
+            .as_ref()
+            .is_none_or(|_| !matches!(input, Input::Totp(_)));
+        if let (Some(attempt), true) = (&email_try, not_totp) {
+            // Only the mailed code can match (no enrollment, or not a TOTP-shaped answer).
+            let attempt = EmailTry {
+                salt: attempt.salt.clone(),
+                hash: attempt.hash.clone(),
+            };
+            let outcome = self.store.write(move |tx| {
+                let outcome = verify_email_in_tx(tx, &owned, &attempt, now, &cfg)?;
+                record_login(tx, &base, outcome)?;
+                remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
+                Ok(outcome)
+            })?;
+            return Ok(Some(outcome));
+        }
         let Some(user) = user else {
             if users::uid_of(name).is_some() {
                 return Ok(None);
@@ -802,10 +966,10 @@ impl Engine {
             })?;
             return Ok(Some(outcome));
         };
-        let owned = name.to_string();
         let outcome = match input {
             Input::Totp(c) => self.store.write(move |tx| {
-                let outcome = verify_totp_in_tx(tx, &owned, &c, now, window, &cfg)?;
+                let outcome =
+                    verify_totp_in_tx(tx, &owned, &c, now, window, &cfg, email_try.as_ref())?;
                 record_login(tx, &base, outcome)?;
                 remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                 Ok(outcome)
@@ -1222,6 +1386,8 @@ impl Engine {
             failures: state.failures,
             throttled_until,
             locked,
+            email: tx.email(name)?.map(|e| email::mask(&e.address)),
+            email_verified: tx.email(name)?.is_some_and(|e| e.verified),
         })
     }
 
@@ -1455,6 +1621,361 @@ impl Engine {
             });
         }
         ResponseBody::Policy(report)
+    }
+
+    fn mailer(&self, cfg: &Config) -> Result<Arc<dyn Mailer>, String> {
+        match &self.mailer.0 {
+            Some(m) => Ok(m.clone()),
+            None => email::from_config(cfg).map(Arc::from),
+        }
+    }
+
+    /// Mails a fresh code for `purpose` to `address` and stores its hash (and, for
+    /// verification, the address) once the relay has taken the message. Nothing is stored
+    /// when sending fails, so a code that never left cannot be used. `Err` is the reply.
+    fn mail_code(
+        &self,
+        name: &str,
+        address: &str,
+        purpose: CodePurpose,
+        pam: &PamItems,
+        uid: u32,
+        now: u64,
+    ) -> Result<(), Box<ResponseBody>> {
+        let cfg = self.config();
+        let (last_minute, last_hour) = self
+            .store
+            .read(|tx| {
+                Ok((
+                    tx.mails_sent_since(name, now.saturating_sub(59))?,
+                    tx.mails_sent_since(name, now.saturating_sub(3599))?,
+                ))
+            })
+            .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
+        if last_minute > 0 || last_hour >= email::MAX_PER_HOUR {
+            let why = if last_minute > 0 {
+                "a code was mailed less than a minute ago: use it, or wait a minute"
+            } else {
+                "ten codes were mailed in the last hour: wait before asking again"
+            };
+            self.log.warn(&format!(
+                "email user={} caller_uid={uid} outcome=refused reason=rate-limit",
+                audit::field(name)
+            ));
+            return Err(Box::new(error(ErrorKind::RateLimited, why)));
+        }
+        let code = email::generate_code()
+            .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
+        let mut salt = vec![0u8; backup::SALT_BYTES];
+        backup::random_bytes(&mut salt)
+            .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
+        let hash = self
+            .hash_backup(&code, &salt)
+            .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing the code failed")))?;
+        let issuer = cfg.issuer_or_hostname();
+        let minutes = cfg.email_code_ttl.div_ceil(60);
+        let (subject, intro, what) = match purpose {
+            CodePurpose::Login => (
+                format!("{issuer}: your login code"),
+                format!("Your {issuer} login code for {name} is"),
+                "login code",
+            ),
+            CodePurpose::Verify => (
+                format!("{issuer}: confirm your email address"),
+                format!("To confirm this address for {name} on {issuer}, enter"),
+                "address verification code",
+            ),
+        };
+        let body = zeroize::Zeroizing::new(format!(
+            "{intro}\n\n    {}\n\nIt is valid for {minutes} minutes and works once.\n\
+             If you did not ask for it, someone may know your password: tell your administrator.\n",
+            email::display_code(&code)
+        ));
+        let masked = email::mask(address);
+        let sent = self
+            .mailer(&cfg)
+            .and_then(|m| m.send(address, &subject, &body));
+        let mut entry = AuditEntry {
+            time: now,
+            event: "email".into(),
+            user: Some(name.to_string()),
+            outcome: "sent".into(),
+            service: pam.service.clone(),
+            rhost: pam.rhost.clone(),
+            tty: pam.tty.clone(),
+            caller_uid: Some(uid),
+            detail: Some(format!("{what} to {masked}")),
+            ..Default::default()
+        };
+        if let Err(why) = sent {
+            self.log.error(&format!(
+                "email user={} to={} caller_uid={uid} outcome=failed reason={}",
+                audit::field(name),
+                audit::field(&masked),
+                audit::field(&why)
+            ));
+            entry.outcome = "failed".into();
+            entry.detail = Some(format!("{what} to {masked}: {why}"));
+            if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+                self.log.error(&format!("audit write failed: {e}"));
+            }
+            return Err(Box::new(error(
+                ErrorKind::MailFailed,
+                format!("the code could not be sent by email: {why}"),
+            )));
+        }
+        let record = MailedCode {
+            hash: hash.as_bytes().to_vec(),
+            salt,
+            sent_at: now,
+            expires: now.saturating_add(cfg.email_code_ttl),
+            tries: 0,
+        };
+        let owned = name.to_string();
+        let address = address.to_string();
+        self.store
+            .write(move |tx| {
+                if purpose == CodePurpose::Verify {
+                    tx.put_email(&owned, &address)?;
+                }
+                tx.put_mailed_code(&owned, purpose, &record)?;
+                tx.audit(&entry)
+            })
+            .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
+        self.log.info(&format!(
+            "email user={} to={} caller_uid={uid} outcome=sent purpose={}",
+            audit::field(name),
+            audit::field(&masked),
+            match purpose {
+                CodePurpose::Login => "login",
+                CodePurpose::Verify => "verify",
+            }
+        ));
+        Ok(())
+    }
+
+    /// At login: a code to the verified address. `reuse`: a live code already mailed is
+    /// announced again rather than refused by the resend limit (preflight with email_auto).
+    fn send_email_code(
+        &self,
+        name: &str,
+        pam: &PamItems,
+        reuse: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let cfg = self.config();
+        if !cfg.email_codes {
+            self.log.warn(&format!(
+                "send_email_code user={} caller_uid={uid} outcome=rejected reason=email-codes-off",
+                audit::field(name)
+            ));
+            return ResponseBody::Rejected;
+        }
+        let read = self.store.read(|tx| {
+            Ok((
+                tx.email(name)?,
+                tx.throttle(name)?,
+                tx.mailed_code(name, CodePurpose::Login)?,
+            ))
+        });
+        let (address, state, live) = match read {
+            Ok(x) => x,
+            Err(e) => return self.store_failed("send_email_code", name, &e),
+        };
+        match throttle::gate(&cfg.throttle, state, now) {
+            Gate::Open => {}
+            Gate::Wait { until } => {
+                return ResponseBody::Throttled {
+                    retry_after_secs: until.saturating_sub(now).max(1),
+                }
+            }
+            Gate::Locked => return ResponseBody::Locked,
+        }
+        let Some(address) = address.filter(|a| a.verified) else {
+            self.log.warn(&format!(
+                "send_email_code user={} caller_uid={uid} outcome=rejected reason=no-verified-address",
+                audit::field(name)
+            ));
+            return ResponseBody::Rejected;
+        };
+        let masked = email::mask(&address.address);
+        if reuse && live.is_some_and(|c| now < c.expires && now < c.sent_at.saturating_add(60)) {
+            return ResponseBody::EmailSent { masked };
+        }
+        match self.mail_code(name, &address.address, CodePurpose::Login, pam, uid, now) {
+            Ok(()) => ResponseBody::EmailSent { masked },
+            Err(reply) => *reply,
+        }
+    }
+
+    fn email_set(
+        &self,
+        name: &str,
+        address: &str,
+        code: Option<SecretText>,
+        needs_code: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        if !self.config().email_codes {
+            return error(
+                ErrorKind::BadRequest,
+                "email codes are switched off on this host (email_codes in twofold.toml)",
+            );
+        }
+        if let Err(why) = email::validate_address(address) {
+            return error(ErrorKind::BadRequest, why);
+        }
+        if users::uid_of(name).is_none() {
+            return error(
+                ErrorKind::NoSuchUser,
+                format!("{name} is not a local account"),
+            );
+        }
+        let guarded = match self
+            .store
+            .read(|tx| Ok(tx.user(name)?.is_some() || tx.email(name)?.is_some_and(|e| e.verified)))
+        {
+            Ok(g) => g,
+            Err(e) => return self.store_failed("email set", name, &e),
+        };
+        if needs_code && guarded {
+            if let Some(refusal) = self.prove(name, code, uid, now) {
+                return refusal;
+            }
+        }
+        let pam = PamItems {
+            service: Some("twofold".into()),
+            ..Default::default()
+        };
+        match self.mail_code(name, address, CodePurpose::Verify, &pam, uid, now) {
+            Ok(()) => ResponseBody::EmailSent {
+                masked: email::mask(address),
+            },
+            Err(reply) => *reply,
+        }
+    }
+
+    fn email_confirm(&self, name: &str, code: &SecretText, uid: u32, now: u64) -> ResponseBody {
+        let mailed = match self
+            .store
+            .read(|tx| tx.mailed_code(name, CodePurpose::Verify))
+        {
+            Ok(m) => m.filter(|m| now < m.expires),
+            Err(e) => return self.store_failed("email confirm", name, &e),
+        };
+        let Some(mailed) = mailed else {
+            return error(
+                ErrorKind::NoPendingEnrollment,
+                "no address is waiting for its code (or the code expired): run 'twofold email set ADDRESS'",
+            );
+        };
+        let hash =
+            email::normalize_code(code.expose()).and_then(|c| self.hash_backup(&c, &mailed.salt));
+        let owned = name.to_string();
+        let salt = mailed.salt.clone();
+        let mut entry = admin_entry(now, "email-confirm", name, "verified", uid);
+        let result = self.store.write(move |tx| {
+            let Some(m) = tx.mailed_code(&owned, CodePurpose::Verify)? else {
+                return Ok(None);
+            };
+            if m.salt != salt || now >= m.expires {
+                return Ok(None);
+            }
+            let ok = hash.as_ref().is_some_and(|h| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    h.as_bytes(),
+                    m.hash.as_slice(),
+                ))
+            });
+            if ok {
+                tx.set_email_verified(&owned)?;
+            } else if m.tries + 1 >= email::MAX_TRIES {
+                tx.delete_mailed_code(&owned, CodePurpose::Verify)?;
+                entry.outcome = "discarded".into();
+            } else {
+                tx.count_mailed_code_try(&owned, CodePurpose::Verify)?;
+                entry.outcome = "rejected".into();
+            }
+            tx.audit(&entry)?;
+            Ok(Some((ok, m.tries + 1 >= email::MAX_TRIES)))
+        });
+        match result {
+            Ok(Some((true, _))) => {
+                self.log.info(&format!(
+                    "email-confirm user={} caller_uid={uid} outcome=verified",
+                    audit::field(name)
+                ));
+                ResponseBody::Done {
+                    message: format!("email address of {name} verified"),
+                }
+            }
+            Ok(Some((false, dead))) => {
+                self.log.warn(&format!(
+                    "email-confirm user={} caller_uid={uid} outcome=rejected",
+                    audit::field(name)
+                ));
+                if dead {
+                    error(
+                        ErrorKind::NoPendingEnrollment,
+                        "too many wrong codes; run 'twofold email set ADDRESS' again",
+                    )
+                } else {
+                    ResponseBody::Rejected
+                }
+            }
+            Ok(None) => error(
+                ErrorKind::NoPendingEnrollment,
+                "the code changed meanwhile; use the newest mail",
+            ),
+            Err(e) => self.store_failed("email confirm", name, &e),
+        }
+    }
+
+    fn email_remove(
+        &self,
+        name: &str,
+        code: Option<SecretText>,
+        needs_code: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let (address, enrolled) = match self
+            .store
+            .read(|tx| Ok((tx.email(name)?, tx.user(name)?.is_some())))
+        {
+            Ok(x) => x,
+            Err(e) => return self.store_failed("email remove", name, &e),
+        };
+        let Some(address) = address else {
+            return error(
+                ErrorKind::BadRequest,
+                format!("{name} has no email address registered"),
+            );
+        };
+        if needs_code && (address.verified || enrolled) {
+            if let Some(refusal) = self.prove(name, code, uid, now) {
+                return refusal;
+            }
+        }
+        let owned = name.to_string();
+        let entry = admin_entry(now, "email-remove", name, "removed", uid);
+        match self.store.write(move |tx| {
+            tx.delete_email(&owned)?;
+            tx.audit(&entry)
+        }) {
+            Ok(()) => {
+                self.log.info(&format!(
+                    "email-remove user={} caller_uid={uid} outcome=removed",
+                    audit::field(name)
+                ));
+                ResponseBody::Done {
+                    message: format!("email address of {name} removed"),
+                }
+            }
+            Err(e) => self.store_failed("email remove", name, &e),
+        }
     }
 
     fn unlock(&self, name: &str, uid: u32, now: u64) -> ResponseBody {
@@ -1934,5 +2455,259 @@ mod tests {
             pre("root"),
             ResponseBody::NotEnrolled { required: true }
         ));
+    }
+
+    /// Mail that never leaves: kept for the test to read, or refused when `down`.
+    #[derive(Default)]
+    struct Outbox {
+        sent: Mutex<Vec<(String, String)>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Mailer for Outbox {
+        fn send(&self, to: &str, _subject: &str, body: &str) -> Result<(), String> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("connection refused".into());
+            }
+            self.sent.lock().unwrap().push((to.into(), body.into()));
+            Ok(())
+        }
+    }
+
+    impl Outbox {
+        fn count(&self) -> usize {
+            self.sent.lock().unwrap().len()
+        }
+        /// The `123-456` code of the newest mail.
+        fn last_code(&self) -> String {
+            let sent = self.sent.lock().unwrap();
+            let body = &sent.last().unwrap().1;
+            body.split_whitespace()
+                .find(|w| w.len() == 7 && w.as_bytes()[3] == b'-')
+                .unwrap()
+                .to_string()
+        }
+    }
+
+    fn email_engine(extra: &str) -> (Engine, Arc<Outbox>, tempfile::TempDir) {
+        let (e, dir) = engine(&format!("email_codes = true\n{extra}"));
+        let outbox = Arc::new(Outbox::default());
+        (e.with_mailer(outbox.clone()), outbox, dir)
+    }
+
+    fn email_set(e: &Engine, name: &str, address: &str, now: u64) -> ResponseBody {
+        e.handle(
+            0,
+            RequestBody::EmailSet {
+                user: Some(name.into()),
+                address: address.into(),
+                code: None,
+            },
+            now,
+        )
+    }
+
+    fn email_confirm(e: &Engine, name: &str, code: &str, now: u64) -> ResponseBody {
+        e.handle(
+            0,
+            RequestBody::EmailConfirm {
+                user: Some(name.into()),
+                code: SecretText::new(code),
+            },
+            now,
+        )
+    }
+
+    fn send_code(e: &Engine, name: &str, now: u64) -> ResponseBody {
+        e.handle(
+            0,
+            RequestBody::SendEmailCode {
+                user: name.into(),
+                pam: PamItems::default(),
+            },
+            now,
+        )
+    }
+
+    fn verified(e: &Engine, outbox: &Outbox, name: &str, now: u64) {
+        let r = email_set(e, name, "root@example.org", now);
+        assert!(
+            matches!(r, ResponseBody::EmailSent { ref masked } if masked == "r***@example.org"),
+            "{r:?}"
+        );
+        let r = email_confirm(e, name, &outbox.last_code(), now + 1);
+        assert!(matches!(r, ResponseBody::Done { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn email_codes_log_in_once_and_die_after_five_wrong_tries() {
+        let (e, outbox, _dir) = email_engine("[throttle]\nfree_failures = 50");
+        enrolled(&e, "root", T0);
+        verified(&e, &outbox, "root", T0);
+        let ResponseBody::Status(s) = e.handle(
+            0,
+            RequestBody::Status {
+                user: Some("root".into()),
+            },
+            T0,
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.email.as_deref(), Some("r***@example.org"));
+        assert!(s.email_verified);
+        // Login code: right code (with or without the dash) once.
+        let t = T0 + 100;
+        assert!(matches!(
+            send_code(&e, "root", t),
+            ResponseBody::EmailSent { .. }
+        ));
+        let code = outbox.last_code();
+        assert!(matches!(
+            verify(&e, "root", "000000", t),
+            ResponseBody::Rejected
+        ));
+        let r = verify(&e, "root", &code, t + 1);
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Accepted {
+                    method: Method::Email,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(
+            matches!(verify(&e, "root", &code, t + 2), ResponseBody::Rejected),
+            "reuse"
+        );
+        // Resend limit: not within a minute.
+        let r = send_code(&e, "root", t + 30);
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(outbox.count(), 2);
+        let t = t + 61;
+        assert!(matches!(
+            send_code(&e, "root", t),
+            ResponseBody::EmailSent { .. }
+        ));
+        let code = outbox.last_code().replace('-', "");
+        for _ in 0..5 {
+            assert!(matches!(
+                verify(&e, "root", "111111", t),
+                ResponseBody::Rejected
+            ));
+        }
+        assert!(
+            matches!(verify(&e, "root", &code, t), ResponseBody::Rejected),
+            "dead after five wrong tries"
+        );
+        // Expired.
+        let t = t + 61;
+        assert!(matches!(
+            send_code(&e, "root", t),
+            ResponseBody::EmailSent { .. }
+        ));
+        let code = outbox.last_code();
+        assert!(matches!(
+            verify(&e, "root", &code, t + 601),
+            ResponseBody::Rejected
+        ));
+        // Nothing in the trail holds a code.
+        let ResponseBody::Audit { entries, .. } = e.handle(
+            0,
+            RequestBody::Audit {
+                user: None,
+                since_secs: None,
+            },
+            t + 700,
+        ) else {
+            panic!()
+        };
+        let trail = serde_json::to_string(&entries).unwrap();
+        assert!(!trail.contains(&code) && !trail.contains(&code.replace('-', "")));
+        assert!(entries
+            .iter()
+            .any(|a| a.event == "email" && a.outcome == "sent"));
+        assert!(entries
+            .iter()
+            .any(|a| a.method.as_deref() == Some("email") && a.outcome == "accepted"));
+    }
+
+    #[test]
+    fn email_relay_down_fails_closed_and_switch_off_rejects() {
+        let (e, outbox, _dir) = email_engine("");
+        verified(&e, &outbox, "root", T0);
+        outbox.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = send_code(&e, "root", T0 + 100);
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Error {
+                    kind: ErrorKind::MailFailed,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let r = email_set(&e, "root", "other@example.org", T0 + 200);
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Error {
+                    kind: ErrorKind::MailFailed,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let (off, _dir2) = engine("");
+        assert!(matches!(
+            send_code(&off, "root", T0),
+            ResponseBody::Rejected
+        ));
+    }
+
+    #[test]
+    fn email_auto_mails_a_code_to_users_without_an_app() {
+        let (e, outbox, _dir) = email_engine("email_auto = true\nunenrolled = \"deny\"");
+        verified(&e, &outbox, "root", T0);
+        let pre = |now| {
+            e.handle(
+                0,
+                RequestBody::Preflight {
+                    user: "root".into(),
+                    pam: PamItems::default(),
+                    grace_secs: 0,
+                },
+                now,
+            )
+        };
+        let r = pre(T0 + 100);
+        assert!(matches!(r, ResponseBody::EmailSent { .. }), "{r:?}");
+        assert!(
+            matches!(pre(T0 + 101), ResponseBody::EmailSent { .. }),
+            "announced again"
+        );
+        assert_eq!(outbox.count(), 2, "one verification mail, one login mail");
+        let r = verify(&e, "root", &outbox.last_code(), T0 + 102);
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Accepted {
+                    method: Method::Email,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
     }
 }

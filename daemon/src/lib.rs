@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod doctor;
+pub mod email;
 pub mod engine;
 pub mod import;
 pub mod policy;

@@ -16,6 +16,10 @@ pub enum Operation {
     Policy,
     Audit,
     Import,
+    EmailSet,
+    EmailConfirm,
+    EmailRemove,
+    SendEmailCode,
 }
 
 /// The caller as the kernel reports it.
@@ -55,7 +59,9 @@ pub fn authorize(
         return Decision::Deny("you may only act on your own account");
     }
     match op {
-        Preflight | Verify | Status => Decision::Allow,
+        Preflight | Verify | Status | SendEmailCode | EmailConfirm => Decision::Allow,
+        // Changing where second-factor codes go is changing the second factor.
+        EmailSet | EmailRemove => Decision::AllowWithCode,
         Enroll | Confirm if !self_enroll => {
             Decision::Deny("self-enrollment is switched off; ask an administrator")
         }
@@ -132,6 +138,20 @@ mod tests {
             (ROOT, Policy, NOBODY, true, Allow),
             (ALICE, Unlock, ALICE_UID, true, deny_root),
             (ALICE, Unlock, BOB_UID, true, deny_root),
+            // email codes
+            (ROOT, EmailSet, BOB_UID, true, Allow),
+            (ROOT, EmailRemove, BOB_UID, false, Allow),
+            (ROOT, SendEmailCode, BOB_UID, true, Allow),
+            (ALICE, SendEmailCode, ALICE_UID, true, Allow),
+            (ALICE, EmailSet, ALICE_UID, true, AllowWithCode),
+            (ALICE, EmailSet, ALICE_UID, false, AllowWithCode),
+            (ALICE, EmailConfirm, ALICE_UID, true, Allow),
+            (ALICE, EmailRemove, ALICE_UID, true, AllowWithCode),
+            (ALICE, SendEmailCode, BOB_UID, true, deny_other),
+            (ALICE, SendEmailCode, NOBODY, true, deny_other),
+            (ALICE, EmailSet, BOB_UID, true, deny_other),
+            (ALICE, EmailConfirm, BOB_UID, true, deny_other),
+            (ALICE, EmailRemove, BOB_UID, true, deny_other),
         ];
         for (caller, op, target, self_enroll, want) in table {
             assert_eq!(

@@ -98,6 +98,41 @@ pub struct ThrottleRecord {
     pub last_failure: u64,
 }
 
+/// A registered email address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailRecord {
+    pub address: String,
+    pub verified: bool,
+}
+
+/// What a mailed code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    /// Proves the address is the user's (`twofold email set`).
+    Verify,
+    /// A second factor at login.
+    Login,
+}
+
+impl CodePurpose {
+    fn key(self) -> &'static str {
+        match self {
+            CodePurpose::Verify => "verify",
+            CodePurpose::Login => "login",
+        }
+    }
+}
+
+/// A code that was mailed, stored only as its Argon2id hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailedCode {
+    pub hash: Vec<u8>,
+    pub salt: Vec<u8>,
+    pub sent_at: u64,
+    pub expires: u64,
+    pub tries: u32,
+}
+
 /// What the verification rules need from a store, inside one transaction.
 pub trait Tx {
     fn user(&self, name: &str) -> Result<Option<UserRecord>>;
@@ -124,6 +159,18 @@ pub trait Tx {
     fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()>;
     /// Removes the enrollment, its backup codes and any pending enrollment. True if enrolled.
     fn delete_user(&self, name: &str) -> Result<bool>;
+    fn email(&self, name: &str) -> Result<Option<EmailRecord>>;
+    /// Registers `address` (unverified), replacing any other.
+    fn put_email(&self, name: &str, address: &str) -> Result<()>;
+    fn set_email_verified(&self, name: &str) -> Result<()>;
+    /// Forgets the address and every mailed code.
+    fn delete_email(&self, name: &str) -> Result<bool>;
+    fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>>;
+    fn put_mailed_code(&self, name: &str, purpose: CodePurpose, code: &MailedCode) -> Result<()>;
+    fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    /// Audit entries of mails sent to `name` since `since`.
+    fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32>;
     fn audit(&self, entry: &AuditEntry) -> Result<()>;
     /// Remembers a successful code of `name` for `service` from `origin` at `at`.
     fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()>;
@@ -211,6 +258,23 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 4: a window of its own for imported enrollments
     "ALTER TABLE users ADD COLUMN window INTEGER;",
+    // 5: email codes
+    "CREATE TABLE emails (
+        name TEXT PRIMARY KEY NOT NULL,
+        address TEXT NOT NULL,
+        verified INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE email_codes (
+        name TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        salt BLOB NOT NULL,
+        sent_at INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, purpose)
+    ) WITHOUT ROWID;
+    CREATE INDEX audit_by_event ON audit (event, user, time);",
 ];
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -800,6 +864,114 @@ impl Tx for SqliteTx<'_> {
                  AND name NOT IN (SELECT name FROM users)",
             )?
             .execute(params![to_i64(before), lockout])?)
+    }
+
+    fn email(&self, name: &str) -> Result<Option<EmailRecord>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT address, verified FROM emails WHERE name = ?1")?
+            .query_row([name], |r| {
+                Ok(EmailRecord {
+                    address: r.get(0)?,
+                    verified: r.get::<_, i64>(1)? != 0,
+                })
+            })
+            .optional()?)
+    }
+
+    fn put_email(&self, name: &str, address: &str) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO emails (name, address, verified) VALUES (?1, ?2, 0)
+                 ON CONFLICT (name) DO UPDATE SET address = excluded.address, verified = 0",
+            )?
+            .execute(params![name, address])?;
+        self.delete_mailed_code(name, CodePurpose::Login)
+    }
+
+    fn set_email_verified(&self, name: &str) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE emails SET verified = 1 WHERE name = ?1")?
+            .execute([name])?;
+        self.delete_mailed_code(name, CodePurpose::Verify)
+    }
+
+    fn delete_email(&self, name: &str) -> Result<bool> {
+        let removed = self
+            .0
+            .prepare_cached("DELETE FROM emails WHERE name = ?1")?
+            .execute([name])?;
+        self.0
+            .prepare_cached("DELETE FROM email_codes WHERE name = ?1")?
+            .execute([name])?;
+        Ok(removed == 1)
+    }
+
+    fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT hash, salt, sent_at, expires, tries FROM email_codes
+                 WHERE name = ?1 AND purpose = ?2",
+            )?
+            .query_row(params![name, purpose.key()], |r| {
+                Ok(MailedCode {
+                    hash: r.get(0)?,
+                    salt: r.get(1)?,
+                    sent_at: r.get::<_, i64>(2)?.max(0) as u64,
+                    expires: r.get::<_, i64>(3)?.max(0) as u64,
+                    tries: r.get::<_, i64>(4)?.clamp(0, i64::from(u32::MAX)) as u32,
+                })
+            })
+            .optional()?)
+    }
+
+    fn put_mailed_code(&self, name: &str, purpose: CodePurpose, c: &MailedCode) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO email_codes (name, purpose, hash, salt, sent_at, expires, tries)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (name, purpose) DO UPDATE SET hash = excluded.hash,
+                   salt = excluded.salt, sent_at = excluded.sent_at, expires = excluded.expires,
+                   tries = excluded.tries",
+            )?
+            .execute(params![
+                name,
+                purpose.key(),
+                c.hash,
+                c.salt,
+                to_i64(c.sent_at),
+                to_i64(c.expires),
+                i64::from(c.tries)
+            ])?;
+        Ok(())
+    }
+
+    fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM email_codes WHERE name = ?1 AND purpose = ?2")?
+            .execute(params![name, purpose.key()])?;
+        Ok(())
+    }
+
+    fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE email_codes SET tries = tries + 1 WHERE name = ?1 AND purpose = ?2",
+            )?
+            .execute(params![name, purpose.key()])?;
+        Ok(())
+    }
+
+    fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32> {
+        let n: i64 = self
+            .0
+            .prepare_cached(
+                "SELECT COUNT(*) FROM audit WHERE event = 'email' AND user = ?1
+                 AND outcome = 'sent' AND time >= ?2",
+            )?
+            .query_row(params![name, to_i64(since)], |r| r.get(0))?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
     fn delete_user(&self, name: &str) -> Result<bool> {

@@ -158,6 +158,31 @@ pub enum RequestBody {
         #[serde(default)]
         force: bool,
     },
+    /// Register an email address: a verification code is mailed to it.
+    EmailSet {
+        user: Target,
+        address: String,
+        /// A current code, when the caller changes their own second factor.
+        #[serde(default)]
+        code: Option<SecretText>,
+    },
+    /// Mark the registered address verified with the code mailed to it.
+    EmailConfirm {
+        user: Target,
+        code: SecretText,
+    },
+    /// Forget the address.
+    EmailRemove {
+        user: Target,
+        #[serde(default)]
+        code: Option<SecretText>,
+    },
+    /// At login: mail a one-time code to the user's verified address.
+    SendEmailCode {
+        user: String,
+        #[serde(default)]
+        pam: PamItems,
+    },
     /// The audit trail, newest last; optionally one user's, and only the last `since_secs`.
     Audit {
         #[serde(default)]
@@ -191,6 +216,10 @@ impl RequestBody {
             RequestBody::Policy {} => "policy",
             RequestBody::Audit { .. } => "audit",
             RequestBody::Import { .. } => "import",
+            RequestBody::EmailSet { .. } => "email_set",
+            RequestBody::EmailConfirm { .. } => "email_confirm",
+            RequestBody::EmailRemove { .. } => "email_remove",
+            RequestBody::SendEmailCode { .. } => "send_email_code",
         }
     }
 }
@@ -221,6 +250,8 @@ pub enum Method {
     BackupCode,
     /// No code: a recent success of the same user, service and origin ("remember this device").
     Remembered,
+    /// A one-time code mailed to the user's verified address.
+    Email,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,6 +262,10 @@ pub enum ResponseBody {
     },
     /// Preflight: ask the user for a code.
     Prompt,
+    /// A code was mailed to the (masked) address: ask the user for it.
+    EmailSent {
+        masked: String,
+    },
     Accepted {
         method: Method,
         /// Backup codes left after this one, when a backup code was used.
@@ -300,6 +335,11 @@ pub struct UserStatus {
     /// Unix time before which attempts are refused unevaluated.
     pub throttled_until: Option<u64>,
     pub locked: bool,
+    /// The registered email address, masked (`a***@example.org`).
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
 }
 
 /// One line of the audit trail. Never holds a code or a secret.
@@ -366,6 +406,10 @@ pub enum ErrorKind {
     NoSuchUser,
     /// Too many connections at once.
     Busy,
+    /// Too many emails asked for: wait and try again.
+    RateLimited,
+    /// The mail relay (or sendmail) refused or could not be reached: nothing was sent.
+    MailFailed,
     /// The store failed (disk full, read-only, corrupt): nothing was changed.
     Storage,
     Internal,
