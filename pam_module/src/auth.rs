@@ -69,6 +69,11 @@ pub const MSG_INVALID: &str = "Invalid verification code.";
 pub const MSG_LOCKED: &str = "Locked; ask an administrator.";
 pub const MSG_ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'.";
 pub const MSG_UNAVAILABLE: &str = "Two-factor service unavailable.";
+pub const MSG_MAIL_FAILED: &str = "Could not send the code by email.";
+pub const MSG_MAIL_TOO_SOON: &str =
+    "A code was sent by email a moment ago; use it, or wait a minute and try again.";
+/// What the user types at the code prompt to have a code mailed instead.
+pub const EMAIL_WORD: &str = "email";
 
 /// What a login came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,10 @@ pub enum Outcome {
     Locked,
     EnrollmentRequired,
     Unavailable,
+    /// The daemon could not mail a code (relay down): fail closed.
+    MailFailed,
+    /// Codes were mailed too recently.
+    MailTooSoon,
     ConversationFailed,
     Misconfigured,
 }
@@ -121,6 +130,8 @@ impl Outcome {
             Outcome::Locked => (PamCode::MaxTries, err(MSG_LOCKED)),
             Outcome::EnrollmentRequired => (PamCode::AuthErr, err(MSG_ENROLL)),
             Outcome::Unavailable => (PamCode::AuthInfoUnavail, err(MSG_UNAVAILABLE)),
+            Outcome::MailFailed => (PamCode::AuthInfoUnavail, err(MSG_MAIL_FAILED)),
+            Outcome::MailTooSoon => (PamCode::AuthErr, err(MSG_MAIL_TOO_SOON)),
             Outcome::ConversationFailed => (PamCode::ConvErr, None),
             Outcome::Misconfigured => (PamCode::ServiceErr, None),
         }
@@ -136,24 +147,47 @@ impl Outcome {
             Outcome::Locked => "locked",
             Outcome::EnrollmentRequired => "enrollment-required",
             Outcome::Unavailable => "unavailable",
+            Outcome::MailFailed => "mail-failed",
+            Outcome::MailTooSoon => "mail-too-soon",
             Outcome::ConversationFailed => "conversation-failed",
             Outcome::Misconfigured => "misconfigured",
         }
     }
 }
 
-/// The daemon's answer to the preflight: prompt, or the login's final outcome.
-fn preflight_outcome(answer: &ResponseBody) -> Option<Outcome> {
+/// What to ask the user for.
+enum Ask {
+    /// The authenticator app's code (or a backup code, or `email`).
+    Code,
+    /// The code just mailed to this (masked) address.
+    Mailed(String),
+}
+
+/// The prompt for a mailed code; the address is daemon text: control characters go.
+fn mailed_prompt(masked: &str) -> String {
+    format!("Code sent to {}: ", text::printable(masked))
+}
+
+/// The daemon's answer to the preflight: what to prompt for, or the login's final outcome.
+fn preflight_outcome(answer: &ResponseBody) -> Result<Ask, Outcome> {
     match answer {
-        ResponseBody::Prompt => None,
+        ResponseBody::Prompt => Ok(Ask::Code),
+        // email_auto: a user without an app was mailed a code.
+        ResponseBody::EmailSent { masked } => Ok(Ask::Mailed(masked.clone())),
+        other => Err(preflight_final(other)),
+    }
+}
+
+fn preflight_final(answer: &ResponseBody) -> Outcome {
+    match answer {
         // "Remember this device" (module argument grace=): the daemon accepted without a code.
         ResponseBody::Accepted {
             method: Method::Remembered,
             ..
-        } => Some(Outcome::Accepted),
+        } => Outcome::Accepted,
         // Any other acceptance before a code was typed is nonsense: fail closed.
-        ResponseBody::Accepted { .. } => Some(Outcome::Unavailable),
-        other => Some(final_outcome(other)),
+        ResponseBody::Accepted { .. } => Outcome::Unavailable,
+        other => final_outcome(other),
     }
 }
 
@@ -165,7 +199,7 @@ fn final_outcome(answer: &ResponseBody) -> Outcome {
             backup_codes_left: Some(left),
         } => Outcome::AcceptedBackup { left },
         ResponseBody::Accepted {
-            method: Method::Totp | Method::BackupCode,
+            method: Method::Totp | Method::BackupCode | Method::Email,
             ..
         } => Outcome::Accepted,
         ResponseBody::Rejected => Outcome::Rejected,
@@ -235,11 +269,62 @@ fn bounded_code(code: SecretText) -> SecretText {
     SecretText::new(cut)
 }
 
+/// The user typed `email`: ask for a mailed code (a new connection). `Ok`: the masked address.
+fn ask_email(
+    pam: &mut impl Pam,
+    client: &Client,
+    user: &str,
+    items: &PamItems,
+) -> Result<String, Outcome> {
+    let request = RequestBody::SendEmailCode {
+        user: user.to_string(),
+        pam: items.clone(),
+    };
+    match client.call(request) {
+        Ok(ResponseBody::EmailSent { masked }) => Ok(masked),
+        Ok(ResponseBody::Error { kind, message }) => {
+            pam.log(
+                LogLevel::Error,
+                &format!(
+                    "twofoldd could not mail a code: {kind:?}: {}",
+                    text::printable(&message)
+                ),
+            );
+            Err(match kind {
+                wire::ErrorKind::MailFailed => Outcome::MailFailed,
+                wire::ErrorKind::RateLimited => Outcome::MailTooSoon,
+                _ => Outcome::Unavailable,
+            })
+        }
+        Ok(other) => Err(preflight_final(&other)),
+        Err(e) => {
+            pam.log(
+                LogLevel::Error,
+                &format!(
+                    "send_email_code via {}: {}",
+                    text::printable(&client.socket.to_string_lossy()),
+                    text::printable(&e.to_string())
+                ),
+            );
+            Err(Outcome::Unavailable)
+        }
+    }
+}
+
+/// Prompts once; `None` when the conversation gave no answer.
+fn read_code(pam: &mut impl Pam, text: &str, echo: bool) -> Option<SecretText> {
+    match pam.prompt(text, echo) {
+        Ok(Some(code)) => Some(bounded_code(code)),
+        Ok(None) | Err(ConvError) => None,
+    }
+}
+
 fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
     let mut trusted = vec![0];
     trusted.extend(args.daemon_uid);
     let client = Client::new(&args.socket, args.timeout, trusted);
     let items = pam_items(pam);
+    let mut want = Ask::Code;
     if let Some(user) = user {
         let request = RequestBody::Preflight {
             user: user.to_string(),
@@ -247,18 +332,34 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
             grace_secs: args.grace_secs,
         };
         match ask(pam, &client, request) {
-            Ok(answer) => {
-                if let Some(outcome) = preflight_outcome(&answer) {
-                    return outcome;
-                }
-            }
+            Ok(answer) => match preflight_outcome(&answer) {
+                Ok(ask) => want = ask,
+                Err(outcome) => return outcome,
+            },
             Err(outcome) => return outcome,
         }
     }
     // No connection is open while the user types.
-    let code = match pam.prompt(&args.prompt, args.echo) {
-        Ok(Some(code)) => bounded_code(code),
-        Ok(None) | Err(ConvError) => return Outcome::ConversationFailed,
+    let mut code = match &want {
+        Ask::Code => read_code(pam, &args.prompt, args.echo),
+        Ask::Mailed(masked) => read_code(pam, &mailed_prompt(masked), args.echo),
+    };
+    if matches!(want, Ask::Code)
+        && code
+            .as_ref()
+            .is_some_and(|c| c.expose().trim().eq_ignore_ascii_case(EMAIL_WORD))
+    {
+        let Some(user) = user else {
+            // Names no account can have: the same answer as a user without an address.
+            return Outcome::Rejected;
+        };
+        match ask_email(pam, &client, user, &items) {
+            Ok(masked) => code = read_code(pam, &mailed_prompt(&masked), args.echo),
+            Err(outcome) => return outcome,
+        }
+    }
+    let Some(code) = code else {
+        return Outcome::ConversationFailed;
     };
     let Some(user) = user else {
         return Outcome::Rejected;

@@ -701,3 +701,135 @@ fn debug_logs_the_outcome_never_the_code() {
     );
     // Script's drop checks that CODE is in no log line.
 }
+
+// ---------------------------------------------------------------------------------------------
+// Email codes
+
+fn email_sent(masked: &str) -> Reply {
+    Reply::Body(ResponseBody::EmailSent {
+        masked: masked.into(),
+    })
+}
+
+fn mailed_prompt_event(masked: &str, answer: &str) -> Event {
+    Event::Prompt {
+        text: format!("Code sent to {masked}: "),
+        echo: false,
+        answer: Answer::Code(answer.into()),
+    }
+}
+
+#[test]
+fn typing_email_mails_a_code_and_verifies_the_answer_on_fresh_connections() {
+    let d = FakeDaemon::start(vec![
+        Reply::Body(ResponseBody::Prompt),
+        email_sent("a***@example.org\u{1b}[2J"),
+        Reply::Body(ResponseBody::Accepted {
+            method: Method::Email,
+            backup_codes_left: None,
+        }),
+    ]);
+    let mut pam = Script::new(
+        "alice",
+        vec![
+            prompt("  EMail "),
+            mailed_prompt_event("a***@example.org[2J", "123-456"),
+        ],
+    );
+    assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::Success);
+    let requests = d.requests();
+    let ops: Vec<_> = requests.iter().map(op).collect();
+    assert_eq!(ops, ["preflight", "send_email_code", "verify"]);
+    match &requests[1].body {
+        RequestBody::SendEmailCode { user, pam } => {
+            assert_eq!(user, "alice");
+            assert_eq!(pam.service.as_deref(), Some("sshd"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &requests[2].body {
+        RequestBody::Verify { code, .. } => assert_eq!(code.expose(), "123-456"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn relay_down_fails_closed_with_its_own_message() {
+    let d = FakeDaemon::start(vec![
+        Reply::Body(ResponseBody::Prompt),
+        Reply::Body(ResponseBody::Error {
+            kind: ErrorKind::MailFailed,
+            message: "the relay did not answer".into(),
+        }),
+    ]);
+    let mut pam = Script::new(
+        "alice",
+        vec![prompt("email"), Event::Error(MSG_MAIL_FAILED.into())],
+    );
+    assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::AuthInfoUnavail);
+    assert!(pam.logged("could not mail"));
+    assert_eq!(d.requests().len(), 2);
+}
+
+#[test]
+fn email_answers_map_to_pam_results() {
+    let cases: Vec<(ResponseBody, PamCode, &str)> = vec![
+        // Email codes off, or no verified address: like a wrong code.
+        (ResponseBody::Rejected, PamCode::AuthErr, MSG_INVALID),
+        (ResponseBody::Locked, PamCode::MaxTries, MSG_LOCKED),
+        (
+            ResponseBody::Error {
+                kind: ErrorKind::RateLimited,
+                message: "wait".into(),
+            },
+            PamCode::AuthErr,
+            MSG_MAIL_TOO_SOON,
+        ),
+        (
+            ResponseBody::Error {
+                kind: ErrorKind::Storage,
+                message: "disk full".into(),
+            },
+            PamCode::AuthInfoUnavail,
+            MSG_UNAVAILABLE,
+        ),
+        // An acceptance where a mail was asked for is nonsense: fail closed.
+        (
+            ResponseBody::Accepted {
+                method: Method::Email,
+                backup_codes_left: None,
+            },
+            PamCode::AuthInfoUnavail,
+            MSG_UNAVAILABLE,
+        ),
+    ];
+    for (answer, want, message) in cases {
+        let d = FakeDaemon::start(vec![Reply::Body(ResponseBody::Prompt), Reply::Body(answer)]);
+        let mut pam = Script::new("alice", vec![prompt("email"), Event::Error(message.into())]);
+        assert_eq!(run(&mut pam, &d.args(&[]), 0), want, "{message}");
+        assert_eq!(
+            d.requests().len(),
+            2,
+            "no verification after a refused mail"
+        );
+    }
+}
+
+#[test]
+fn email_auto_preflight_prompts_for_the_mailed_code() {
+    let d = FakeDaemon::start(vec![
+        email_sent("b***@example.org"),
+        Reply::Body(ResponseBody::Rejected),
+    ]);
+    let mut pam = Script::new(
+        "bob",
+        vec![
+            mailed_prompt_event("b***@example.org", "email"),
+            Event::Error(MSG_INVALID.into()),
+        ],
+    );
+    // At the mailed-code prompt, "email" is just a wrong answer: no second mail.
+    assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::AuthErr);
+    let ops: Vec<_> = d.requests().iter().map(op).collect();
+    assert_eq!(ops, ["preflight", "verify"]);
+}
