@@ -1,0 +1,357 @@
+//! Measurements for scripts/bench.sh. Each subcommand prints one JSON object on stdout.
+//!
+//! `capacity`: accepted verifications per second at the socket level, with C concurrent
+//! clients against a real twofoldd (release build) on a real SQLite file, every acceptance
+//! durable (synchronous=FULL, committed before the reply). The store is seeded through the
+//! library with N users and no backup codes (their Argon2id cost belongs to enrollment, not
+//! to logins; DESIGN §6 allows this).
+#![deny(unsafe_code)]
+#![allow(clippy::print_stdout)]
+
+mod pam;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use twofold_daemon::store::{Store, UserRecord};
+use twofold_shared::client::Client;
+use twofold_shared::otp::{self, TotpParams};
+use twofold_shared::secret::Secret;
+use twofold_shared::wire::{RequestBody, ResponseBody, SecretText};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A deterministic 20-byte secret per user: the bench recomputes codes without storing them.
+fn secret_of(i: usize) -> Secret {
+    let mut bytes = [0u8; 20];
+    for (k, b) in bytes.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761).wrapping_add(k * 40_503) >> (k % 7)) as u8 ^ (k as u8);
+    }
+    Secret::from_bytes(bytes.to_vec())
+}
+
+fn user_name(i: usize) -> String {
+    format!("bench{i:06}")
+}
+
+/// Seeds `n` enrolled users (no backup codes) straight into the database file.
+fn seed(db: &Path, n: usize) -> Result<(), String> {
+    let store = Store::open(db).map_err(|e| e.to_string())?;
+    let t = now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+        let chunk = chunk.to_vec();
+        store
+            .write(move |tx| {
+                for i in chunk {
+                    let record = UserRecord {
+                        name: user_name(i),
+                        secret: secret_of(i),
+                        params: TotpParams::default(),
+                        enrolled_at: t,
+                        last_step: -1,
+                        last_success: None,
+                        backup_salt: vec![0; 16],
+                        window: None,
+                    };
+                    tx.activate(&record, &[])?;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(twofoldd: &Path, dir: &Path, db: &Path) -> Result<Daemon, String> {
+    let socket = dir.join("s");
+    let config = dir.join("twofold.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\ndatabase = {:?}\nmax_connections = 1024\n[throttle]\nlockout_after = 0\n",
+            socket, db
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Command::new(twofoldd)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", twofoldd.display()))?;
+    let d = Daemon { child, socket };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
+        if Instant::now() > deadline {
+            return Err("twofoldd did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(d)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// C clients verify distinct (user, step) pairs as fast as they can for `secs` seconds. Each
+/// user's codes for steps T-1, T and T+1 are used once each, in order, so every submission is a
+/// valid, fresh code that must be accepted and written.
+fn capacity(
+    twofoldd: &Path,
+    users: usize,
+    clients: usize,
+    secs: u64,
+) -> Result<serde_json::Value, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let db = dir.path().join("bench.db");
+    let t0 = Instant::now();
+    seed(&db, users)?;
+    let seed_secs = t0.elapsed().as_secs_f64();
+    let daemon = start_daemon(twofoldd, dir.path(), &db)?;
+    // Start at a step boundary's far side so that T-1..T+1 stay valid for the whole run.
+    let wait = 30 - now() % 30;
+    if wait < secs + 3 {
+        std::thread::sleep(Duration::from_secs(wait));
+    }
+    let step = TotpParams::default().step(now());
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, accepted, refused, errors) = (
+                next.clone(),
+                accepted.clone(),
+                refused.clone(),
+                errors.clone(),
+            );
+            let client = Client::new(&daemon.socket, Duration::from_secs(10), vec![0, nix_uid()]);
+            std::thread::spawn(move || {
+                while Instant::now() < deadline {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= users * 3 {
+                        break;
+                    }
+                    // Round r uses step T-1+r for every user: each later use is a higher step.
+                    let (round, i) = (k / users, k % users);
+                    let code = otp::totp_for_step(
+                        &secret_of(i),
+                        &TotpParams::default(),
+                        step - 1 + round as u64,
+                    );
+                    let request = RequestBody::Verify {
+                        user: user_name(i),
+                        code: SecretText::new(code),
+                        pam: Default::default(),
+                        grace_secs: 0,
+                    };
+                    match client.call(request) {
+                        Ok(ResponseBody::Accepted { .. }) => {
+                            accepted.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Ok(_) => refused.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss = rss_kib(daemon.child.id());
+    let n = accepted.load(Ordering::Relaxed);
+    Ok(serde_json::json!({
+        "users": users,
+        "clients": clients,
+        "seconds": elapsed,
+        "accepted": n,
+        "refused": refused.load(Ordering::Relaxed),
+        "errors": errors.load(Ordering::Relaxed),
+        "durable_verifications_per_s": n as f64 / elapsed,
+        "daemon_rss_mib": rss as f64 / 1024.0,
+        "seed_seconds": seed_secs,
+    }))
+}
+
+fn nix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Per-login cost through libpam: `threads` threads run `logins` whole logins (pam_start,
+/// pam_authenticate, pam_end) against `service`, each for a different user with a currently
+/// valid, unused code (steps T-1, T, T+1 in rounds, so replay protection is exercised).
+/// Run under pam_wrapper so that `service` comes from a private directory.
+fn pam_logins(
+    service: &str,
+    users_file: &Path,
+    threads: usize,
+    logins: usize,
+) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(users_file)
+        .map_err(|e| format!("{}: {e}", users_file.display()))?;
+    let users: Vec<(String, Secret)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?.to_string();
+            let secret = Secret::from_base32(w.next()?).ok()?;
+            Some((name, secret))
+        })
+        .collect();
+    if users.is_empty() {
+        return Err("no users".into());
+    }
+    let logins = logins.min(users.len() * 3);
+    // All codes are computed before the clock starts, inside one step.
+    let wait = 30 - now() % 30;
+    if wait < 25 {
+        std::thread::sleep(Duration::from_secs(wait));
+    }
+    let step = TotpParams::default().step(now());
+    let work: Vec<(String, String)> = (0..logins)
+        .map(|k| {
+            let (round, i) = (k / users.len(), k % users.len());
+            let code =
+                otp::totp_for_step(&users[i].1, &TotpParams::default(), step - 1 + round as u64);
+            (users[i].0.clone(), code)
+        })
+        .collect();
+    let work = Arc::new(work);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (work, next, service) = (work.clone(), next.clone(), service.to_string());
+            std::thread::spawn(move || {
+                let mut times = Vec::new();
+                let mut ok = 0u64;
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((user, code)) = work.get(k) else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    let r = pam::login(&service, user, code);
+                    times.push(t.elapsed().as_secs_f64() * 1000.0);
+                    if r == Ok(0) {
+                        ok += 1;
+                    }
+                }
+                (times, ok)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut ok = 0;
+    for h in handles {
+        let (t, o) = h.join().map_err(|_| "a login thread panicked")?;
+        times.extend(t);
+        ok += o;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    times.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(serde_json::json!({
+        "service": service,
+        "threads": threads,
+        "logins": times.len(),
+        "succeeded": ok,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "logins_per_s": times.len() as f64 / wall,
+    }))
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: twofold-bench capacity TWOFOLDD USERS CLIENTS SECONDS");
+    eprintln!("       twofold-bench pam SERVICE USERS_FILE THREADS LOGINS   (under pam_wrapper)");
+    eprintln!(
+        "       twofold-bench seed DATABASE USERS USERS_FILE   (enrolled users, no backup codes)"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("capacity") if args.len() == 6 => {
+            let parse = |s: &String| s.parse::<usize>().ok();
+            match (parse(&args[3]), parse(&args[4]), parse(&args[5])) {
+                (Some(u), Some(c), Some(s)) => capacity(Path::new(&args[2]), u, c, s as u64),
+                _ => return usage(),
+            }
+        }
+        Some("seed") if args.len() == 5 => match args[3].parse::<usize>() {
+            Ok(n) => seed(Path::new(&args[2]), n).and_then(|()| {
+                let lines: String = (0..n)
+                    .map(|i| format!("{} {}\n", user_name(i), secret_of(i).to_base32()))
+                    .collect();
+                std::fs::write(&args[4], lines).map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "seeded": n }))
+            }),
+            Err(_) => return usage(),
+        },
+        Some("pam") if args.len() == 6 => {
+            let parse = |s: &String| s.parse::<usize>().ok();
+            match (parse(&args[4]), parse(&args[5])) {
+                (Some(t), Some(n)) => pam_logins(&args[2], Path::new(&args[3]), t, n),
+                _ => return usage(),
+            }
+        }
+        _ => return usage(),
+    };
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("twofold-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
