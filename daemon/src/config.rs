@@ -52,6 +52,8 @@ pub struct Config {
     pub email_auto: bool,
     /// Seconds a mailed code (login or address verification) stays valid.
     pub email_code_ttl: u64,
+    /// Seconds before another code of the same kind may be mailed to a user (0 to 3600).
+    pub email_resend_secs: u64,
     pub email: EmailConfig,
 }
 
@@ -121,6 +123,7 @@ impl Default for Config {
             email_codes: false,
             email_auto: false,
             email_code_ttl: 600,
+            email_resend_secs: 60,
             email: EmailConfig::default(),
         }
     }
@@ -226,6 +229,12 @@ impl Config {
             return fail(format!(
                 "email_code_ttl = {} is out of range (60 to 86400 s)",
                 self.email_code_ttl
+            ));
+        }
+        if self.email_resend_secs > 3600 {
+            return fail(format!(
+                "email_resend_secs = {} is out of range (0 to 3600 s)",
+                self.email_resend_secs
             ));
         }
         if let Some(from) = &self.email.from {

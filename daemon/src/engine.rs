@@ -73,11 +73,11 @@ fn email_in_tx(tx: &dyn Tx, name: &str, attempt: &EmailTry, now: u64) -> Result<
         ))
     });
     if matches {
-        tx.delete_mailed_code(name, CodePurpose::Login)?;
+        tx.kill_mailed_code(name, CodePurpose::Login)?;
         return Ok(true);
     }
     if code.tries + 1 >= email::MAX_TRIES {
-        tx.delete_mailed_code(name, CodePurpose::Login)?;
+        tx.kill_mailed_code(name, CodePurpose::Login)?;
     } else {
         tx.count_mailed_code_try(name, CodePurpose::Login)?;
     }
@@ -1643,18 +1643,23 @@ impl Engine {
         now: u64,
     ) -> Result<(), Box<ResponseBody>> {
         let cfg = self.config();
-        let (last_minute, last_hour) = self
+        // One mail per email_resend_secs (a minute) for each purpose (a verification mail does
+        // not hold up the first login code), at most MAX_PER_HOUR of all kinds.
+        let (previous, last_hour) = self
             .store
             .read(|tx| {
                 Ok((
-                    tx.mails_sent_since(name, now.saturating_sub(59))?,
+                    tx.mailed_code(name, purpose)?,
                     tx.mails_sent_since(name, now.saturating_sub(3599))?,
                 ))
             })
             .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
-        if last_minute > 0 || last_hour >= email::MAX_PER_HOUR {
-            let why = if last_minute > 0 {
-                "a code was mailed less than a minute ago: use it, or wait a minute"
+        let too_soon = previous.is_some_and(|p| {
+            p.sent_at <= now && now < p.sent_at.saturating_add(cfg.email_resend_secs)
+        });
+        if too_soon || last_hour >= email::MAX_PER_HOUR {
+            let why = if too_soon {
+                "a code was mailed moments ago: use it, or wait a minute before asking again"
             } else {
                 "ten codes were mailed in the last hour: wait before asking again"
             };

@@ -168,6 +168,8 @@ pub trait Tx {
     fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>>;
     fn put_mailed_code(&self, name: &str, purpose: CodePurpose, code: &MailedCode) -> Result<()>;
     fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    /// Makes the code unusable but keeps when it was sent (the resend limit counts from it).
+    fn kill_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
     fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()>;
     /// Audit entries of mails sent to `name` since `since`.
     fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32>;
@@ -893,7 +895,8 @@ impl Tx for SqliteTx<'_> {
         self.0
             .prepare_cached("UPDATE emails SET verified = 1 WHERE name = ?1")?
             .execute([name])?;
-        self.delete_mailed_code(name, CodePurpose::Verify)
+        // Spent, but its time still counts for the resend limit.
+        self.kill_mailed_code(name, CodePurpose::Verify)
     }
 
     fn delete_email(&self, name: &str) -> Result<bool> {
@@ -950,6 +953,15 @@ impl Tx for SqliteTx<'_> {
     fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
         self.0
             .prepare_cached("DELETE FROM email_codes WHERE name = ?1 AND purpose = ?2")?
+            .execute(params![name, purpose.key()])?;
+        Ok(())
+    }
+
+    fn kill_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE email_codes SET expires = 0, hash = zeroblob(32) WHERE name = ?1 AND purpose = ?2",
+            )?
             .execute(params![name, purpose.key()])?;
         Ok(())
     }
