@@ -213,19 +213,33 @@ impl Sshd {
     /// public-key authentication), one prompt only, in a session of its own without a terminal.
     fn ssh(&self, user: &TestUser, key: Option<&Path>, code: &str, command: &str) -> Login {
         let code_file = self.dir.path().join("code");
-        let prompts = self.dir.path().join("prompts");
-        let askpass = self.dir.path().join("askpass");
         std::fs::write(&code_file, "").unwrap();
         std::fs::set_permissions(&code_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&code_file, format!("{code}\n")).unwrap();
+        let answer = format!("cat '{}'", code_file.display());
+        let login = self.ssh_answering(user, key, &answer, command);
+        let _ = std::fs::remove_file(&code_file);
+        login
+    }
+
+    /// `ssh` with `answer` (shell script text; `$1` is the prompt) run by SSH_ASKPASS for each
+    /// keyboard-interactive prompt.
+    fn ssh_answering(
+        &self,
+        user: &TestUser,
+        key: Option<&Path>,
+        answer: &str,
+        command: &str,
+    ) -> Login {
+        let prompts = self.dir.path().join("prompts");
+        let askpass = self.dir.path().join("askpass");
         let _ = std::fs::remove_file(&prompts);
         // The prompt (argv[1]) is recorded so the test can see what sshd asked.
         std::fs::write(
             &askpass,
             format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\ncat '{}'\n",
+                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n{answer}\n",
                 prompts.display(),
-                code_file.display()
             ),
         )
         .unwrap();
@@ -260,7 +274,6 @@ impl Sshd {
             .env_remove("SSH_AUTH_SOCK");
         let run = run_with_deadline(&mut cmd, None, SSH_DEADLINE);
         let prompts = std::fs::read_to_string(&prompts).unwrap_or_default();
-        let _ = std::fs::remove_file(&code_file);
         Login { run, prompts }
     }
 }
@@ -525,4 +538,77 @@ fn keyboard_interactive_alone_logs_in_with_the_code_only() {
     s.assert_logged_in(&login);
     s.assert_daemon_accepted("totp");
     s.sshd.stop();
+}
+
+#[test]
+fn email_at_the_keyboard_interactive_prompt_logs_in_with_the_mailed_code() {
+    if skip("email_at_the_keyboard_interactive_prompt_logs_in_with_the_mailed_code") {
+        return;
+    }
+    let sink = SmtpSink::start();
+    let daemon = Daemon::start("deny", &format!("email_codes = true\n{}", sink.config()));
+    let user = TestUser::create(&unique("tf-ssh"));
+    let keys = open_tempdir();
+    let key = keys.path().join("id_ed25519");
+    keygen(&key, &format!("{}@tf-sshd-test", user.name));
+    user.authorize_ssh_key(&key.with_extension("pub"));
+    daemon.enroll(&user.name);
+    let address = format!("{}@example.org", user.name);
+    let set = daemon.cli(&["email", "set", &address, "--user", &user.name]);
+    assert!(set.status.success(), "{set:?}");
+    let verify = mailed_code(&sink.wait_for(1));
+    let ok = daemon.cli(&["email", "confirm", &verify, "--user", &user.name]);
+    assert!(ok.status.success(), "{ok:?}");
+    let mut sshd = Sshd::start(&daemon.socket, &user.name, KEY_AND_CODE);
+    // askpass answers "email" at the code prompt, then waits for the file the test writes
+    // once it has read the mail.
+    let mailed = sshd.dir.path().join("mailed");
+    let answer = format!(
+        "case \"$1\" in\n\
+         *'Code sent to'*) i=0; while [ ! -s '{0}' ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; cat '{0}' ;;\n\
+         *) echo email ;;\n\
+         esac",
+        mailed.display()
+    );
+    let login = std::thread::scope(|scope| {
+        let ssh = scope.spawn(|| {
+            sshd.ssh_answering(
+                &user,
+                Some(&key),
+                &answer,
+                &format!("echo {MARKER} \"$(id -un)\""),
+            )
+        });
+        let code = mailed_code(&sink.wait_for(2));
+        let tmp = sshd.dir.path().join("mailed.tmp");
+        std::fs::write(&tmp, "").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&tmp, format!("{code}\n")).unwrap();
+        std::fs::rename(&tmp, &mailed).unwrap();
+        ssh.join().unwrap()
+    });
+    let context = format!(
+        "{}\n--- sshd log\n{}--- twofoldd log\n{}",
+        login.text(),
+        sshd.log(),
+        daemon.log()
+    );
+    assert!(login.run.success(), "expected a login: {context}");
+    assert_eq!(
+        login.run.stdout,
+        format!("{MARKER} {}\n", user.name),
+        "{context}"
+    );
+    assert!(login.prompts.contains(PROMPT), "{context}");
+    assert!(
+        login
+            .prompts
+            .contains(&format!("Code sent to {}***@example.org:", &user.name[..1])),
+        "{context}"
+    );
+    assert!(
+        daemon.log().contains("outcome=accepted method=email"),
+        "{context}"
+    );
+    sshd.stop();
 }
