@@ -59,13 +59,14 @@ pub fn authorize(
         return Decision::Deny("you may only act on your own account");
     }
     match op {
-        Preflight | Verify | Status | SendEmailCode | EmailConfirm => Decision::Allow,
-        // Changing where second-factor codes go is changing the second factor.
-        EmailSet | EmailRemove => Decision::AllowWithCode,
-        Enroll | Confirm if !self_enroll => {
+        Preflight | Verify | Status | SendEmailCode => Decision::Allow,
+        // Registering an address is enrolling a second factor.
+        Enroll | Confirm | EmailSet | EmailConfirm if !self_enroll => {
             Decision::Deny("self-enrollment is switched off; ask an administrator")
         }
-        Confirm => Decision::Allow,
+        Confirm | EmailConfirm => Decision::Allow,
+        // Changing where second-factor codes go is changing the second factor.
+        EmailSet | EmailRemove => Decision::AllowWithCode,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
         Ping | List | Unlock | Policy | Audit | Import => Decision::Deny("only root may do this"),
     }
@@ -144,7 +145,10 @@ mod tests {
             (ROOT, SendEmailCode, BOB_UID, true, Allow),
             (ALICE, SendEmailCode, ALICE_UID, true, Allow),
             (ALICE, EmailSet, ALICE_UID, true, AllowWithCode),
-            (ALICE, EmailSet, ALICE_UID, false, AllowWithCode),
+            (ALICE, EmailSet, ALICE_UID, false, deny_self_enroll),
+            (ALICE, EmailConfirm, ALICE_UID, false, deny_self_enroll),
+            (ALICE, EmailRemove, ALICE_UID, false, AllowWithCode),
+            (ALICE, SendEmailCode, ALICE_UID, false, Allow),
             (ALICE, EmailConfirm, ALICE_UID, true, Allow),
             (ALICE, EmailRemove, ALICE_UID, true, AllowWithCode),
             (ALICE, SendEmailCode, BOB_UID, true, deny_other),

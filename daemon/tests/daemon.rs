@@ -1470,3 +1470,76 @@ fn import_reads_the_users_own_file_but_never_through_a_symlink() {
     );
     assert_eq!(r.code(), 5, "{}", r.stderr());
 }
+
+#[test]
+fn a_user_changes_their_own_email_address_only_with_a_current_code() {
+    if !is_root() {
+        eprintln!(
+            "SKIP a_user_changes_their_own_email_address_only_with_a_current_code: needs root to create a test user"
+        );
+        return;
+    }
+    // A stand-in sendmail that keeps the last message (run by twofoldd, root here).
+    let spool = tempfile::tempdir().unwrap();
+    let program = spool.path().join("sendmail");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\ncat > {0}/m.tmp && mv {0}/m.tmp {0}/message\n",
+            spool.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&format!(
+        "email_codes = true\nemail_resend_secs = 0\n[email]\nsendmail = {program:?}\n"
+    ));
+    let me = TempUser::create("tf-e");
+    let other = TempUser::create("tf-f");
+    let (secret, _) = d.enroll(&me.name);
+    let mailed = || {
+        let m = std::fs::read_to_string(spool.path().join("message")).unwrap();
+        m.split_whitespace()
+            .find(|w| w.len() == 7 && w.as_bytes()[3] == b'-')
+            .unwrap()
+            .to_string()
+    };
+    // Enrolled: registering an address changes the second factor, so it needs a code.
+    let no_code = d.cli_as(Some(&me.name), &["email", "set", "me@example.org"], None);
+    assert_eq!(no_code.code(), 2, "{}", no_code.stderr());
+    assert!(
+        no_code.stderr().contains("current code"),
+        "{}",
+        no_code.stderr()
+    );
+    ensure_step_time(5);
+    let set = d.cli_as(
+        Some(&me.name),
+        &["email", "set", "me@example.org", "--code", "-"],
+        Some(&format!("{}\n", oathtool(&secret, 1))),
+    );
+    assert_eq!(set.code(), 0, "{}", set.stderr());
+    let confirm = d.cli_as(Some(&me.name), &["email", "confirm", &mailed()], None);
+    assert_eq!(confirm.code(), 0, "{}", confirm.stderr());
+    let status = d.cli_as(Some(&me.name), &["status", "--json"], None).json();
+    assert_eq!(status["email"], "m***@example.org");
+    assert_eq!(status["email_verified"], true);
+    // Someone else's address: permission denied (exit 5), whatever the command.
+    for args in [
+        vec!["email", "set", "x@example.org", "--user", &other.name],
+        vec!["email", "confirm", "123456", "--user", &other.name],
+        vec!["email", "remove", "--user", &other.name],
+    ] {
+        let r = d.cli_as(Some(&me.name), &args, None);
+        assert_eq!(r.code(), 5, "{args:?}: {}", r.stderr());
+    }
+    // Bad addresses are refused before anything is mailed.
+    for bad in ["no-at-sign", "a@b@c", "a b@example.org"] {
+        let r = d.cli(&["email", "set", bad, "--user", &other.name]);
+        assert_eq!(r.code(), 2, "{bad}: {}", r.stderr());
+    }
+    // Removing needs a code too.
+    let remove = d.cli_as(Some(&me.name), &["email", "remove"], None);
+    assert_eq!(remove.code(), 2, "{}", remove.stderr());
+    assert!(d.log().contains("outcome=sent"), "{}", d.log());
+}

@@ -71,7 +71,7 @@ pub const MSG_ENROLL: &str = "Two-factor enrollment required: run 'twofold enrol
 pub const MSG_UNAVAILABLE: &str = "Two-factor service unavailable.";
 pub const MSG_MAIL_FAILED: &str = "Could not send the code by email.";
 pub const MSG_MAIL_TOO_SOON: &str =
-    "A code was sent by email a moment ago; use it, or wait a minute and try again.";
+    "A code was sent by email moments ago (or too many this hour); use it, or try again later.";
 /// What the user types at the code prompt to have a code mailed instead.
 pub const EMAIL_WORD: &str = "email";
 

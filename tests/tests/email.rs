@@ -9,7 +9,7 @@ use twofold_tests::*;
 
 const INVALID: &str = "Invalid verification code.";
 const MAIL_FAILED: &str = "Could not send the code by email.";
-const TOO_SOON: &str = "A code was sent by email a moment ago";
+const TOO_SOON: &str = "A code was sent by email moments ago";
 /// pam_strerror(PAM_AUTHINFO_UNAVAIL), as pamtester prints it.
 const AUTHINFO_UNAVAIL: &str = "Authentication service cannot retrieve authentication info";
 
