@@ -1543,11 +1543,13 @@ impl Engine {
                 tx.prune_pending(pending_before)?,
                 tx.prune_throttle(now.saturating_sub(86_400), lockout)?,
                 tx.prune_grace(now.saturating_sub(MAX_GRACE_SECS))?,
+                // A day: past every code's life (email_code_ttl) and every resend limit.
+                tx.prune_mailed_codes(now.saturating_sub(86_400))?,
             ))
         });
         match result {
-            Ok((0, 0, 0, _)) => {}
-            Ok((audit, pending, throttle, _)) => self.log.info(&format!(
+            Ok((0, 0, 0, _, _)) => {}
+            Ok((audit, pending, throttle, _, _)) => self.log.info(&format!(
                 "housekeeping: removed {audit} audit entries older than {} days, {pending} expired pending enrollments, {throttle} stale failure counts",
                 cfg.audit_days
             )),
@@ -2645,6 +2647,16 @@ mod tests {
         assert!(entries
             .iter()
             .any(|a| a.method.as_deref() == Some("email") && a.outcome == "accepted"));
+        // Housekeeping forgets mailed codes a day later.
+        let left = |e: &Engine| {
+            e.store
+                .read(|tx| tx.mailed_code("root", CodePurpose::Login))
+                .unwrap()
+        };
+        e.housekeeping(t + 86_000);
+        assert!(left(&e).is_some());
+        e.housekeeping(t + 88_000);
+        assert!(left(&e).is_none());
     }
 
     #[test]

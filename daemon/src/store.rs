@@ -171,6 +171,8 @@ pub trait Tx {
     /// Makes the code unusable but keeps when it was sent (the resend limit counts from it).
     fn kill_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
     fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    /// Forgets mailed codes sent before `before` (long expired or spent).
+    fn prune_mailed_codes(&self, before: u64) -> Result<usize>;
     /// Audit entries of mails sent to `name` since `since`.
     fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32>;
     fn audit(&self, entry: &AuditEntry) -> Result<()>;
@@ -973,6 +975,13 @@ impl Tx for SqliteTx<'_> {
             )?
             .execute(params![name, purpose.key()])?;
         Ok(())
+    }
+
+    fn prune_mailed_codes(&self, before: u64) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached("DELETE FROM email_codes WHERE sent_at < ?1 AND expires < ?1")?
+            .execute([to_i64(before)])?)
     }
 
     fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32> {
