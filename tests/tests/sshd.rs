@@ -86,6 +86,11 @@ struct Sshd {
 impl Sshd {
     /// `methods` is the `AuthenticationMethods` line; `user` the only account let in.
     fn start(socket: &Path, user: &str, methods: &str) -> Sshd {
+        Sshd::start_with(socket, user, methods, "")
+    }
+
+    /// `start`, with extra pam_twofold arguments (`grace=600`).
+    fn start_with(socket: &Path, user: &str, methods: &str, module_args: &str) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = open_tempdir();
         let service = unique("tf-sshd");
@@ -94,7 +99,7 @@ impl Sshd {
             &Path::new("/etc/pam.d").join(&service),
             &format!(
                 "# Written by twofold's tests/tests/sshd.rs; removed when the test ends.\n\
-                 auth     required  {} socket={}\n\
+                 auth     required  {} socket={} {module_args}\n\
                  account  include   common-account\n\
                  session  required  pam_permit.so\n",
                 pam_module().display(),
@@ -318,6 +323,10 @@ struct Setup {
 
 impl Setup {
     fn new(methods: &str) -> Setup {
+        Setup::with_args(methods, "")
+    }
+
+    fn with_args(methods: &str, module_args: &str) -> Setup {
         let daemon = Daemon::start("deny", "");
         let user = TestUser::create(&unique("tf-ssh"));
         let keys = open_tempdir();
@@ -325,7 +334,7 @@ impl Setup {
         keygen(&key, &format!("{}@tf-sshd-test", user.name));
         user.authorize_ssh_key(&key.with_extension("pub"));
         let enrollment = daemon.enroll(&user.name);
-        let sshd = Sshd::start(&daemon.socket, &user.name, methods);
+        let sshd = Sshd::start_with(&daemon.socket, &user.name, methods, module_args);
         Setup {
             sshd,
             user,
@@ -611,4 +620,33 @@ fn email_at_the_keyboard_interactive_prompt_logs_in_with_the_mailed_code() {
         "{context}"
     );
     sshd.stop();
+}
+
+#[test]
+fn a_remembered_host_logs_in_again_without_a_code() {
+    if skip("a_remembered_host_logs_in_again_without_a_code") {
+        return;
+    }
+    let mut s = Setup::with_args(KEY_AND_CODE, "grace=600");
+    let code = s.next_code();
+    s.assert_logged_in(&s.ssh(true, &code));
+    // From the same host, within the grace period: no code is asked. The answer on offer is
+    // a wrong one, so only a login that never asks can succeed.
+    let again = s.ssh(true, &wrong_code(&s.enrollment.secret));
+    assert!(again.run.success(), "{}", s.context(&again));
+    assert_eq!(
+        again.run.stdout,
+        format!("{MARKER} {}\n", s.user.name),
+        "{}",
+        s.context(&again)
+    );
+    assert!(!again.prompts.contains(PROMPT), "{}", s.context(&again));
+    s.assert_daemon_accepted("remembered");
+    // Disabling the enrollment forgets the host: after enrolling again, the code is asked.
+    let off = s.daemon.cli(&["disable", "--user", &s.user.name]);
+    assert!(off.status.success());
+    s.enrollment = s.daemon.enroll(&s.user.name);
+    let after = s.ssh(true, &wrong_code(&s.enrollment.secret));
+    s.assert_refused(&after);
+    s.sshd.stop();
 }
