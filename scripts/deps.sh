@@ -10,6 +10,7 @@ packages=(
   binutils                     # strings(1), to prove no backup code is stored in clear
   python3                      # a stand-in socket server run as nobody in the PAM tests
   libpam-google-authenticator  # its files are imported in the tests; the benchmark measures it
+  libpam-oath                  # the benchmark measures it too
   util-linux passwd procps     # setpriv, useradd, pkill for the tests
   debhelper dpkg-dev lintian   # building and checking the Debian package (package-test.sh)
   systemd man-db               # systemd-analyze on its unit; man -l on its manual pages

@@ -225,6 +225,7 @@ fn pam_logins(
     users_file: &Path,
     threads: usize,
     logins: usize,
+    flood: Option<(PathBuf, String, u64)>,
 ) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(users_file)
         .map_err(|e| format!("{}: {e}", users_file.display()))?;
@@ -257,6 +258,43 @@ fn pam_logins(
         .collect();
     let work = Arc::new(work);
     let next = Arc::new(AtomicUsize::new(0));
+    // Optionally, one user receives wrong codes at `rate` per second meanwhile.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooded = Arc::new(AtomicU64::new(0));
+    // Eight senders share the rate: one alone cannot send a thousand requests a second.
+    const SENDERS: u64 = 8;
+    let flooders: Vec<_> = flood
+        .iter()
+        .flat_map(|(socket, user, rate)| {
+            (0..SENDERS)
+                .map(|_| {
+                    let (stop, flooded, socket, user) =
+                        (stop.clone(), flooded.clone(), socket.clone(), user.clone());
+                    let per_sender = (*rate / SENDERS).max(1);
+                    std::thread::spawn(move || {
+                        let client =
+                            Client::new(&socket, Duration::from_secs(5), vec![0, nix_uid()]);
+                        let gap = Duration::from_secs_f64(1.0 / per_sender as f64);
+                        let mut due = Instant::now();
+                        while !stop.load(Ordering::Relaxed) {
+                            let request = RequestBody::Verify {
+                                user: user.clone(),
+                                code: SecretText::new("000000"),
+                                pam: Default::default(),
+                                grace_secs: 0,
+                            };
+                            let _ = client.call(request);
+                            flooded.fetch_add(1, Ordering::Relaxed);
+                            due += gap;
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -288,6 +326,10 @@ fn pam_logins(
         ok += o;
     }
     let wall = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        let _ = f.join();
+    }
     times.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         times
@@ -303,12 +345,16 @@ fn pam_logins(
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "logins_per_s": times.len() as f64 / wall,
+        "flood_requests_per_s": flooded.load(Ordering::Relaxed) as f64 / wall,
     }))
 }
 
 fn usage() -> ExitCode {
     eprintln!("usage: twofold-bench capacity TWOFOLDD USERS CLIENTS SECONDS");
-    eprintln!("       twofold-bench pam SERVICE USERS_FILE THREADS LOGINS   (under pam_wrapper)");
+    eprintln!(
+        "       twofold-bench pam SERVICE USERS_FILE THREADS LOGINS [FLOOD_SOCKET FLOOD_USER RATE]"
+    );
+    eprintln!("                     (under pam_wrapper; the flood sends wrong codes for one user)");
     eprintln!(
         "       twofold-bench seed DATABASE USERS USERS_FILE   (enrolled users, no backup codes)"
     );
@@ -335,10 +381,17 @@ fn main() -> ExitCode {
             }),
             Err(_) => return usage(),
         },
-        Some("pam") if args.len() == 6 => {
+        Some("pam") if args.len() == 6 || args.len() == 9 => {
             let parse = |s: &String| s.parse::<usize>().ok();
+            let flood = match args.get(6..9) {
+                Some([socket, user, rate]) => match rate.parse() {
+                    Ok(r) => Some((PathBuf::from(socket), user.clone(), r)),
+                    Err(_) => return usage(),
+                },
+                _ => None,
+            };
             match (parse(&args[4]), parse(&args[5])) {
-                (Some(t), Some(n)) => pam_logins(&args[2], Path::new(&args[3]), t, n),
+                (Some(t), Some(n)) => pam_logins(&args[2], Path::new(&args[3]), t, n, flood),
                 _ => return usage(),
             }
         }

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Side-by-side measurements of twofold, google-authenticator-libpam and pam_oath (issue 6).
+#
+#   sudo scripts/bench.sh [--quick] [--json FILE]
+#
+# Per-login cost through libpam, in-process (pam_start / pam_authenticate / pam_end with a
+# conversation answering a currently valid, unused code; every login a different user) under
+# pam_wrapper with private service files, for pam_permit (libpam's own cost), pam_twofold,
+# pam_google_authenticator (per-user files, DISALLOW_REUSE) and pam_oath (one users file), at
+# 1 and 8 concurrent logins and N enrolled users; twofoldd's capacity at the socket level (32
+# clients, every acceptance durable); the p99 of other users' logins while one user receives
+# 1,000 wrong codes per second; twofoldd's memory and the module's size. Ratios come from the
+# same run: these machines are shared and noisy, absolute times are not stable.
+# --quick (CI): small N, finishes within about two minutes after the build; asserts nothing.
+set -euo pipefail
+
+quick=false
+json=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=true ;;
+    --json) json=${2:?--json needs a file}; shift ;;
+    *) echo "usage: $0 [--quick] [--json FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (pam_google_authenticator reads its files as user=root)" >&2; exit 2; }
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+"$repo/scripts/deps.sh"
+(cd "$repo" && cargo build --release --quiet -p twofold-daemon -p pam_twofold -p twofold-bench)
+target="${CARGO_TARGET_DIR:-$repo/target}/release"
+bench="$target/twofold-bench"
+module="$target/libpam_twofold.so"
+wrapper=$(dpkg -L libpam-wrapper | grep '/libpam_wrapper\.so$' | head -1)
+[ -n "$wrapper" ] || { echo "bench.sh: libpam_wrapper.so not found" >&2; exit 1; }
+
+if $quick; then sizes=(100 1000); per_run=300; secs=3; cap_users=20000; else sizes=(100 10000 100000); per_run=3000; secs=10; cap_users=100000; fi
+
+umask 077
+work=$(mktemp -d /tmp/twofold-bench.XXXXXX)
+daemon_pid=""
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+results="$work/results.jsonl"
+: > "$results"
+
+record() { # KIND N THREADS JSON
+  printf '{"kind":"%s","n":%s,"threads":%s,"r":%s}\n' "$1" "$2" "$3" "$4" >> "$results"
+}
+
+run_pam() { # SERVICE USERS_FILE THREADS LOGINS [FLOOD...]
+  LD_PRELOAD="$wrapper" PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$work/pam.d" \
+    "$bench" pam "$@" 2>> "$work/pam-stderr.log"
+}
+
+for n in "${sizes[@]}"; do
+  echo "== N = $n enrolled users" >&2
+  dir="$work/n$n"
+  mkdir -p "$dir/ga" "$work/pam.d"
+  rm -f "$dir/twofold.db"*
+  "$bench" seed "$dir/twofold.db" "$n" "$dir/users.txt" > /dev/null
+  # The same users and secrets for every tool: google-authenticator's per-user files (safe
+  # configuration: DISALLOW_REUSE) and pam_oath's one users file.
+  python3 - "$dir" <<'PY'
+import base64, os, sys
+d = sys.argv[1]
+oath = []
+for line in open(os.path.join(d, "users.txt")):
+    name, b32 = line.split()
+    with open(os.path.join(d, "ga", name), "w") as f:
+        f.write(f'{b32}\n" WINDOW_SIZE 3\n" DISALLOW_REUSE\n" TOTP_AUTH\n')
+    raw = base64.b32decode(b32 + "=" * ((8 - len(b32) % 8) % 8))
+    oath.append(f"HOTP/T30/6 {name} - {raw.hex()}\n")
+with open(os.path.join(d, "oath.users"), "w") as f:
+    f.writelines(oath)
+PY
+  # Disjoint slices of users for the two concurrency levels (codes are single-use), and the
+  # last user for the flood.
+  half=$(( (n - 1) / 2 ))
+  head -n "$half" "$dir/users.txt" > "$dir/c1.txt"
+  sed -n "$((half + 1)),$((2 * half))p" "$dir/users.txt" > "$dir/c8.txt"
+  flood_user=$(tail -n 1 "$dir/users.txt" | cut -d' ' -f1)
+  printf 'socket = "%s/s"\ndatabase = "%s/twofold.db"\nmax_connections = 1024\n' "$dir" "$dir" > "$dir/twofold.toml"
+  "$target/twofoldd" --config "$dir/twofold.toml" 2> "$dir/twofoldd.log" &
+  daemon_pid=$!
+  for _ in $(seq 200); do [ -S "$dir/s" ] && break; sleep 0.05; done
+  echo "auth required pam_deny.so" > "$work/pam.d/other"
+  echo "auth required pam_permit.so" > "$work/pam.d/permit"
+  echo "auth required $module socket=$dir/s" > "$work/pam.d/twofold"
+  echo "auth required pam_google_authenticator.so secret=$dir/ga/\${USER} user=root" > "$work/pam.d/ga"
+  echo "auth required pam_oath.so usersfile=$dir/oath.users window=1" > "$work/pam.d/oath"
+  logins=$(( per_run < 3 * half ? per_run : 3 * half ))
+  for threads in 1 8; do
+    slice="$dir/c1.txt"; [ "$threads" = 8 ] && slice="$dir/c8.txt"
+    for tool in permit twofold ga oath; do
+      count=$logins
+      if [ "$tool" = oath ] && [ "$n" -gt 10000 ]; then
+        # pam_oath scans and rewrites its whole file per login: one probe login first.
+        probe=$(run_pam oath "$slice" 1 1)
+        p=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["p50_ms"])' "$probe")
+        if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 1000 else 1)' "$p"; then
+          echo "   pam_oath: one login takes $p ms at N=$n: stopped here" >&2
+          record "$tool" "$n" "$threads" "$probe"
+          continue
+        fi
+        count=$(( logins < 300 ? logins : 300 ))
+      fi
+      r=$(run_pam "$tool" "$slice" "$threads" "$count")
+      echo "   $tool threads=$threads: $r" >&2
+      record "$tool" "$n" "$threads" "$r"
+    done
+  done
+  # Other users' logins while one user receives 1,000 wrong codes per second. Fresh users:
+  # the second quarter of the c8 slice was not used above if logins < 3 * half.
+  quiet=$(run_pam twofold "$dir/c1.txt" 1 "$(( logins / 3 ))")
+  loud=$(run_pam twofold "$dir/c8.txt" 1 "$(( logins / 3 ))" "$dir/s" "$flood_user" 1000)
+  record flood_off "$n" 1 "$quiet"
+  record flood_on "$n" 1 "$loud"
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
+  record rss "$n" 0 "{\"kib\": $rss}"
+  kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+done
+
+echo "== capacity: 32 clients, durable acceptances" >&2
+cap=$("$bench" capacity "$target/twofoldd" "$cap_users" 32 "$secs")
+record capacity 0 32 "$cap"
+record so_size 0 0 "{\"bytes\": $(stat -c %s "$module")}"
+
+python3 - "$results" "$json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def get(kind, n, threads):
+    for r in rows:
+        if r["kind"] == kind and r["n"] == n and r["threads"] == threads:
+            return r["r"]
+sizes = sorted({r["n"] for r in rows if r["kind"] == "permit"})
+tools = {"twofold": "pam_twofold", "ga": "pam_google_authenticator", "oath": "pam_oath"}
+out = {"overhead_ms": {}, "p99_ms": {}, "succeeded": {}}
+print(f"{'tool':<26}{'N':>8}{'conc':>6}{'p50 ms':>10}{'p99 ms':>10}{'overhead':>10}{'ok':>12}")
+for n in sizes:
+    for threads in (1, 8):
+        base = get("permit", n, threads)
+        print(f"{'pam_permit (baseline)':<26}{n:>8}{threads:>6}{base['p50_ms']:>10.3f}{base['p99_ms']:>10.3f}{'':>10}{base['succeeded']:>6}/{base['logins']:<5}")
+        for key, name in tools.items():
+            r = get(key, n, threads)
+            if r is None:
+                continue
+            over = r["p50_ms"] - base["p50_ms"]
+            label = f"{name}" + (" (stopped)" if r["logins"] == 1 and key == "oath" else "")
+            print(f"{label:<26}{n:>8}{threads:>6}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{over:>+10.3f}{r['succeeded']:>6}/{r['logins']:<5}")
+            k = f"{name}" if threads == 1 else f"{name}@8"
+            out["overhead_ms"].setdefault(k, {})[str(n)] = round(over, 4)
+            out["p99_ms"].setdefault(k, {})[str(n)] = round(r["p99_ms"], 4)
+            out["succeeded"].setdefault(k, {})[str(n)] = f"{r['succeeded']}/{r['logins']}"
+small, big = sizes[0], sizes[-1]
+ov = out["overhead_ms"]
+def ratio(a, b):
+    return round(a / b, 3) if b else None
+out["ratio_overhead_vs_google_authenticator"] = ratio(ov["pam_twofold"][str(small)], ov["pam_google_authenticator"][str(small)])
+out["ratio_overhead_vs_pam_oath"] = ratio(ov["pam_twofold"][str(small)], ov["pam_oath"][str(small)])
+out["ratio_overhead_vs_google_authenticator_8"] = ratio(ov["pam_twofold@8"][str(small)], ov["pam_google_authenticator@8"][str(small)])
+cap = get("capacity", 0, 32)
+out["daemon_durable_verifications_per_s"] = round(cap["durable_verifications_per_s"], 1)
+f_off, f_on = get("flood_off", big, 1), get("flood_on", big, 1)
+out["flood_p99_ratio"] = ratio(f_on["p99_ms"], f_off["p99_ms"])
+out["flood_requests_per_s"] = round(f_on["flood_requests_per_s"], 1)
+out["scale_ratio_100k_vs_100"] = ratio(ov["pam_twofold"][str(big)], ov["pam_twofold"][str(small)])
+out["scale_sizes"] = [small, big]
+out["daemon_rss_mib_100k"] = round(get("rss", big, 0)["kib"] / 1024, 2)
+out["rss_at_users"] = big
+out["so_size_bytes"] = get("so_size", 0, 0)["bytes"]
+print()
+print(f"twofold / google-authenticator overhead (N={small}): {out['ratio_overhead_vs_google_authenticator']} at 1 login, {out['ratio_overhead_vs_google_authenticator_8']} at 8")
+print(f"twofold / pam_oath overhead (N={small}):              {out['ratio_overhead_vs_pam_oath']}")
+print(f"twofold overhead N={big} / N={small}:                  {out['scale_ratio_100k_vs_100']}")
+print(f"daemon capacity, 32 clients, durable:            {out['daemon_durable_verifications_per_s']} verifications/s")
+print(f"p99 under a flood of {out['flood_requests_per_s']} wrong codes/s / without: {out['flood_p99_ratio']} (N={big})")
+print(f"twofoldd RSS at {big} users: {out['daemon_rss_mib_100k']} MiB; pam_twofold.so: {out['so_size_bytes']} bytes")
+if sys.argv[2]:
+    json.dump(out, open(sys.argv[2], "w"), indent=2)
+PY
