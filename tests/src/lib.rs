@@ -139,6 +139,38 @@ impl Daemon {
         }
     }
 
+    /// Rewrites the configuration (socket and database kept, `unenrolled` and `extra` new) and
+    /// sends SIGHUP; waits until the daemon's log says it reloaded.
+    pub fn reconfigure(&self, unenrolled: &str, extra: &str) {
+        let log_path = self.dir.path().join("twofoldd.log");
+        let before = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("policy reloaded")
+            .count();
+        std::fs::write(
+            self.dir.path().join("twofold.toml"),
+            format!(
+                "socket = {:?}\ndatabase = {:?}\nissuer = \"pam-test\"\nunenrolled = {unenrolled:?}\n{extra}\n",
+                self.socket,
+                self.dir.path().join("d.db"),
+            ),
+        )
+        .unwrap();
+        let pid = self.child.as_ref().expect("daemon running").id();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("policy reloaded")
+            .count()
+            <= before
+        {
+            assert!(Instant::now() < deadline, "twofoldd did not reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the daemon (by its pid) and waits for it; the socket file stays behind.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
