@@ -186,7 +186,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
     let code_arg = |c: Option<String>| -> Result<Option<SecretText>, u8> {
         match c {
             None => Ok(None),
-            Some(c) => read_code_arg(&c).map(Some).ok_or(exit::ERROR),
+            Some(c) => read_code_arg(&c).map(Some).ok_or_else(|| ctx.fail(NO_CODE)),
         }
     };
     match command {
@@ -208,7 +208,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
                 Ok(other) => ctx.report(other),
                 Err(e) => e,
             },
-            None => exit::ERROR,
+            None => ctx.fail(NO_CODE),
         },
         Command::Status { user } => match ctx.call(RequestBody::Status { user }) {
             Ok(ResponseBody::Status(s)) => {
@@ -270,7 +270,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
                 Ok(r) => ctx.report(r),
                 Err(e) => e,
             },
-            None => exit::ERROR,
+            None => ctx.fail(NO_CODE),
         },
         Command::Policy => match ctx.call(RequestBody::Policy {}) {
             Ok(ResponseBody::Policy(p)) => {
@@ -316,7 +316,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
                 Ok(r) => ctx.report(r),
                 Err(e) => e,
             },
-            None => exit::ERROR,
+            None => ctx.fail(NO_CODE),
         },
         Command::Email(EmailCommand::Remove { user, code }) => match code_arg(code) {
             Ok(code) => with_code(
@@ -550,10 +550,7 @@ fn read_code_arg(arg: &str) -> Option<SecretText> {
     let mut line = zeroize::Zeroizing::new(String::new());
     match std::io::stdin().lock().read_line(&mut line) {
         Ok(n) if n > 0 => Some(SecretText::new(line.trim())),
-        _ => {
-            eprintln!("twofold: no code on standard input");
-            None
-        }
+        _ => None,
     }
 }
 
@@ -596,7 +593,22 @@ fn prompt(text: &str) -> Option<SecretText> {
     }
 }
 
+const NO_CODE: &str = "no code on standard input";
+
 impl Ctx {
+    /// A usage or local error: one JSON document with `--json`, a line on stderr otherwise.
+    fn fail(&self, message: &str) -> u8 {
+        if self.json {
+            println!(
+                "{}",
+                json!({"result": "error", "kind": "bad_request", "message": message})
+            );
+        } else {
+            eprintln!("twofold: {message}");
+        }
+        exit::ERROR
+    }
+
     /// Sends a request; a transport failure is reported and becomes exit status 6.
     fn call(&self, body: RequestBody) -> Result<ResponseBody, u8> {
         self.client.call(body).map_err(|e| {
@@ -731,11 +743,8 @@ fn enroll(
     if let Some(path) = &qr_svg_path {
         match qr_svg(info.otpauth_uri.expose()).map(|svg| write_private(path, &svg)) {
             Some(Ok(())) => {}
-            Some(Err(e)) => {
-                eprintln!("twofold: cannot write {}: {e}", path.display());
-                return exit::ERROR;
-            }
-            None => return exit::ERROR,
+            Some(Err(e)) => return ctx.fail(&format!("cannot write {}: {e}", path.display())),
+            None => return ctx.fail("the otpauth URI does not fit in a QR code"),
         }
     }
     if ctx.json {
@@ -1004,17 +1013,7 @@ fn read_google_authenticator(user: &str, file: Option<PathBuf>) -> Result<String
 }
 
 fn import_google_authenticator(ctx: &Ctx, user: &str, file: Option<PathBuf>, force: bool) -> u8 {
-    let fail = |msg: String| {
-        if ctx.json {
-            println!(
-                "{}",
-                json!({"result": "error", "kind": "bad_request", "message": msg})
-            );
-        } else {
-            eprintln!("twofold: {msg}");
-        }
-        exit::ERROR
-    };
+    let fail = |msg: String| ctx.fail(&msg);
     let text = match read_google_authenticator(user, file) {
         Ok(t) => zeroize::Zeroizing::new(t),
         Err(e) => return fail(e),

@@ -525,15 +525,16 @@ impl Engine {
         // Resolve who the request is about: named, or the caller's own account. A name with an
         // account is replaced by the account's own spelling, so that every spelling the name
         // service accepts (ALICE, alice@DOMAIN) meets the same enrollment and throttle.
-        let name = match target {
-            None => String::new(),
+        // One name-service lookup per request gives both the spelling and the uid.
+        let (name, target_uid) = match target {
+            None => (String::new(), None),
             Some(Some(name)) => {
                 if let Err(why) = users::validate_name(&name) {
                     return error(ErrorKind::BadRequest, why);
                 }
                 match users::canonical(&name) {
-                    Ok(Some(canonical)) => canonical,
-                    Ok(None) => name,
+                    Ok(Some((canonical, account_uid))) => (canonical, Some(account_uid)),
+                    Ok(None) => (name, None),
                     Err(why) => {
                         self.log.error(&format!(
                             "name service failed for user={}: {why}",
@@ -544,14 +545,9 @@ impl Engine {
                 }
             }
             Some(None) => match users::name_of(uid) {
-                Some(name) => name,
+                Some(name) => (name, Some(uid)),
                 None => return error(ErrorKind::NoSuchUser, format!("uid {uid} has no user name")),
             },
-        };
-        let target_uid = if name.is_empty() {
-            None
-        } else {
-            users::uid_of(&name)
         };
         let decision = policy::authorize(caller, operation, target_uid, self.config().self_enroll);
         if let Decision::Deny(why) = decision {

@@ -43,9 +43,9 @@ pub fn check_groups(groups: &[String]) -> Result<(), String> {
 
 /// The account's own spelling of `name`, if the name service knows the account. An error of
 /// the name service (as opposed to "no such account") is an error, never "unknown".
-pub fn canonical(name: &str) -> Result<Option<String>, String> {
+pub fn canonical(name: &str) -> Result<Option<(String, u32)>, String> {
     match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) => Ok(Some(user.name)),
+        Ok(Some(user)) => Ok(Some((user.name, user.uid.as_raw()))),
         Ok(None) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
@@ -101,5 +101,7 @@ mod tests {
         assert_eq!(uid_of("root"), Some(0));
         assert_eq!(name_of(0).as_deref(), Some("root"));
         assert_eq!(uid_of("no-such-user-twofold-test"), None);
+        assert_eq!(canonical("root"), Ok(Some(("root".to_string(), 0))));
+        assert_eq!(canonical("no-such-user-twofold-test"), Ok(None));
     }
 }

@@ -1543,3 +1543,26 @@ fn a_user_changes_their_own_email_address_only_with_a_current_code() {
     assert_eq!(remove.code(), 2, "{}", remove.stderr());
     assert!(d.log().contains("outcome=sent"), "{}", d.log());
 }
+
+#[test]
+fn json_mode_prints_json_even_for_local_errors() {
+    let d = Daemon::start("");
+    // No code on standard input.
+    let r = d.cli(&["verify", "root", "-", "--json"]);
+    assert_eq!(r.code(), 2);
+    assert_eq!(r.json()["result"], "error");
+    // A QR image that cannot be written.
+    let r = d.cli(&[
+        "enroll",
+        "--user",
+        "vera",
+        "--qr-svg",
+        "/nonexistent/dir/qr.svg",
+        "--json",
+    ]);
+    assert_eq!(r.code(), 2);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot write"));
+}
