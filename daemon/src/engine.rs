@@ -1494,22 +1494,11 @@ impl Engine {
             record.window.map_or("default".into(), |w| format!("±{w}")),
             hashes.len()
         ));
-        let summary = entry.detail.clone().unwrap_or_default();
-        match self.store.write(move |tx| {
-            tx.activate(&record, &hashes)?;
-            tx.audit(&entry)
-        }) {
-            Ok(()) => {
-                self.log.info(&format!(
-                    "import user={} caller_uid={uid} outcome=enrolled {summary}",
-                    audit::field(name)
-                ));
-                ResponseBody::Done {
-                    message: format!("{name} imported: {summary}"),
-                }
-            }
-            Err(e) => self.store_failed("import", name, &e),
-        }
+        let message = format!(
+            "{name} imported: {}",
+            entry.detail.as_deref().unwrap_or_default()
+        );
+        self.apply_admin(entry, move |tx| tx.activate(&record, &hashes), message)
     }
 
     /// The newest entries of the trail (all users, or one), oldest first.
@@ -1963,42 +1952,53 @@ impl Engine {
             }
         }
         let owned = name.to_string();
-        let entry = admin_entry(now, "email-remove", name, "removed", uid);
+        self.apply_admin(
+            admin_entry(now, "email-remove", name, "removed", uid),
+            move |tx| tx.delete_email(&owned).map(drop),
+            format!("email address of {name} removed"),
+        )
+    }
+
+    /// An administrative change, its audit entry and its log line: all of it, or an error and
+    /// none of it.
+    fn apply_admin(
+        &self,
+        entry: AuditEntry,
+        change: impl FnOnce(&dyn Tx) -> Result<(), StoreError> + Send + 'static,
+        message: String,
+    ) -> ResponseBody {
+        let name = entry.user.clone().unwrap_or_default();
+        let line = format!(
+            "{} user={} caller_uid={} outcome={}{}",
+            entry.event,
+            audit::field(&name),
+            entry.caller_uid.map_or("-".into(), |u| u.to_string()),
+            entry.outcome,
+            entry
+                .detail
+                .as_deref()
+                .map_or(String::new(), |d| format!(" {}", audit::text(d))),
+        );
+        let op = entry.event.clone();
         match self.store.write(move |tx| {
-            tx.delete_email(&owned)?;
+            change(tx)?;
             tx.audit(&entry)
         }) {
             Ok(()) => {
-                self.log.info(&format!(
-                    "email-remove user={} caller_uid={uid} outcome=removed",
-                    audit::field(name)
-                ));
-                ResponseBody::Done {
-                    message: format!("email address of {name} removed"),
-                }
+                self.log.info(&line);
+                ResponseBody::Done { message }
             }
-            Err(e) => self.store_failed("email remove", name, &e),
+            Err(e) => self.store_failed(&op, &name, &e),
         }
     }
 
     fn unlock(&self, name: &str, uid: u32, now: u64) -> ResponseBody {
         let owned = name.to_string();
-        let entry = admin_entry(now, "unlock", name, "cleared", uid);
-        match self.store.write(move |tx| {
-            tx.clear_throttle(&owned)?;
-            tx.audit(&entry)
-        }) {
-            Ok(()) => {
-                self.log.info(&format!(
-                    "unlock user={} caller_uid={uid}",
-                    audit::field(name)
-                ));
-                ResponseBody::Done {
-                    message: format!("{name} unlocked: failure count cleared"),
-                }
-            }
-            Err(e) => self.store_failed("unlock", name, &e),
-        }
+        self.apply_admin(
+            admin_entry(now, "unlock", name, "cleared", uid),
+            move |tx| tx.clear_throttle(&owned),
+            format!("{name} unlocked: failure count cleared"),
+        )
     }
 }
 
@@ -2166,21 +2166,35 @@ mod tests {
 
     #[test]
     fn garbage_and_overlong_input_count_as_failures_without_panicking() {
-        let (e, _dir) = engine("");
+        // No free failures and no delay: every input is evaluated, and each must count.
+        let (e, _dir) = engine(
+            "[throttle]\nfree_failures = 0\nbase_delay = 0\nmax_delay = 0\nlockout_after = 0",
+        );
         enrolled(&e, "g", T0);
-        for junk in [
+        let junk = [
             "",
             "12345",
             "abc",
             &"9".repeat(10_000),
             "１２３４５６",
             "\u{0}\u{1b}",
-        ] {
-            assert!(matches!(
-                verify(&e, "g", junk, T0),
-                ResponseBody::Rejected | ResponseBody::Throttled { .. }
-            ));
+        ];
+        for (i, input) in junk.iter().enumerate() {
+            assert!(
+                matches!(verify(&e, "g", input, T0), ResponseBody::Rejected),
+                "{i}"
+            );
         }
+        let ResponseBody::Status(s) = e.handle(
+            0,
+            RequestBody::Status {
+                user: Some("g".into()),
+            },
+            T0,
+        ) else {
+            panic!("no status")
+        };
+        assert_eq!(s.failures as usize, junk.len());
     }
 
     #[test]

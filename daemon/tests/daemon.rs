@@ -1384,35 +1384,35 @@ fn import_reads_the_users_own_file_but_never_through_a_symlink() {
     let u = TempUser::create("tf-ga");
     let home = std::path::PathBuf::from(format!("/home/{}", u.name));
     let own = home.join(".google_authenticator");
-    // Written by the user, as they would have.
-    let status = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &u.name,
-            "--regid",
-            &u.name,
-            "--init-groups",
-            "--",
-            "google-authenticator",
-            "-t",
-            "-d",
-            "-f",
-            "-C",
-            "-q",
-            "-Q",
-            "NONE",
-            "-w",
-            "3",
-            "-r",
-            "3",
-            "-R",
-            "30",
-        ])
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // Written by the user, as they would have, with the real tool.
+    let write_own_file = || {
+        let status = Command::new("setpriv")
+            .args([
+                "--reuid",
+                &u.name,
+                "--regid",
+                &u.name,
+                "--init-groups",
+                "--",
+            ])
+            .args([
+                "google-authenticator",
+                "-t",
+                "-d",
+                "-f",
+                "-C",
+                "-q",
+                "-Q",
+                "NONE",
+            ])
+            .args(["-w", "3", "-r", "3", "-R", "30"])
+            .env("HOME", &home)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    write_own_file();
     let r = d.cli(&["import", "google-authenticator", "--user", &u.name]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     // A user who points the file at something of root's gets nothing read.
@@ -1429,34 +1429,7 @@ fn import_reads_the_users_own_file_but_never_through_a_symlink() {
     assert!(r.stderr().contains("symbolic link"), "{}", r.stderr());
     // Users may not import, not even their own file: the daemon refuses (exit 5).
     std::fs::remove_file(&own).unwrap();
-    let status = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &u.name,
-            "--regid",
-            &u.name,
-            "--init-groups",
-            "--",
-            "google-authenticator",
-            "-t",
-            "-d",
-            "-f",
-            "-C",
-            "-q",
-            "-Q",
-            "NONE",
-            "-w",
-            "3",
-            "-r",
-            "3",
-            "-R",
-            "30",
-        ])
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    write_own_file();
     let r = d.cli_as(
         Some(&u.name),
         &[
