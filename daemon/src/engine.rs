@@ -473,6 +473,14 @@ impl Engine {
         }
     }
 
+    /// Whether an enrollment (active) is stored under exactly `name`. A store error says no:
+    /// the caller then asks the name service and meets the error again where it is reported.
+    fn enrolled_as_is(&self, name: &str) -> bool {
+        self.store
+            .read(|tx| Ok(tx.user(name)?.is_some()))
+            .unwrap_or(false)
+    }
+
     pub fn handle(&self, uid: u32, body: RequestBody, now: u64) -> ResponseBody {
         let caller = Caller {
             uid,
@@ -525,22 +533,34 @@ impl Engine {
         // Resolve who the request is about: named, or the caller's own account. A name with an
         // account is replaced by the account's own spelling, so that every spelling the name
         // service accepts (ALICE, alice@DOMAIN) meets the same enrollment and throttle.
-        // One name-service lookup per request gives both the spelling and the uid.
+        // One name-service lookup per request gives both the spelling and the uid. A login
+        // (preflight, verify) asked by PAM for a name enrolled under exactly that spelling needs
+        // neither: enrollments are stored under the canonical spelling, and the uid only matters
+        // for unprivileged callers. That spares every login of an enrolled user the name
+        // service (an open and scan of /etc/passwd, or a round trip to sssd or LDAP).
         let (name, target_uid) = match target {
             None => (String::new(), None),
             Some(Some(name)) => {
                 if let Err(why) = users::validate_name(&name) {
                     return error(ErrorKind::BadRequest, why);
                 }
-                match users::canonical(&name) {
-                    Ok(Some((canonical, account_uid))) => (canonical, Some(account_uid)),
-                    Ok(None) => (name, None),
-                    Err(why) => {
-                        self.log.error(&format!(
-                            "name service failed for user={}: {why}",
-                            audit::field(&name)
-                        ));
-                        return error(ErrorKind::Internal, "the name service failed; try again");
+                let login = matches!(operation, Operation::Preflight | Operation::Verify);
+                if caller.admin && login && self.enrolled_as_is(&name) {
+                    (name, None)
+                } else {
+                    match users::canonical(&name) {
+                        Ok(Some((canonical, account_uid))) => (canonical, Some(account_uid)),
+                        Ok(None) => (name, None),
+                        Err(why) => {
+                            self.log.error(&format!(
+                                "name service failed for user={}: {why}",
+                                audit::field(&name)
+                            ));
+                            return error(
+                                ErrorKind::Internal,
+                                "the name service failed; try again",
+                            );
+                        }
                     }
                 }
             }

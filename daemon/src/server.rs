@@ -1,5 +1,5 @@
 //! The Unix socket server: one request per connection, a deadline per connection, a cap on
-//! connections served at once. The caller's identity comes from SO_PEERCRED, never from the
+//! connections served at once, a pool of worker threads that accept for themselves. The caller's identity comes from SO_PEERCRED, never from the
 //! message.
 
 use crate::audit::Logger;
@@ -153,47 +153,139 @@ impl Drop for Slot {
     }
 }
 
+/// Worker threads that outlive their connections, each accepting its own: starting a thread
+/// per connection cost more than the request itself (a 2 MiB stack mapped, guarded and
+/// unmapped, with TLB shootdowns across cores), and handing an accepted connection to another
+/// thread cost a wake-up per request. A worker that accepts a connection while no other worker
+/// waits in `accept` starts one more first, so a slow client never delays anyone; the pool is
+/// bounded by the connection slots, and shrinks back once more than [`MAX_IDLE`] workers wait.
+struct Pool {
+    state: Mutex<PoolState>,
+    listener: UnixListener,
+    slots: Arc<Slots>,
+    engine: Arc<Engine>,
+    log: Arc<Logger>,
+    daemon_uid: u32,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Workers waiting in `accept`.
+    idle: usize,
+    /// Workers alive.
+    workers: usize,
+}
+
+/// Idle workers kept after a burst.
+const MAX_IDLE: usize = 16;
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts one more worker (already counted in `workers`).
+    fn grow(self: &Arc<Self>) {
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || pool.work(false));
+        if let Err(e) = spawned {
+            self.lock().workers -= 1;
+            self.log
+                .error(&format!("cannot start a connection thread: {e}"));
+        }
+    }
+
+    /// Accepts and serves connections. A `permanent` worker (the one `serve` runs on) never
+    /// ends; the others end when enough workers are idle without them.
+    fn work(self: Arc<Self>, permanent: bool) {
+        let _guard = WorkerGuard(self.clone());
+        loop {
+            self.lock().idle += 1;
+            let accepted = self.listener.accept();
+            let grow = {
+                let mut s = self.lock();
+                s.idle -= 1;
+                // One worker more than there are slots, so that "busy" is still answered.
+                let spawn = s.idle == 0 && s.workers <= self.slots.max;
+                if spawn {
+                    s.workers += 1;
+                }
+                spawn
+            };
+            if grow {
+                // If no thread could be started, this connection is served anyway and the
+                // next worker to finish accepts again.
+                self.grow();
+            }
+            match accepted {
+                Ok((stream, _)) => self.serve_one(stream),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    self.log.error(&format!("accept failed: {e}"));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if !permanent {
+                let mut s = self.lock();
+                if s.idle >= MAX_IDLE {
+                    s.workers -= 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_one(&self, stream: UnixStream) {
+        let uid = match getsockopt(&stream, PeerCredentials) {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                self.log
+                    .error(&format!("cannot read peer credentials: {e}"));
+                return;
+            }
+        };
+        let privileged = uid == 0 || uid == self.daemon_uid;
+        match self.slots.take(uid, privileged) {
+            Some(_slot) => handle(stream, uid, &self.engine, &self.log, self.timeout),
+            None => refuse_busy(stream),
+        }
+    }
+}
+
+/// Counts a worker out if a panic in a request ends its thread.
+struct WorkerGuard(Arc<Pool>);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().workers -= 1;
+        }
+    }
+}
+
 /// Serves forever.
 pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> io::Result<()> {
     let slots = Arc::new(Slots {
         max: engine.config().max_connections,
         state: Mutex::default(),
     });
-    let daemon_uid = nix::unistd::geteuid().as_raw();
     let timeout = Duration::from_secs(engine.config().request_timeout);
-    for conn in listener.incoming() {
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log.error(&format!("accept failed: {e}"));
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let uid = match getsockopt(&stream, PeerCredentials) {
-            Ok(cred) => cred.uid(),
-            Err(e) => {
-                log.error(&format!("cannot read peer credentials: {e}"));
-                continue;
-            }
-        };
-        let Some(slot) = slots.take(uid, uid == 0 || uid == daemon_uid) else {
-            refuse_busy(stream);
-            continue;
-        };
-        let engine = engine.clone();
-        let log2 = log.clone();
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                handle(stream, uid, &engine, &log2, timeout);
-            });
-        if let Err(e) = spawned {
-            log.error(&format!("cannot start a connection thread: {e}"));
-        }
-    }
+    let pool = Arc::new(Pool {
+        state: Mutex::new(PoolState {
+            idle: 0,
+            workers: 1,
+        }),
+        listener,
+        slots,
+        engine,
+        log,
+        daemon_uid: nix::unistd::geteuid().as_raw(),
+        timeout,
+    });
+    pool.work(true);
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use twofold_shared::wire::AuditEntry;
 const MAX_BATCH: usize = 512;
 /// How many write jobs may wait for the writer before callers are told the store is busy.
 const QUEUE_DEPTH: usize = 4096;
-const READER_POOL: usize = 8;
+const READER_POOL: usize = 32;
 
 #[derive(Debug)]
 pub enum StoreError {
