@@ -7,6 +7,7 @@ packages=(
   pamtester libpam-wrapper     # PAM end-to-end tests without touching /etc/pam.d
   openssh-server openssh-client sudo   # real sshd and sudo logins in the tests and the demo
   oathtool                     # independent TOTP implementation the tests check against
+  faketime                     # the fault tests run twofoldd with its clock set back an hour
   binutils                     # strings(1), to prove no backup code is stored in clear
   python3                      # a stand-in socket server run as nobody in the PAM tests
   libpam-google-authenticator  # its files are imported in the tests; the benchmark measures it

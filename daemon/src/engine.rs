@@ -907,6 +907,18 @@ impl Engine {
             ))
         })?;
         let (user, state, mailed) = snapshot;
+        if let Some(u) = &user {
+            let current = (now / u.params.period.max(1)) as i64;
+            if u.last_step > current + 1 {
+                self.log.warn(&format!(
+                    "clock: the system clock is {} s behind the last code accepted for user={}; \
+                     that user's codes are refused until it catches up (check time \
+                     synchronisation)",
+                    (u.last_step - current) as u64 * u.params.period,
+                    audit::field(name)
+                ));
+            }
+        }
         let cfg_now = self.config();
         // A live mailed code: a six-digit answer is also checked against it (one hash).
         let email_try = match (mailed, email::normalize_code(code)) {

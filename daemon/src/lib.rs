@@ -9,6 +9,7 @@ pub mod config;
 pub mod doctor;
 pub mod email;
 pub mod engine;
+pub mod files;
 pub mod import;
 pub mod policy;
 pub mod server;

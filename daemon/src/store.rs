@@ -281,8 +281,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_event ON audit (event, user, time);",
 ];
 
+/// How long a write waits for a lock another process holds on the database (an administrator's
+/// `sqlite3` session, a backup tool) before the request is answered "storage busy": well inside
+/// the PAM module's default timeout (5 s), so that the login fails closed with the daemon's
+/// reason rather than with a timeout.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(LOCK_WAIT)?;
     // WAL: readers never block the writer. synchronous=FULL: a COMMIT that returned is on disk.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -422,7 +428,7 @@ impl Store {
                     self.path.as_path(),
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                c.busy_timeout(Duration::from_secs(5))?;
+                c.busy_timeout(LOCK_WAIT)?;
                 c
             }
         };

@@ -290,7 +290,7 @@ fn stale_socket_is_replaced_and_a_live_one_is_not() {
         .arg("--config")
         .arg(&d.config)
         .arg("--database")
-        .arg(d.dir.path().join("other.db"))
+        .arg(d.dir.path().join("state/other.db"))
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
@@ -1090,7 +1090,7 @@ fn full_disk_fails_closed_and_loses_nothing() {
     let fs = d.dir.path().join("small");
     std::fs::create_dir(&fs).unwrap();
     assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs"])
         .arg(&fs)
         .status()
         .unwrap()

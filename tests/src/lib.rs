@@ -110,12 +110,19 @@ impl Daemon {
         let dir = open_tempdir();
         let socket = dir.path().join("s");
         let config = dir.path().join("twofold.toml");
+        // twofoldd refuses a database in a directory others can read.
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("state"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         std::fs::write(
             &config,
             format!(
                 "socket = {:?}\ndatabase = {:?}\nissuer = \"pam-test\"\nunenrolled = {unenrolled:?}\n{extra}\n",
                 socket,
-                dir.path().join("d.db"),
+                dir.path().join("state/d.db"),
             ),
         )
         .unwrap();
@@ -152,7 +159,7 @@ impl Daemon {
             format!(
                 "socket = {:?}\ndatabase = {:?}\nissuer = \"pam-test\"\nunenrolled = {unenrolled:?}\n{extra}\n",
                 self.socket,
-                self.dir.path().join("d.db"),
+                self.dir.path().join("state/d.db"),
             ),
         )
         .unwrap();

@@ -84,6 +84,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if let Err(why) =
+        twofold_daemon::files::check_database(&config.database, nix::unistd::geteuid().as_raw())
+    {
+        let msg = format!("refusing to start: {why}");
+        log.error(&msg);
+        eprintln!("twofoldd: {msg}");
+        return ExitCode::from(1);
+    }
     let store = match Store::open(&config.database) {
         Ok(s) => s,
         Err(e) => {

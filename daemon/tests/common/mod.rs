@@ -31,7 +31,11 @@ impl Daemon {
         // Other local users (the non-root test) must reach the socket inside.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("twofold.sock");
-        let database = dir.path().join("twofold.db");
+        // twofoldd refuses a database in a directory others can read.
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let database = state.join("twofold.db");
         let config = dir.path().join("twofold.toml");
         std::fs::write(
             &config,
