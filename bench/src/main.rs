@@ -10,6 +10,7 @@
 
 mod pam;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -130,6 +131,9 @@ fn capacity(
     secs: u64,
 ) -> Result<serde_json::Value, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // twofoldd refuses a database in a directory others can read.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
     let db = dir.path().join("bench.db");
     let t0 = Instant::now();
     seed(&db, users)?;

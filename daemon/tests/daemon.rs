@@ -305,8 +305,10 @@ fn stale_socket_is_replaced_and_a_live_one_is_not() {
 #[test]
 fn corrupt_or_unreadable_database_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let db = dir.path().join("bad.db");
     std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = Command::new(TWOFOLDD)
         .args(["--config", "/nonexistent-config-is-fine-when-not-given"])
         .output()

@@ -335,7 +335,20 @@ impl PamService {
 
     /// `authenticate` with PAM items set first, e.g. `["rhost=192.0.2.7", "tty=pts/3"]`.
     pub fn authenticate_with(&self, user: &str, items: &[&str], stdin: Option<&str>) -> PamRun {
+        self.run_pamtester(user, items, stdin, false)
+    }
+
+    /// `authenticate`, with every line the module sends to syslog printed on pamtester's
+    /// standard error (pam_wrapper catches `pam_syslog` at PAM_WRAPPER_DEBUGLEVEL 2).
+    pub fn authenticate_logged(&self, user: &str, stdin: Option<&str>) -> PamRun {
+        self.run_pamtester(user, &[], stdin, true)
+    }
+
+    fn run_pamtester(&self, user: &str, items: &[&str], stdin: Option<&str>, log: bool) -> PamRun {
         let mut cmd = Command::new("pamtester");
+        if log {
+            cmd.env("PAM_WRAPPER_DEBUGLEVEL", "2");
+        }
         cmd.arg("-v");
         for item in items {
             cmd.arg(format!("-I{item}"));
