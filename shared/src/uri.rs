@@ -62,15 +62,24 @@ impl OtpAuthUri {
             _ => return Err(UriError::Invalid("unknown OTP type")),
         }
         let (label, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let label = decode(label)?;
-        let (label_issuer, account) = match label.split_once(':') {
-            Some((issuer, account)) => {
-                (Some(issuer.trim().to_string()), account.trim().to_string())
-            }
-            None => (None, label.trim().to_string()),
+        // "issuer:account", the colon written plain or as %3A. A plain one wins: then a colon
+        // inside the issuer's own name (written %3A) cannot move the split.
+        let split = label.split_once(':').or_else(|| {
+            let at = label.to_ascii_lowercase().find("%3a")?;
+            Some((&label[..at], &label[at + 3..]))
+        });
+        let (label_issuer, account) = match split {
+            Some((issuer, account)) => (
+                Some(decode(issuer)?.trim().to_string()),
+                decode(account)?.trim().to_string(),
+            ),
+            None => (None, decode(label)?.trim().to_string()),
         };
         if account.is_empty() {
             return Err(UriError::Invalid("empty account name"));
+        }
+        if has_control(&account) || label_issuer.as_deref().is_some_and(has_control) {
+            return Err(UriError::Invalid("control characters in the label"));
         }
         let mut secret = None;
         let mut issuer_param = None;
@@ -80,7 +89,10 @@ impl OtpAuthUri {
             let value = decode(value)?;
             match key.to_ascii_lowercase().as_str() {
                 "secret" => secret = Some(Secret::from_base32(&value).map_err(UriError::Secret)?),
-                "issuer" => issuer_param = Some(value),
+                "issuer" if has_control(&value) => {
+                    return Err(UriError::Invalid("control characters in the issuer"))
+                }
+                "issuer" => issuer_param = Some(value.trim().to_string()),
                 "algorithm" => {
                     params.algorithm =
                         Algorithm::parse(&value).ok_or(UriError::Invalid("unknown algorithm"))?
@@ -114,6 +126,11 @@ impl OtpAuthUri {
     }
 }
 
+/// Control characters (a terminal escape, a NUL) have no place in a name shown to people.
+fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
 fn decode(text: &str) -> Result<String, UriError> {
     percent_decode_str(text)
         .decode_utf8()
@@ -143,6 +160,49 @@ impl std::error::Error for UriError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_refused_and_what_parses_prints_back() {
+        // Found by the otpauth fuzz target: NULs in the issuer broke the round trip.
+        let found = format!(
+            "otpauth://totp/hostwalice?sEcret=GEZDGNBVGY3TQOJQ&issuer=ho{}s://totp/t",
+            "\0".repeat(40)
+        );
+        assert!(OtpAuthUri::parse(&found).is_err());
+        for bad in [
+            "otpauth://totp/a%1B%5B31mb?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+            "otpauth://totp/x%00:b?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+            "otpauth://totp/b?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=a%0Ab",
+        ] {
+            assert!(
+                matches!(OtpAuthUri::parse(bad), Err(UriError::Invalid(m)) if m.contains("control")),
+                "{bad}"
+            );
+        }
+        let spaced = OtpAuthUri::parse(
+            "otpauth://totp/b?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=%20Acme%20",
+        )
+        .unwrap();
+        assert_eq!(spaced.issuer.as_deref(), Some("Acme"));
+        let again = OtpAuthUri::parse(&spaced.to_uri()).unwrap();
+        assert_eq!(again.to_uri(), spaced.to_uri());
+        // Found by the fuzzer: a colon inside the issuer's name.
+        let colon = OtpAuthUri::parse(
+            "otpauth://totp/acct?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=ACME%20Co:JJ",
+        )
+        .unwrap();
+        assert_eq!(colon.issuer.as_deref(), Some("ACME Co:JJ"));
+        let again = OtpAuthUri::parse(&colon.to_uri()).unwrap();
+        assert_eq!((again.issuer, again.account), (colon.issuer, colon.account));
+        let encoded = OtpAuthUri::parse(
+            "otpauth://totp/Acme%3Aalice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+        )
+        .unwrap();
+        assert_eq!(
+            (encoded.issuer.as_deref(), encoded.account.as_str()),
+            (Some("Acme"), "alice")
+        );
+    }
 
     fn sample() -> OtpAuthUri {
         OtpAuthUri {
