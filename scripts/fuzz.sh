@@ -38,9 +38,9 @@ for target in frame request code otpauth; do
     result=FAILED
     status=1
   fi
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1 || true)
+  cov=$( (grep -o 'cov: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
   printf '%-10s %12s %10s %10s %8s\n' "$target" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$result"
   if [ "$result" = FAILED ]; then
     tail -40 "$log" >&2

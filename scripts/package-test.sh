@@ -149,6 +149,9 @@ for _ in $(seq 100); do [ -S /run/twofold/twofold.sock ] && break; kill -0 "$dae
 ok "serving /run/twofold/twofold.sock"
 # The shipped file lists every key with its default: uncommented, it must parse too.
 sed -n 's/^#\([a-z_]* = \|\[throttle\]\|\[email\]\)/\1/p' /etc/twofold/twofold.toml > "$work/uncommented.toml"
+# (With a seal key of its own: the installed twofold makes it.)
+sed -i "s#^seal_key_file = .*#seal_key_file = \"$work/seal.key\"#" "$work/uncommented.toml"
+/usr/bin/twofold seal init --config "$work/uncommented.toml" > /dev/null || fail "twofold seal init failed"
 /usr/sbin/twofoldd --config "$work/uncommented.toml" --socket "$work/u.sock" --database "$work/u.db" 2> "$work/u.log" &
 u_pid=$!
 for _ in $(seq 100); do [ -S "$work/u.sock" ] && break; kill -0 "$u_pid" 2>/dev/null || break; sleep 0.1; done

@@ -105,6 +105,9 @@ enum Command {
     /// Email codes: register, confirm or remove the address codes can be mailed to.
     #[command(subcommand)]
     Email(EmailCommand),
+    /// Seal TOTP secrets at rest with a key kept outside the database (root).
+    #[command(subcommand)]
+    Seal(SealCommand),
     /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
     Doctor {
         /// twofoldd's configuration file.
@@ -141,6 +144,19 @@ enum EmailCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum SealCommand {
+    /// Create the key file that `seal_key_file` names (32 random bytes, mode 0400), then
+    /// restart twofoldd: it seals every secret at its next start.
+    Init {
+        /// twofoldd's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Re-encrypt every secret under a new key, which replaces the key file.
+    Rekey,
+}
+
+#[derive(Subcommand, Debug)]
 enum ImportSource {
     /// google-authenticator-libpam: the TOTP key, step size, window and scratch codes (as
     /// backup codes) of ~NAME/.google_authenticator or FILE, which is left untouched.
@@ -166,6 +182,9 @@ pub fn main() -> ExitCode {
         .or_else(|| std::env::var_os("TWOFOLD_SOCKET").map(PathBuf::from));
     if let Command::Doctor { config } = cli.command {
         return ExitCode::from(run_doctor(named, config, cli.json));
+    }
+    if let Command::Seal(SealCommand::Init { config }) = cli.command {
+        return ExitCode::from(seal_init(config, cli.json));
     }
     let socket = named.unwrap_or_else(|| PathBuf::from(twofold_shared::DEFAULT_SOCKET));
     let me = nix::unistd::geteuid().as_raw();
@@ -330,8 +349,66 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             ),
             Err(e) => e,
         },
-        Command::Doctor { .. } => exit::ERROR, // handled in main
+        Command::Seal(SealCommand::Rekey) => match ctx.call(RequestBody::SealRekey {}) {
+            Ok(r) => ctx.report(r),
+            Err(e) => e,
+        },
+        Command::Doctor { .. } | Command::Seal(SealCommand::Init { .. }) => exit::ERROR, // in main
     }
+}
+
+/// `twofold seal init`: a new key file where the configuration says, never over an old one.
+fn seal_init(config_path: Option<PathBuf>, json_out: bool) -> u8 {
+    let (path, explicit) = match config_path {
+        Some(p) => (p, true),
+        None => (PathBuf::from(crate::config::DEFAULT_CONFIG), false),
+    };
+    let fail = |message: String| {
+        if json_out {
+            println!(
+                "{}",
+                serde_json::json!({"result": "error", "kind": "usage", "message": message})
+            );
+        } else {
+            eprintln!("twofold: {message}");
+        }
+        exit::ERROR
+    };
+    let config = match crate::config::Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    let Some(key_file) = config.seal_key_file else {
+        return fail(format!(
+            "set seal_key_file in {} first (for example \"/etc/twofold/seal/key\")",
+            path.display()
+        ));
+    };
+    if let Some(dir) = key_file.parent().filter(|d| !d.exists()) {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            return fail(format!("cannot create {}: {e}", dir.display()));
+        }
+    }
+    let written =
+        crate::seal::Sealer::generate_key().and_then(|key| crate::seal::write_key(&key_file, &key));
+    if let Err(why) = written {
+        return fail(why);
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({"result": "done", "key_file": key_file.display().to_string()})
+        );
+    } else {
+        println!(
+            "Created {} (mode 0400). Restart twofoldd: it seals every secret at start-up.\n\
+             Keep a copy of this file apart from the database's backups: without it the \
+             secrets cannot be read, and every user must enroll again.",
+            key_file.display()
+        );
+    }
+    exit::OK
 }
 
 /// `twofold doctor`: gathers the real inputs and prints each finding with its fix.

@@ -55,6 +55,9 @@ pub struct Config {
     /// Seconds before another code of the same kind may be mailed to a user (0 to 3600).
     pub email_resend_secs: u64,
     pub email: EmailConfig,
+    /// A key file (32 random bytes, root only; `twofold seal init` makes one): when set, TOTP
+    /// secrets are sealed in the database with it. Unset: stored as they are.
+    pub seal_key_file: Option<PathBuf>,
 }
 
 /// How mail leaves the host.
@@ -125,6 +128,7 @@ impl Default for Config {
             email_code_ttl: 600,
             email_resend_secs: 60,
             email: EmailConfig::default(),
+            seal_key_file: None,
         }
     }
 }

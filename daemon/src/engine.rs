@@ -6,6 +6,7 @@ use crate::backup;
 use crate::config::{Config, Unenrolled};
 use crate::email::{self, Mailer};
 use crate::policy::{self, Caller, Decision, Operation};
+use crate::seal;
 use crate::store::{
     CodePurpose, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord,
 };
@@ -419,12 +420,17 @@ impl Engine {
     /// Puts a new policy in force (SIGHUP). Socket and database stay as they are.
     pub fn reload(&self, mut new: Config, now: u64) {
         let old = self.config();
-        if new.socket != old.socket || new.database != old.database {
-            self.log
-                .warn("reload: socket and database changes take effect only at restart");
+        if new.socket != old.socket
+            || new.database != old.database
+            || new.seal_key_file != old.seal_key_file
+        {
+            self.log.warn(
+                "reload: socket, database and seal_key_file changes take effect only at restart",
+            );
         }
         new.socket = old.socket.clone();
         new.database = old.database.clone();
+        new.seal_key_file = old.seal_key_file.clone();
         self.log.info(&format!(
             "policy reloaded: enabled={} unenrolled={} require_groups={} window={} self_enroll={}",
             new.enabled,
@@ -527,6 +533,7 @@ impl Engine {
             RequestBody::Policy {} => (Operation::Policy, None, None),
             RequestBody::Audit { user, .. } => (Operation::Audit, user.clone().map(Some), None),
             RequestBody::Import { user, .. } => (Operation::Import, Some(Some(user.clone())), None),
+            RequestBody::SealRekey {} => (Operation::SealRekey, None, None),
             RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
             RequestBody::EmailSet { user, .. } => (Operation::EmailSet, Some(user.clone()), None),
             RequestBody::EmailConfirm { user, .. } => {
@@ -640,6 +647,7 @@ impl Engine {
                 self.send_email_code(&name, &pam, false, uid, now)
             }
             RequestBody::Audit { since_secs, .. } => self.audit_trail(target_user, since_secs, now),
+            RequestBody::SealRekey {} => self.seal_rekey(uid, now),
             RequestBody::Import {
                 secret,
                 params,
@@ -2014,6 +2022,62 @@ impl Engine {
 
     /// An administrative change, its audit entry and its log line: all of it, or an error and
     /// none of it.
+    /// `twofold seal rekey`: a new key file, every secret re-encrypted under it in one
+    /// transaction, then the file put in place. A crash between the commit and the rename
+    /// leaves the new key at `FILE.new`, which twofoldd finds and promotes at its next start.
+    fn seal_rekey(&self, uid: u32, now: u64) -> ResponseBody {
+        let Some(path) = self.config().seal_key_file.clone() else {
+            return error(
+                ErrorKind::BadRequest,
+                "secrets are not sealed: set seal_key_file and restart twofoldd first",
+            );
+        };
+        let pending = seal::pending_path(&path);
+        // A leftover from a rekey that never committed (at start-up a committed one is
+        // promoted): it opens nothing.
+        let _ = std::fs::remove_file(&pending);
+        let key = match seal::Sealer::generate_key()
+            .and_then(|k| seal::write_key(&pending, &k).map(|_| k))
+        {
+            Ok(k) => k,
+            Err(why) => {
+                self.log.error(&format!("seal rekey: {why}"));
+                return error(ErrorKind::Internal, why);
+            }
+        };
+        let count = match self.store.rekey(seal::Sealer::from_key(&key)) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&pending);
+                self.log
+                    .error(&format!("seal rekey failed, the old key stays: {e}"));
+                return storage_error(&e);
+            }
+        };
+        if let Err(why) = seal::promote_pending(&path) {
+            self.log.error(&format!(
+                "seal rekey: the database uses the new key, but {why}; it is in {} and \
+                 twofoldd will put it in place at its next start",
+                pending.display()
+            ));
+            return error(ErrorKind::Internal, why);
+        }
+        let mut entry = admin_entry(now, "seal-rekey", "-", "rekeyed", uid);
+        entry.user = None;
+        entry.detail = Some(format!("{count} secrets"));
+        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+            self.log.error(&format!("audit write failed: {e}"));
+        }
+        self.log
+            .info(&format!("seal rekey caller_uid={uid} secrets={count}"));
+        ResponseBody::Done {
+            message: format!(
+                "{count} secrets re-encrypted under a new key in {}",
+                path.display()
+            ),
+        }
+    }
+
     fn apply_admin(
         &self,
         entry: AuditEntry,

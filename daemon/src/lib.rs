@@ -12,6 +12,7 @@ pub mod engine;
 pub mod files;
 pub mod import;
 pub mod policy;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod throttle;

@@ -20,6 +20,7 @@ pub enum Operation {
     EmailConfirm,
     EmailRemove,
     SendEmailCode,
+    SealRekey,
 }
 
 /// The caller as the kernel reports it.
@@ -52,7 +53,9 @@ pub fn authorize(
     }
     match op {
         Ping => return Decision::Allow,
-        List | Unlock | Policy | Audit | Import => return Decision::Deny("only root may do this"),
+        List | Unlock | Policy | Audit | Import | SealRekey => {
+            return Decision::Deny("only root may do this")
+        }
         _ => {}
     }
     if target_uid != Some(caller.uid) {
@@ -68,7 +71,9 @@ pub fn authorize(
         // Changing where second-factor codes go is changing the second factor.
         EmailSet | EmailRemove => Decision::AllowWithCode,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
-        Ping | List | Unlock | Policy | Audit | Import => Decision::Deny("only root may do this"),
+        Ping | List | Unlock | Policy | Audit | Import | SealRekey => {
+            Decision::Deny("only root may do this")
+        }
     }
 }
 

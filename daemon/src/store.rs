@@ -10,11 +10,12 @@
 //! implement it without touching the verification rules.
 
 use crate::backup::BackupHash;
+use crate::seal::Sealer;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use twofold_shared::otp::{Algorithm, TotpParams};
 use twofold_shared::secret::Secret;
@@ -34,6 +35,8 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    /// The seal key is missing, wrong, or does not open a secret.
+    Seal(String),
     /// The writer thread is gone or its queue is full.
     Unavailable,
     /// Stored data that cannot be read back (bad algorithm name, …).
@@ -53,6 +56,7 @@ impl fmt::Display for StoreError {
             StoreError::Unavailable => f.write_str("database writer unavailable"),
             StoreError::Corrupt(what) => write!(f, "database holds invalid data: {what}"),
             StoreError::Commit(why) => write!(f, "database write failed: {why}"),
+            StoreError::Seal(why) => write!(f, "sealed secrets: {why}"),
         }
     }
 }
@@ -279,6 +283,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, purpose)
     ) WITHOUT ROWID;
     CREATE INDEX audit_by_event ON audit (event, user, time);",
+    // 6: facts about the database itself (the seal key's check value)
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// How long a write waits for a lock another process holds on the database (an administrator's
@@ -293,6 +302,9 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted and overwritten rows are zeroed, not left in free space: an old secret (before
+    // sealing, or under a replaced key) must not linger in the file.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
@@ -317,8 +329,35 @@ type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 /// be started.
 trait WriteJob: Send {
     /// Runs the job; returns whether it succeeded and how to answer its caller after COMMIT.
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
+    fn run(self: Box<Self>, conn: &Connection, seal: Option<&Sealer>) -> (bool, Completion);
     fn abandon(self: Box<Self>, error: StoreError);
+    /// A new seal key for every secret: runs in a transaction of its own (see `writer_loop`).
+    fn rekey(self: Box<Self>) -> std::result::Result<Rekey, Box<dyn WriteJob>>;
+}
+
+/// `Store::rekey` queued for the writer.
+struct Rekey {
+    new: Arc<Sealer>,
+    reply: SyncSender<Result<usize>>,
+}
+
+impl WriteJob for Rekey {
+    fn run(self: Box<Self>, _: &Connection, _: Option<&Sealer>) -> (bool, Completion) {
+        // Never batched: writer_loop takes it out through `rekey` first.
+        let reply = self.reply;
+        (
+            false,
+            Box::new(move |_| {
+                let _ = reply.send(Err(StoreError::Unavailable));
+            }),
+        )
+    }
+    fn abandon(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+    fn rekey(self: Box<Self>) -> std::result::Result<Rekey, Box<dyn WriteJob>> {
+        Ok(*self)
+    }
 }
 
 struct Queued<F, R> {
@@ -331,9 +370,9 @@ where
     R: Send + 'static,
     F: FnOnce(&dyn Tx) -> Result<R> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
+    fn run(self: Box<Self>, conn: &Connection, seal: Option<&Sealer>) -> (bool, Completion) {
         let Queued { f, reply } = *self;
-        let outcome = f(&SqliteTx(conn));
+        let outcome = f(&SqliteTx(conn, seal));
         let ok = outcome.is_ok();
         (
             ok,
@@ -346,6 +385,10 @@ where
     fn abandon(self: Box<Self>, error: StoreError) {
         let _ = self.reply.send(Err(error));
     }
+
+    fn rekey(self: Box<Self>) -> std::result::Result<Rekey, Box<dyn WriteJob>> {
+        Err(self)
+    }
 }
 
 type Job = Box<dyn WriteJob>;
@@ -356,7 +399,12 @@ pub struct Store {
     jobs: SyncSender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
+    /// The key secrets are sealed with, if any. Readers hold it shared for a whole read; a
+    /// rekey holds it exclusively from its commit until the new key is in place.
+    seal: SealSlot,
 }
+
+type SealSlot = Arc<RwLock<Option<Arc<Sealer>>>>;
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -368,6 +416,14 @@ impl Store {
     /// Opens (creating if needed) the database, runs migrations and starts the writer thread.
     /// The caller sets the umask so that new files are private.
     pub fn open(path: &Path) -> Result<Store> {
+        Ok(Store::open_sealed(path, Vec::new())?.0)
+    }
+
+    /// `open`, with the seal keys that may open the database's secrets, in order of preference
+    /// (the configured key file, then a rekey's pending key). Returns which one did: a
+    /// database never sealed is sealed with the first; one sealed before needs a key that
+    /// opens it; a sealed database and no key is an error, as is a key that opens nothing.
+    pub fn open_sealed(path: &Path, keys: Vec<Sealer>) -> Result<(Store, Option<usize>)> {
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -388,16 +444,40 @@ impl Store {
                 }
             })?;
         migrate(&mut conn)?;
+        let (sealer, which) = choose_seal(&mut conn, keys)?;
+        let seal: SealSlot = Arc::new(RwLock::new(sealer.map(Arc::new)));
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
+        let writer_seal = seal.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer_seal))
             .map_err(|_| StoreError::Unavailable)?;
-        Ok(Store {
+        let store = Store {
             jobs: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path.to_path_buf()),
-        })
+            seal,
+        };
+        Ok((store, which))
+    }
+
+    /// Whether secrets are sealed.
+    pub fn sealed(&self) -> bool {
+        self.seal.read().map(|s| s.is_some()).unwrap_or(true)
+    }
+
+    /// Re-encrypts every secret under `new`, in one transaction of its own; from its commit on,
+    /// every read and write uses `new`. Returns how many secrets were re-encrypted.
+    pub fn rekey(&self, new: Sealer) -> Result<usize> {
+        let (reply, reply_rx) = mpsc::sync_channel::<Result<usize>>(1);
+        let job: Job = Box::new(Rekey {
+            new: Arc::new(new),
+            reply,
+        });
+        self.jobs
+            .try_send(job)
+            .map_err(|_| StoreError::Unavailable)?;
+        reply_rx.recv().map_err(|_| StoreError::Unavailable)?
     }
 
     /// Runs `f` in a write transaction shared with other queued jobs; returns once committed.
@@ -432,8 +512,9 @@ impl Store {
                 c
             }
         };
+        let seal = self.seal.read().map_err(|_| StoreError::Unavailable)?;
         conn.execute_batch("BEGIN")?;
-        let result = f(&SqliteTx(&conn));
+        let result = f(&SqliteTx(&conn, seal.as_deref()));
         let end = conn.execute_batch("COMMIT");
         if end.is_ok() {
             if let Ok(mut pool) = self.readers.lock() {
@@ -448,15 +529,40 @@ impl Store {
     }
 }
 
-fn writer_loop(conn: Connection, rx: Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn writer_loop(conn: Connection, rx: Receiver<Job>, seal: SealSlot) {
+    // A rekey met while filling a batch waits for that batch to commit.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let first = match first.rekey() {
+            Ok(rekey) => {
+                let result = rekey_all(&conn, &seal, &rekey.new);
+                let _ = rekey.reply.send(result);
+                continue;
+            }
+            Err(job) => job,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => match job.rekey() {
+                    Ok(rekey) => {
+                        held = Some(Box::new(rekey));
+                        break;
+                    }
+                    Err(job) => batch.push(job),
+                },
                 Err(_) => break,
             }
         }
+        let guard = seal.read().unwrap_or_else(|p| p.into_inner());
+        let sealer = guard.as_deref();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = e.to_string();
             batch
@@ -473,7 +579,7 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
                 broken = Some(e.to_string());
                 break;
             }
-            let (ok, complete) = job.run(&conn);
+            let (ok, complete) = job.run(&conn, sealer);
             if !ok {
                 let _ = conn.execute_batch("ROLLBACK TO job");
             }
@@ -509,7 +615,131 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
     }
 }
 
-struct SqliteTx<'a>(&'a Connection);
+struct SqliteTx<'a>(&'a Connection, Option<&'a Sealer>);
+
+impl SqliteTx<'_> {
+    /// A secret as stored: sealed for its row when a key is set.
+    fn stored_secret(&self, table: &str, name: &str, secret: &Secret) -> Result<Vec<u8>> {
+        match self.1 {
+            Some(s) => s
+                .seal(table, name, secret.as_bytes())
+                .map_err(StoreError::Seal),
+            None => Ok(secret.as_bytes().to_vec()),
+        }
+    }
+
+    fn read_secret(&self, table: &str, name: &str, stored: Vec<u8>) -> Result<Secret> {
+        match self.1 {
+            Some(s) => s
+                .open(table, name, &stored)
+                .map(Secret::from_bytes)
+                .map_err(StoreError::Seal),
+            None => Ok(Secret::from_bytes(stored)),
+        }
+    }
+}
+
+/// Which key opens the database (see `Store::open_sealed`); seals a database never sealed.
+fn choose_seal(
+    conn: &mut Connection,
+    keys: Vec<Sealer>,
+) -> Result<(Option<Sealer>, Option<usize>)> {
+    let check: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'seal_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match check {
+        None if keys.is_empty() => Ok((None, None)),
+        Some(_) if keys.is_empty() => Err(StoreError::Seal(
+            "the database's secrets are sealed, and no seal_key_file is configured; set it to \
+             the key that sealed them"
+                .into(),
+        )),
+        Some(check) => {
+            let i = keys.iter().position(|k| k.matches(&check)).ok_or_else(|| {
+                StoreError::Seal(
+                    "the seal key does not open this database (a different key file?)".into(),
+                )
+            })?;
+            Ok((keys.into_iter().nth(i), Some(i)))
+        }
+        None => {
+            let key = keys.into_iter().next().ok_or(StoreError::Unavailable)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            reseal_rows(&tx, None, &key)?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('seal_check', ?1)",
+                [key.check_value().map_err(StoreError::Seal)?],
+            )?;
+            tx.commit()?;
+            // The unsealed versions of the pages may still sit in the write-ahead log.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok((Some(key), Some(0)))
+        }
+    }
+}
+
+/// Rewrites every stored secret: opened with `old` (or taken as is when `None`), sealed with
+/// `new`. Returns how many.
+fn reseal_rows(conn: &Connection, old: Option<&Sealer>, new: &Sealer) -> Result<usize> {
+    let mut count = 0;
+    for table in ["users", "pending"] {
+        let rows: Vec<(String, Vec<u8>)> = conn
+            .prepare(&format!("SELECT name, secret FROM {table}"))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (name, stored) in rows {
+            let plain = zeroize::Zeroizing::new(match old {
+                Some(s) => s.open(table, &name, &stored).map_err(StoreError::Seal)?,
+                None => stored,
+            });
+            let sealed = new.seal(table, &name, &plain).map_err(StoreError::Seal)?;
+            conn.execute(
+                &format!("UPDATE {table} SET secret = ?1 WHERE name = ?2"),
+                params![sealed, name],
+            )?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// The writer's side of `Store::rekey`: readers wait from the commit until the new key is in
+/// place, so nobody reads a secret with the wrong key.
+fn rekey_all(conn: &Connection, seal: &SealSlot, new: &Arc<Sealer>) -> Result<usize> {
+    let mut slot = seal.write().map_err(|_| StoreError::Unavailable)?;
+    let old = slot
+        .clone()
+        .ok_or_else(|| StoreError::Seal("secrets are not sealed".into()))?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = reseal_rows(conn, Some(&old), new).and_then(|n| {
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('seal_check', ?1)",
+            [new.check_value().map_err(StoreError::Seal)?],
+        )?;
+        Ok(n)
+    });
+    match done {
+        Ok(n) => match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                *slot = Some(new.clone());
+                // Secrets under the old key may still sit in the write-ahead log (a reader
+                // still on an old snapshot only makes this checkpoint partial).
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
 
 fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
     let algorithm = Algorithm::parse(&algorithm)
@@ -556,7 +786,7 @@ impl Tx for SqliteTx<'_> {
         };
         Ok(Some(UserRecord {
             name: name.to_string(),
-            secret: Secret::from_bytes(secret),
+            secret: self.read_secret("users", name, secret)?,
             params: params_from(alg, digits, period)?,
             enrolled_at: enrolled_at.max(0) as u64,
             last_step,
@@ -597,7 +827,7 @@ impl Tx for SqliteTx<'_> {
             return Ok(None);
         };
         Ok(Some(PendingRecord {
-            secret: Secret::from_bytes(secret),
+            secret: self.read_secret("pending", name, secret)?,
             params: params_from(alg, digits, period)?,
             created_at: created_at.max(0) as u64,
             failed_confirms: failed.clamp(0, i64::from(u32::MAX)) as u32,
@@ -686,6 +916,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn put_pending(&self, name: &str, p: &PendingRecord) -> Result<()> {
+        let secret = zeroize::Zeroizing::new(self.stored_secret("pending", name, &p.secret)?);
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO pending (name, secret, algorithm, digits, period, created_at, failed_confirms)
@@ -693,7 +924,7 @@ impl Tx for SqliteTx<'_> {
             )?
             .execute(params![
                 name,
-                p.secret.as_bytes(),
+                secret.as_slice(),
                 p.params.algorithm.name(),
                 i64::from(p.params.digits),
                 to_i64(p.params.period),
@@ -719,6 +950,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn activate(&self, u: &UserRecord, codes: &[BackupHash]) -> Result<()> {
+        let secret = zeroize::Zeroizing::new(self.stored_secret("users", &u.name, &u.secret)?);
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO users
@@ -727,7 +959,7 @@ impl Tx for SqliteTx<'_> {
             )?
             .execute(params![
                 u.name,
-                u.secret.as_bytes(),
+                secret.as_slice(),
                 u.params.algorithm.name(),
                 i64::from(u.params.digits),
                 to_i64(u.params.period),

@@ -177,6 +177,8 @@ pub enum RequestBody {
         #[serde(default)]
         code: Option<SecretText>,
     },
+    /// Re-encrypt every sealed secret under a new key (root; `seal_key_file` set).
+    SealRekey {},
     /// At login: mail a one-time code to the user's verified address.
     SendEmailCode {
         user: String,
@@ -220,6 +222,7 @@ impl RequestBody {
             RequestBody::EmailConfirm { .. } => "email_confirm",
             RequestBody::EmailRemove { .. } => "email_remove",
             RequestBody::SendEmailCode { .. } => "send_email_code",
+            RequestBody::SealRekey {} => "seal_rekey",
         }
     }
 }

@@ -44,6 +44,8 @@ fn reload_on_sighup(engine: Arc<Engine>, path: PathBuf, explicit: bool) -> std::
 }
 
 fn main() -> ExitCode {
+    // No core dumps and no ptrace by other processes of root's: the memory holds secrets.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let args = Args::parse();
     let log = Arc::new(Logger::open());
     let (path, explicit) = match &args.config {
@@ -92,8 +94,38 @@ fn main() -> ExitCode {
         eprintln!("twofoldd: {msg}");
         return ExitCode::from(1);
     }
-    let store = match Store::open(&config.database) {
-        Ok(s) => s,
+    // The configured seal key, then a rekey's key that was committed but not yet put in place.
+    let mut keys = Vec::new();
+    if let Some(path) = &config.seal_key_file {
+        let owner = nix::unistd::geteuid().as_raw();
+        match twofold_daemon::seal::read_key(path, owner) {
+            Ok(k) => keys.push(twofold_daemon::seal::Sealer::from_key(&k)),
+            Err(why) => {
+                let msg = format!("refusing to start: {why}");
+                log.error(&msg);
+                eprintln!("twofoldd: {msg}");
+                return ExitCode::from(1);
+            }
+        }
+        let pending = twofold_daemon::seal::pending_path(path);
+        if let Ok(k) = twofold_daemon::seal::read_key(&pending, owner) {
+            keys.push(twofold_daemon::seal::Sealer::from_key(&k));
+        }
+    }
+    let store = match Store::open_sealed(&config.database, keys) {
+        Ok((s, which)) => {
+            if let (Some(path), Some(1)) = (&config.seal_key_file, which) {
+                // The last rekey committed but its key file was not yet in place.
+                if let Err(why) = twofold_daemon::seal::promote_pending(path) {
+                    let msg = format!("refusing to start: {why}");
+                    log.error(&msg);
+                    eprintln!("twofoldd: {msg}");
+                    return ExitCode::from(1);
+                }
+                log.warn("seal: finished an interrupted rekey (the new key is now in place)");
+            }
+            s
+        }
         Err(e) => {
             let msg = format!("cannot open database {}: {e}", config.database.display());
             log.error(&msg);
