@@ -580,3 +580,92 @@ fn clock_set_back_an_hour_does_not_revive_old_codes() {
         "nothing in the log says the clock is behind: {log}"
     );
 }
+
+/// twofoldd and twofold mark themselves not dumpable: the kernel then gives their /proc entries
+/// to root (/proc/PID/environ, mem, …), whoever runs them: no core dumps, no ptrace or reading
+/// of their memory by their own user.
+#[test]
+fn processes_are_not_dumpable() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("SKIP processes_are_not_dumpable: needs root to run them as another user");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(&state, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let socket = state.join("s");
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!("socket = {:?}\ndatabase = {:?}\n", socket, state.join("db")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |program: &str| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    };
+    let mut daemon = as_nobody(TWOFOLDD)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "twofoldd as nobody did not start"
+        );
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "twofoldd as nobody exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The CLI waits for a code on standard input (`-`) before it does anything.
+    let mut cli = as_nobody(TWOFOLD)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["confirm", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let owner = |pid: u32| std::fs::metadata(format!("/proc/{pid}/environ")).unwrap().uid();
+    let (d_owner, c_owner) = (owner(daemon.id()), owner(cli.id()));
+    let _ = cli.kill();
+    let _ = cli.wait();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // Control: a dumpable process of nobody's owns its /proc entry.
+    let mut sleeper = as_nobody("sleep").arg("5").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let s_owner = owner(sleeper.id());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(
+        s_owner,
+        nobody.uid.as_raw(),
+        "control: an ordinary process of nobody"
+    );
+    assert_eq!(d_owner, 0, "twofoldd is dumpable");
+    assert_eq!(c_owner, 0, "twofold is dumpable");
+}
