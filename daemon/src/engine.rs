@@ -12,6 +12,7 @@ use crate::store::{
 };
 use crate::throttle::{self, Gate};
 use crate::users;
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use twofold_shared::otp::{self, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
@@ -43,6 +44,7 @@ pub struct Engine {
     log: Arc<Logger>,
     /// Delivery used instead of the configured one (tests).
     mailer: MailerSlot,
+    quiet: QuietRefusals,
 }
 
 struct MailerSlot(Option<Arc<dyn Mailer>>);
@@ -217,7 +219,62 @@ fn decoy_secret() -> Secret {
 
 /// Stores a login's outcome in the audit trail, in the transaction that decided it; a failure
 /// that reached the lockout limit also records the lockout.
-fn record_login(tx: &dyn Tx, base: &AuditEntry, outcome: Outcome) -> Result<(), StoreError> {
+/// A login's audit entry, and whether a refusal by the throttle goes unrecorded because one
+/// was recorded for the same user less than [`QUIET_SECS`] ago: a flood of guesses at a
+/// throttled account (a local user can send thousands a second at their own) must not fill
+/// the disk and the log. Every refusal that changes something (a wrong code, a lockout) is
+/// always recorded.
+#[derive(Clone)]
+struct LoginBase {
+    entry: AuditEntry,
+    quiet: bool,
+}
+
+/// See [`LoginBase`].
+const QUIET_SECS: u64 = 60;
+
+/// Per user: when a throttled refusal was last recorded, and how many went unrecorded since.
+#[derive(Default, Debug)]
+struct QuietRefusals(Mutex<HashMap<String, (u64, u32)>>);
+
+impl QuietRefusals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u32)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a throttled refusal of `name` at `now` goes unrecorded.
+    fn quiet(&self, name: &str, now: u64) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|(at, _)| now < at.saturating_add(QUIET_SECS))
+    }
+
+    /// Notes a refusal by the throttle. `Some(n)`: it was recorded, with `n` unrecorded since
+    /// the previous one; `None`: it went unrecorded.
+    fn refused(&self, name: &str, now: u64, quiet: bool) -> Option<u32> {
+        let mut map = self.lock();
+        if quiet {
+            if let Some(e) = map.get_mut(name) {
+                e.1 = e.1.saturating_add(1);
+            }
+            return None;
+        }
+        if map.len() >= 10_000 {
+            map.retain(|_, (at, _)| now < at.saturating_add(QUIET_SECS));
+            if map.len() >= 10_000 {
+                map.clear();
+            }
+        }
+        let before = map.insert(name.to_string(), (now, 0));
+        Some(before.map_or(0, |(_, n)| n))
+    }
+}
+
+fn record_login(tx: &dyn Tx, base: &LoginBase, outcome: Outcome) -> Result<(), StoreError> {
+    if base.quiet && matches!(outcome, Outcome::Throttled { .. } | Outcome::Locked) {
+        return Ok(());
+    }
+    let base = &base.entry;
     let (result, method, detail) = match outcome {
         Outcome::Accepted {
             method: Method::Totp,
@@ -395,6 +452,7 @@ impl Engine {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             log,
             mailer: MailerSlot(None),
+            quiet: QuietRefusals::default(),
         }
     }
 
@@ -858,7 +916,12 @@ impl Engine {
             ..Default::default()
         };
         let grace = if remember { grace_key(pam) } else { None };
-        let outcome = match self.evaluate(name, code.expose(), now, base.clone(), grace) {
+        let quiet = self.quiet.quiet(name, now);
+        let login = LoginBase {
+            entry: base.clone(),
+            quiet,
+        };
+        let outcome = match self.evaluate(name, code.expose(), now, login, grace) {
             Ok(Some(outcome)) => outcome,
             Ok(None) => {
                 let reply = self.not_enrolled(name);
@@ -896,13 +959,22 @@ impl Engine {
             ),
             Outcome::Locked => ("locked".into(), ResponseBody::Locked),
         };
-        let line = format!(
+        let mut line = format!(
             "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome={result}",
             audit::field(name),
             audit::opt(pam.service.as_deref()),
             audit::opt(pam.rhost.as_deref()),
             audit::opt(pam.tty.as_deref()),
         );
+        if matches!(outcome, Outcome::Throttled { .. } | Outcome::Locked) {
+            match self.quiet.refused(name, now, quiet) {
+                None => return reply,
+                Some(0) => {}
+                Some(n) => line.push_str(&format!(
+                    " ({n} more refusals by the throttle since the last one logged)"
+                )),
+            }
+        }
         match outcome {
             Outcome::Accepted { .. } => self.log.info(&line),
             Outcome::NowLocked => {
@@ -925,7 +997,7 @@ impl Engine {
         name: &str,
         code: &str,
         now: u64,
-        base: AuditEntry,
+        base: LoginBase,
         grace: Option<(String, String)>,
     ) -> Result<Option<Outcome>, StoreError> {
         let snapshot = self.store.read(|tx| {

@@ -1541,3 +1541,40 @@ fn json_mode_prints_json_even_for_local_errors() {
         .unwrap()
         .contains("cannot write"));
 }
+
+#[test]
+fn a_flood_at_a_throttled_account_is_recorded_once_a_minute() {
+    let d = Daemon::start("[throttle]\nfree_failures = 1\nlockout_after = 0");
+    d.enroll("flo");
+    // One wrong code (free), then a flood at the throttled account.
+    assert_eq!(d.cli(&["verify", "flo", "000000"]).code(), 1);
+    let mut throttled = 0;
+    for _ in 0..40 {
+        let c = d.cli(&["verify", "flo", "000000"]).code();
+        assert!(c == 3 || c == 1, "exit {c}");
+        throttled += usize::from(c == 3);
+    }
+    assert!(
+        throttled >= 30,
+        "the throttle did not hold: {throttled} of 40"
+    );
+    let r = d.cli(&["audit", "--user", "flo", "--json"]);
+    let rows = r.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "login" && e["outcome"] == "throttled")
+        .count();
+    assert_eq!(
+        rows, 1,
+        "one audit entry a minute for refusals by the throttle"
+    );
+    let throttled_lines = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("user=flo") && l.contains("outcome=throttled"))
+        .count();
+    assert_eq!(throttled_lines, 1, "{}", d.log());
+    // The throttle itself still counts nothing more and still refuses.
+    assert_eq!(d.cli(&["verify", "flo", "000000"]).code(), 3);
+}
