@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use twofold_shared::client::{Client, ClientError};
+use twofold_shared::otp::{Algorithm, TotpParams};
 use twofold_shared::secret::group4;
 use twofold_shared::wire::{
     EnrollmentInfo, ErrorKind, Method, RequestBody, ResponseBody, SecretText, UserStatus,
@@ -55,6 +56,15 @@ enum Command {
         /// Current code, when replacing your own enrollment ('-': read from standard input).
         #[arg(long)]
         code: Option<String>,
+        /// HMAC algorithm: sha1 (default; every app), sha256 or sha512 (not every app).
+        #[arg(long, value_name = "ALG", value_parser = parse_algorithm)]
+        algorithm: Option<Algorithm>,
+        /// Digits per code: 6 (default) or 8.
+        #[arg(long, value_name = "N")]
+        digits: Option<u32>,
+        /// Seconds per code: 30 (default), 15 to 300.
+        #[arg(long, value_name = "SECONDS")]
+        period: Option<u64>,
     },
     /// Activate a pending enrollment with the code the app shows ('-': read it from standard input).
     Confirm {
@@ -214,10 +224,23 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             force,
             qr_svg,
             code,
-        } => match code_arg(code) {
-            Ok(code) => enroll(ctx, user, force, qr_svg, code),
-            Err(e) => e,
-        },
+            algorithm,
+            digits,
+            period,
+        } => {
+            let params = (algorithm.is_some() || digits.is_some() || period.is_some()).then(|| {
+                let d = TotpParams::default();
+                TotpParams {
+                    algorithm: algorithm.unwrap_or(d.algorithm),
+                    digits: digits.unwrap_or(d.digits),
+                    period: period.unwrap_or(d.period),
+                }
+            });
+            match code_arg(code) {
+                Ok(code) => enroll(ctx, user, force, qr_svg, code, params),
+                Err(e) => e,
+            }
+        }
         Command::Confirm { code, user } => match read_code_arg(&code) {
             Some(code) => match ctx.call(RequestBody::Confirm { user, code }) {
                 Ok(ResponseBody::BackupCodes { user, codes }) => {
@@ -810,8 +833,9 @@ fn enroll(
     force: bool,
     qr_svg_path: Option<PathBuf>,
     code: Option<SecretText>,
+    params: Option<TotpParams>,
 ) -> u8 {
-    let reply = with_code_enroll(ctx, &user, force, code);
+    let reply = with_code_enroll(ctx, &user, force, code, params);
     let info = match reply {
         Ok(ResponseBody::Enrollment(info)) => info,
         Ok(other) => return ctx.report(other),
@@ -872,16 +896,22 @@ fn enroll(
     exit::REJECTED
 }
 
+fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
+    Algorithm::parse(text).ok_or_else(|| format!("{text:?} is not sha1, sha256 or sha512"))
+}
+
 fn with_code_enroll(
     ctx: &Ctx,
     user: &Option<String>,
     force: bool,
     code: Option<SecretText>,
+    params: Option<TotpParams>,
 ) -> Result<ResponseBody, u8> {
     let first = ctx.call(RequestBody::Enroll {
         user: user.clone(),
         force,
         code: code.clone(),
+        params,
     })?;
     match first {
         ResponseBody::Error {
@@ -895,6 +925,7 @@ fn with_code_enroll(
                 user: user.clone(),
                 force,
                 code: Some(code),
+                params,
             })
         }
         other => Ok(other),

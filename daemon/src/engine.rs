@@ -14,7 +14,7 @@ use crate::throttle::{self, Gate};
 use crate::users;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use twofold_shared::otp::{self, TotpParams};
+use twofold_shared::otp::{self, Algorithm, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
 use twofold_shared::wire::{
@@ -210,6 +210,24 @@ fn storage_error(e: &StoreError) -> ResponseBody {
         ErrorKind::Storage,
         format!("the database failed; nothing was changed ({e})"),
     )
+}
+
+/// What an enrollment may ask for: 6 or 8 digits (what apps show), a step of 15 s to 5 min.
+fn enrollable(params: &TotpParams) -> Result<(), String> {
+    params.validate()?;
+    if params.digits != 6 && params.digits != 8 {
+        return Err(format!(
+            "digits must be 6 or 8 (what authenticator apps show), not {}",
+            params.digits
+        ));
+    }
+    if !(15..=300).contains(&params.period) {
+        return Err(format!(
+            "the step must be 15 to 300 seconds, not {}",
+            params.period
+        ));
+    }
+    Ok(())
 }
 
 /// A dummy secret used to spend the same work on unknown users as on real ones.
@@ -679,9 +697,12 @@ impl Engine {
                 grace_secs,
                 ..
             } => self.verify(&name, &code, &pam, grace_secs > 0, uid, now),
-            RequestBody::Enroll { force, code, .. } => {
-                self.enroll(&name, force, code, needs_code, uid, now)
-            }
+            RequestBody::Enroll {
+                force,
+                code,
+                params,
+                ..
+            } => self.enroll(&name, force, code, params, needs_code, uid, now),
             RequestBody::Confirm { code, .. } => self.confirm(&name, &code, uid, now),
             RequestBody::Status { .. } => self.status(&name, now),
             RequestBody::BackupCodes { code, .. } => {
@@ -1173,15 +1194,21 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enroll(
         &self,
         name: &str,
         force: bool,
         code: Option<SecretText>,
+        params: Option<TotpParams>,
         needs_code: bool,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
+        let params = params.unwrap_or_default();
+        if let Err(why) = enrollable(&params) {
+            return error(ErrorKind::BadRequest, why);
+        }
         let enrolled = match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
             Ok(e) => e,
             Err(e) => return self.store_failed("enroll", name, &e),
@@ -1199,7 +1226,13 @@ impl Engine {
                 }
             }
         }
-        let mut bytes = vec![0u8; GENERATED_SECRET_BYTES];
+        // A key as long as the hash's output (RFC 6238 §5.1's test keys): 20, 32 or 64 bytes.
+        let key_bytes = match params.algorithm {
+            Algorithm::Sha1 => GENERATED_SECRET_BYTES,
+            Algorithm::Sha256 => 32,
+            Algorithm::Sha512 => 64,
+        };
+        let mut bytes = vec![0u8; key_bytes];
         if backup::random_bytes(&mut bytes).is_err() {
             return error(
                 ErrorKind::Internal,
@@ -1208,7 +1241,7 @@ impl Engine {
         }
         let pending = PendingRecord {
             secret: Secret::from_bytes(bytes),
-            params: TotpParams::default(),
+            params,
             created_at: now,
             failed_confirms: 0,
         };
@@ -2213,6 +2246,7 @@ mod tests {
                 user: Some(name.into()),
                 force: false,
                 code: None,
+                params: None,
             },
             now,
         ) else {
@@ -2395,6 +2429,7 @@ mod tests {
                 user: Some("p".into()),
                 force: false,
                 code: None,
+                params: None,
             },
             T0,
         );
@@ -2423,6 +2458,7 @@ mod tests {
                 user: Some("p".into()),
                 force: false,
                 code: None,
+                params: None,
             },
             T0,
         );
@@ -2514,6 +2550,7 @@ mod tests {
                 user: Some("late".into()),
                 force: false,
                 code: None,
+                params: None,
             },
             T0,
         );

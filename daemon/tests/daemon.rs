@@ -1578,3 +1578,97 @@ fn a_flood_at_a_throttled_account_is_recorded_once_a_minute() {
     // The throttle itself still counts nothing more and still refuses.
     assert_eq!(d.cli(&["verify", "flo", "000000"]).code(), 3);
 }
+
+/// The code for `secret` with other parameters, from oathtool.
+fn oathtool_with(secret: &str, algorithm: &str, digits: u32, period: u64, steps: i64) -> String {
+    let when = format!(
+        "now {} {} seconds",
+        if steps < 0 { "-" } else { "+" },
+        steps.unsigned_abs() * period
+    );
+    let out = Command::new("oathtool")
+        .args([
+            &format!("--totp={algorithm}"),
+            "-b",
+            "-d",
+            &digits.to_string(),
+            "-s",
+            &format!("{period}s"),
+            "-N",
+            &when,
+            secret,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn enrollment_with_sha256_eight_digits_and_a_minute_step() {
+    let d = Daemon::start("");
+    for (user, alg, digits, period, key_bytes) in [
+        ("alg256", "sha256", 8u32, 60u64, 32usize),
+        ("alg512", "sha512", 6, 30, 64),
+    ] {
+        let e = d.cli(&[
+            "enroll",
+            "--user",
+            user,
+            "--algorithm",
+            alg,
+            "--digits",
+            &digits.to_string(),
+            "--period",
+            &period.to_string(),
+            "--json",
+        ]);
+        assert_eq!(e.code(), 0, "{}", e.stderr());
+        let secret = e.json()["secret"].as_str().unwrap().to_string();
+        let uri = e.json()["otpauth_uri"].as_str().unwrap().to_string();
+        assert!(
+            uri.contains(&format!("algorithm={}", alg.to_uppercase())),
+            "{uri}"
+        );
+        if digits != 6 {
+            assert!(uri.contains("digits=8"), "{uri}");
+        }
+        if period != 30 {
+            assert!(uri.contains("period=60"), "{uri}");
+        }
+        // The key is as long as the hash's output.
+        assert_eq!(secret.len(), (key_bytes * 8).div_ceil(5), "{secret}");
+        // Codes computed by oathtool with the same parameters.
+        let left = period
+            - (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                % period);
+        if left < 5 {
+            std::thread::sleep(Duration::from_secs(left + 1));
+        }
+        let first = oathtool_with(&secret, alg, digits, period, 0);
+        assert_eq!(first.len(), digits as usize);
+        let c = d.cli(&["confirm", &first, "--user", user]);
+        assert_eq!(c.code(), 0, "{} {}", c.stdout(), c.stderr());
+        let next = oathtool_with(&secret, alg, digits, period, 1);
+        assert_eq!(d.cli(&["verify", user, &next]).code(), 0);
+        assert_eq!(d.cli(&["verify", user, &next]).code(), 1, "replay");
+    }
+    for (args, why) in [
+        (&["--digits", "7"][..], "6 or 8"),
+        (&["--period", "5"][..], "15 to 300"),
+        (&["--algorithm", "md5"][..], "sha1, sha256 or sha512"),
+    ] {
+        let mut all = vec!["enroll", "--user", "badparams"];
+        all.extend_from_slice(args);
+        let r = d.cli(&all);
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.stdout());
+        assert!(r.stderr().contains(why), "{args:?}: {}", r.stderr());
+    }
+}

@@ -649,7 +649,11 @@ fn processes_are_not_dumpable() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let owner = |pid: u32| std::fs::metadata(format!("/proc/{pid}/environ")).unwrap().uid();
+    let owner = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .uid()
+    };
     let (d_owner, c_owner) = (owner(daemon.id()), owner(cli.id()));
     let _ = cli.kill();
     let _ = cli.wait();

@@ -115,6 +115,9 @@ pub enum RequestBody {
         force: bool,
         #[serde(default)]
         code: Option<SecretText>,
+        /// Algorithm, digits and step; `None`: SHA-1, 6 digits, 30 s (what every app reads).
+        #[serde(default)]
+        params: Option<TotpParams>,
     },
     /// Activate the pending enrollment with a first code from the app.
     Confirm {
