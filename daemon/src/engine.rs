@@ -45,6 +45,10 @@ pub struct Engine {
     /// Delivery used instead of the configured one (tests).
     mailer: MailerSlot,
     quiet: QuietRefusals,
+    /// Users whose last accepted code is ahead of the clock, warned about once a minute.
+    clock_warned: QuietRefusals,
+    /// One `seal rekey` at a time.
+    rekeying: Mutex<()>,
 }
 
 struct MailerSlot(Option<Arc<dyn Mailer>>);
@@ -260,11 +264,12 @@ impl QuietRefusals {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a throttled refusal of `name` at `now` goes unrecorded.
+    /// Whether a throttled refusal of `name` at `now` goes unrecorded. (A clock that jumped
+    /// either way ends the quiet minute: it never silences an hour.)
     fn quiet(&self, name: &str, now: u64) -> bool {
         self.lock()
             .get(name)
-            .is_some_and(|(at, _)| now < at.saturating_add(QUIET_SECS))
+            .is_some_and(|(at, _)| now.abs_diff(*at) < QUIET_SECS)
     }
 
     /// Notes a refusal by the throttle. `Some(n)`: it was recorded, with `n` unrecorded since
@@ -278,7 +283,7 @@ impl QuietRefusals {
             return None;
         }
         if map.len() >= 10_000 {
-            map.retain(|_, (at, _)| now < at.saturating_add(QUIET_SECS));
+            map.retain(|_, (at, _)| now.abs_diff(*at) < QUIET_SECS);
             if map.len() >= 10_000 {
                 map.clear();
             }
@@ -471,6 +476,8 @@ impl Engine {
             log,
             mailer: MailerSlot(None),
             quiet: QuietRefusals::default(),
+            clock_warned: QuietRefusals::default(),
+            rekeying: Mutex::new(()),
         }
     }
 
@@ -1031,7 +1038,10 @@ impl Engine {
         let (user, state, mailed) = snapshot;
         if let Some(u) = &user {
             let current = (now / u.params.period.max(1)) as i64;
-            if u.last_step > current + 1 {
+            let window = i64::from(u.window.unwrap_or(self.config().window));
+            // Once a minute per user: a refused flood must not become a flood of log lines.
+            if u.last_step > current + window && !self.clock_warned.quiet(name, now) {
+                self.clock_warned.refused(name, now, false);
                 self.log.warn(&format!(
                     "clock: the system clock is {} s behind the last code accepted for user={}; \
                      that user's codes are refused until it catches up (check time \
@@ -2137,10 +2147,31 @@ impl Engine {
                 "secrets are not sealed: set seal_key_file and restart twofoldd first",
             );
         };
+        let _one_at_a_time = self.rekeying.lock().unwrap_or_else(|p| p.into_inner());
         let pending = seal::pending_path(&path);
-        // A leftover from a rekey that never committed (at start-up a committed one is
-        // promoted): it opens nothing.
-        let _ = std::fs::remove_file(&pending);
+        if pending.exists() {
+            // Left by an earlier rekey: if the database already uses it (its rename failed),
+            // it is the only copy of the key and goes in place first; otherwise it never
+            // committed and opens nothing.
+            let owner = nix::unistd::geteuid().as_raw();
+            let opens = seal::read_key(&pending, owner)
+                .map(|k| self.store.opens_with(&seal::Sealer::from_key(&k)));
+            match opens {
+                Ok(Ok(true)) => {
+                    if let Err(why) = seal::promote_pending(&path) {
+                        self.log.error(&format!("seal rekey: {why}"));
+                        return error(ErrorKind::Internal, why);
+                    }
+                    self.log.warn(
+                        "seal rekey: the key of an earlier rekey was not in place; it is now",
+                    );
+                }
+                Ok(Err(e)) => return self.store_failed("seal rekey", "-", &e),
+                Ok(Ok(false)) | Err(_) => {
+                    let _ = std::fs::remove_file(&pending);
+                }
+            }
+        }
         let key = match seal::Sealer::generate_key()
             .and_then(|k| seal::write_key(&pending, &k).map(|_| k))
         {
@@ -2152,6 +2183,15 @@ impl Engine {
         };
         let count = match self.store.rekey(seal::Sealer::from_key(&key)) {
             Ok(n) => n,
+            Err(StoreError::Unavailable) => {
+                // Whether it committed is unknown: FILE.new stays, and the next start (or rekey)
+                // puts it in place if the database uses it.
+                self.log.error(&format!(
+                    "seal rekey: the database writer did not answer; {} is kept",
+                    pending.display()
+                ));
+                return storage_error(&StoreError::Unavailable);
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&pending);
                 self.log

@@ -42,6 +42,7 @@ pub fn check_database(path: &Path, owner: u32) -> Result<(), String> {
             dir.display()
         ));
     }
+    check_ancestors(&dir, owner)?;
     let mut files = vec![path.to_path_buf()];
     for suffix in COMPANIONS {
         let mut p = path.as_os_str().to_owned();
@@ -52,6 +53,54 @@ pub fn check_database(path: &Path, owner: u32) -> Result<(), String> {
         check_file(&file, owner)?;
     }
     Ok(())
+}
+
+/// Every directory above `dir` must belong to root (or twofoldd) and be writable by nobody
+/// else, unless it is sticky (like /tmp, where others cannot rename what is not theirs):
+/// otherwise someone could move `dir` away and put their own in its place.
+pub fn check_ancestors(dir: &Path, owner: u32) -> Result<(), String> {
+    let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for ancestor in dir.ancestors().skip(1) {
+        let meta =
+            std::fs::metadata(ancestor).map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        if meta.uid() != 0 && meta.uid() != owner {
+            return Err(format!(
+                "{} belongs to uid {}: that user could replace everything below it",
+                ancestor.display(),
+                meta.uid()
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(format!(
+                "{} is writable by others (mode {mode:04o}) and not sticky: they could replace \
+                 what is below it",
+                ancestor.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The directory holding a key or database file: root's (or twofoldd's), writable by nobody
+/// else, and so is every directory above it.
+pub fn check_private_dir(dir: &Path, owner: u32) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if meta.uid() != 0 && meta.uid() != owner {
+        return Err(format!(
+            "{} belongs to uid {}, not to root or twofoldd",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by others (mode {mode:04o}); chmod go-w it",
+            dir.display()
+        ));
+    }
+    check_ancestors(dir, owner)
 }
 
 fn check_file(path: &Path, owner: u32) -> Result<(), String> {
@@ -150,6 +199,17 @@ mod tests {
         chmod(&dir, 0o711);
         assert_eq!(check_database(&db, me), Ok(()), "others may pass through");
         chmod(&dir, 0o700);
+
+        // A parent others may write to (not sticky) could swap the whole directory.
+        chmod(top.path(), 0o777);
+        let err = check_database(&db, me).unwrap_err();
+        assert!(
+            err.contains("writable by others") && err.contains("not sticky"),
+            "{err}"
+        );
+        chmod(top.path(), 0o1777);
+        assert_eq!(check_database(&db, me), Ok(()), "sticky, like /tmp");
+        chmod(top.path(), 0o755);
 
         let err = check_database(&db, me.wrapping_add(4242)).unwrap_err();
         assert!(err.contains("belongs to uid"), "{err}");

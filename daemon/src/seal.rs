@@ -111,6 +111,9 @@ pub fn pending_path(path: &Path) -> PathBuf {
 
 /// Reads a key file, refusing one that others could read or replace.
 pub fn read_key(path: &Path, owner: u32) -> Result<Zeroizing<[u8; KEY_BYTES]>, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::files::check_private_dir(dir, owner).map_err(|why| format!("seal key: {why}"))?;
+    }
     let meta =
         std::fs::symlink_metadata(path).map_err(|e| format!("seal key {}: {e}", path.display()))?;
     if !meta.file_type().is_file() {

@@ -158,7 +158,7 @@ impl Drop for Slot {
 /// unmapped, with TLB shootdowns across cores), and handing an accepted connection to another
 /// thread cost a wake-up per request. A worker that accepts a connection while no other worker
 /// waits in `accept` starts one more first, so a slow client never delays anyone; the pool is
-/// bounded by the connection slots, and shrinks back once more than [`MAX_IDLE`] workers wait.
+/// bounded by the connection slots, and shrinks back once [`MAX_IDLE`] workers wait.
 struct Pool {
     state: Mutex<PoolState>,
     listener: UnixListener,
@@ -208,8 +208,9 @@ impl Pool {
             let grow = {
                 let mut s = self.lock();
                 s.idle -= 1;
-                // One worker more than there are slots, so that "busy" is still answered.
-                let spawn = s.idle == 0 && s.workers <= self.slots.max;
+                // One worker more than there are slots, so that "busy" is still answered. A
+                // failed accept (EMFILE) is no reason for another thread.
+                let spawn = accepted.is_ok() && s.idle == 0 && s.workers <= self.slots.max;
                 if spawn {
                     s.workers += 1;
                 }
@@ -221,7 +222,16 @@ impl Pool {
                 self.grow();
             }
             match accepted {
-                Ok((stream, _)) => self.serve_one(stream),
+                Ok((stream, _)) => {
+                    // A panic in one request ends that request (its client hears EOF and
+                    // fails closed), never the worker: one of them is the daemon's main thread.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.serve_one(stream)
+                    }));
+                    if served.is_err() {
+                        self.log.error("a request panicked; it was refused");
+                    }
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     self.log.error(&format!("accept failed: {e}"));

@@ -140,6 +140,8 @@ pub struct MailedCode {
 /// What the verification rules need from a store, inside one transaction.
 pub trait Tx {
     fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+    /// The seal key's check value, if secrets are sealed.
+    fn seal_check(&self) -> Result<Option<Vec<u8>>>;
     fn user_names(&self) -> Result<Vec<String>>;
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;
     fn pending_names(&self) -> Result<Vec<String>>;
@@ -461,6 +463,12 @@ impl Store {
         Ok((store, which))
     }
 
+    /// Whether `key` opens this database's sealed secrets (false when nothing is sealed).
+    pub fn opens_with(&self, key: &Sealer) -> Result<bool> {
+        let check = self.read(|tx| tx.seal_check())?;
+        Ok(check.is_some_and(|c| key.matches(&c)))
+    }
+
     /// Whether secrets are sealed.
     pub fn sealed(&self) -> bool {
         self.seal.read().map(|s| s.is_some()).unwrap_or(true)
@@ -708,8 +716,9 @@ fn reseal_rows(conn: &Connection, old: Option<&Sealer>, new: &Sealer) -> Result<
 /// The writer's side of `Store::rekey`: readers wait from the commit until the new key is in
 /// place, so nobody reads a secret with the wrong key.
 fn rekey_all(conn: &Connection, seal: &SealSlot, new: &Arc<Sealer>) -> Result<usize> {
-    let mut slot = seal.write().map_err(|_| StoreError::Unavailable)?;
-    let old = slot
+    let old = seal
+        .read()
+        .map_err(|_| StoreError::Unavailable)?
         .clone()
         .ok_or_else(|| StoreError::Seal("secrets are not sealed".into()))?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -720,25 +729,27 @@ fn rekey_all(conn: &Connection, seal: &SealSlot, new: &Arc<Sealer>) -> Result<us
         )?;
         Ok(n)
     });
-    match done {
-        Ok(n) => match conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                *slot = Some(new.clone());
-                // Secrets under the old key may still sit in the write-ahead log (a reader
-                // still on an old snapshot only makes this checkpoint partial).
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-                Ok(n)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e.into())
-            }
-        },
+    let n = match done {
+        Ok(n) => n,
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
+            return Err(e);
         }
+    };
+    {
+        // Readers wait from just before the commit until the new key is in place: none reads a
+        // secret under the wrong key, and logins stall only for the commit itself.
+        let mut slot = seal.write().map_err(|_| StoreError::Unavailable)?;
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        *slot = Some(new.clone());
     }
+    // Secrets under the old key may still sit in the write-ahead log (a reader still on an old
+    // snapshot only makes this checkpoint partial).
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok(n)
 }
 
 fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
@@ -758,6 +769,15 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl Tx for SqliteTx<'_> {
+    fn seal_check(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .query_row("SELECT value FROM meta WHERE key = 'seal_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
     fn user(&self, name: &str) -> Result<Option<UserRecord>> {
         let row = self
             .0

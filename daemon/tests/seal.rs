@@ -263,6 +263,35 @@ fn rekey_replaces_the_key_and_an_interrupted_one_is_finished_at_start() {
     assert!(!pending.exists());
     assert_eq!(d.cli(&["verify", "vic", &oathtool(&vic, 1)]).code(), 0);
 
+    // The same leftover met by a running daemon's next rekey (its rename had failed): the key
+    // the database uses goes in place first, so the rekey never loses it.
+    let current = std::fs::read(&key).unwrap();
+    std::fs::rename(&key, &pending).unwrap();
+    std::fs::write(&key, &old_key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let r = d.cli(&["seal", "rekey"]);
+    assert_eq!(r.code(), 0, "{} {}", r.stdout(), r.stderr());
+    assert!(
+        d.log().contains("was not in place; it is now"),
+        "{}",
+        d.log()
+    );
+    assert_ne!(std::fs::read(&key).unwrap(), current);
+    assert!(!pending.exists());
+    // A leftover that opens nothing (a rekey that never committed) is simply dropped.
+    std::fs::write(&pending, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert_eq!(d.cli(&["seal", "rekey"]).code(), 0);
+    assert!(!pending.exists());
+    d.restart();
+    // ula's secret opens under the key now in place: her code is accepted (0) or, if this
+    // step's was used above, a replay (1); never a storage error (6). A new enrollment works.
+    let c = d.cli(&["verify", "ula", &oathtool(&ula, 1)]).code();
+    assert!(c == 0 || c == 1, "exit {c}: {}", d.log());
+    let (wes, _) = d.enroll("wes");
+    ensure_step_time(8);
+    assert_eq!(d.cli(&["verify", "wes", &oathtool(&wes, 1)]).code(), 0);
+
     // Without sealing configured, rekey says so.
     write_config(&d, "");
     let plain = Daemon::start("");
