@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_CONFIG: &str = "/etc/twofold/twofold.toml";
 pub const DEFAULT_DATABASE: &str = "/var/lib/twofold/twofold.db";
 
+/// Where enrollments live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An SQLite file on this host (`database`).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by many hosts (`postgres_url`).
+    Postgres,
+}
+
 /// What happens to users who have not enrolled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +69,12 @@ pub struct Config {
     /// A key file (32 random bytes, root only; `twofold seal init` makes one): when set, TOTP
     /// secrets are sealed in the database with it. Unset: stored as they are.
     pub seal_key_file: Option<PathBuf>,
+    /// `sqlite` (default) or `postgres`.
+    pub store: StoreKind,
+    /// With `store = "postgres"`: a libpq-style URL or key=value string, without the password.
+    pub postgres_url: Option<String>,
+    /// A root-owned file (not readable by others) holding the PostgreSQL password.
+    pub postgres_password_file: Option<PathBuf>,
 }
 
 /// How mail leaves the host.
@@ -129,8 +146,18 @@ impl Default for Config {
             email_resend_secs: 60,
             email: EmailConfig::default(),
             seal_key_file: None,
+            store: StoreKind::Sqlite,
+            postgres_url: None,
+            postgres_password_file: None,
         }
     }
+}
+
+/// `postgres://user:secret@host/...`: a password in the URL's user part.
+fn url_has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 impl Unenrolled {
@@ -175,6 +202,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: String| Err(ConfigError(m));
+        if self.store == StoreKind::Postgres && self.postgres_url.is_none() {
+            return fail("store = \"postgres\" needs postgres_url".into());
+        }
+        if self
+            .postgres_url
+            .as_deref()
+            .is_some_and(|u| u.contains("password=") || url_has_password(u))
+        {
+            return fail(
+                "postgres_url must not hold the password: put it in postgres_password_file".into(),
+            );
+        }
         if self.window > 10 {
             return fail(format!(
                 "window = {} is out of range (0 to 10)",

@@ -37,6 +37,8 @@ pub enum StoreError {
     },
     /// The seal key is missing, wrong, or does not open a secret.
     Seal(String),
+    /// The PostgreSQL store failed (unreachable, timed out, refused).
+    Remote(String),
     /// The writer thread is gone or its queue is full.
     Unavailable,
     /// Stored data that cannot be read back (bad algorithm name, …).
@@ -57,6 +59,7 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt(what) => write!(f, "database holds invalid data: {what}"),
             StoreError::Commit(why) => write!(f, "database write failed: {why}"),
             StoreError::Seal(why) => write!(f, "sealed secrets: {why}"),
+            StoreError::Remote(why) => write!(f, "PostgreSQL: {why}"),
         }
     }
 }
@@ -119,7 +122,7 @@ pub enum CodePurpose {
 }
 
 impl CodePurpose {
-    fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             CodePurpose::Verify => "verify",
             CodePurpose::Login => "login",
@@ -395,9 +398,92 @@ where
 
 type Job = Box<dyn WriteJob>;
 
-/// Handle to the database; cheap to clone and share between connection threads.
+/// Handle to the database; cheap to clone and share between connection threads. SQLite on
+/// this host (the default), or PostgreSQL shared by many hosts (`store = "postgres"`).
+#[derive(Clone, Debug)]
+pub struct Store(Arc<Backend>);
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(Box<crate::pg::PgStore>),
+}
+
+impl Store {
+    /// Opens (creating if needed) an SQLite database, runs migrations and starts the writer
+    /// thread. The caller sets the umask so that new files are private.
+    pub fn open(path: &Path) -> Result<Store> {
+        Ok(Store::open_sealed(path, Vec::new())?.0)
+    }
+
+    /// `open`, with the seal keys that may open the database's secrets, in order of preference
+    /// (the configured key file, then a rekey's pending key). Returns which one did: a
+    /// database never sealed is sealed with the first; one sealed before needs a key that
+    /// opens it; a sealed database and no key is an error, as is a key that opens nothing.
+    pub fn open_sealed(path: &Path, keys: Vec<Sealer>) -> Result<(Store, Option<usize>)> {
+        let (s, which) = Sqlite::open_sealed(path, keys)?;
+        Ok((Store(Arc::new(Backend::Sqlite(s))), which))
+    }
+
+    /// The PostgreSQL store at `url` (see `pg`), with the same seal keys as `open_sealed`.
+    pub fn open_postgres(
+        url: &str,
+        password_file: Option<&Path>,
+        keys: Vec<Sealer>,
+    ) -> Result<(Store, Option<usize>)> {
+        let (p, which) = crate::pg::PgStore::open(url, password_file, keys)?;
+        Ok((Store(Arc::new(Backend::Postgres(Box::new(p)))), which))
+    }
+
+    /// Runs `f` in a write transaction; returns once committed. If `f` fails, none of its
+    /// changes are kept.
+    pub fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<R> + Send + 'static,
+    {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.write(f),
+            Backend::Postgres(p) => p.write(f),
+        }
+    }
+
+    /// Runs `f` against a consistent snapshot.
+    pub fn read<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.read(f),
+            Backend::Postgres(p) => p.read(f),
+        }
+    }
+
+    /// Re-encrypts every secret under `new` (see `Sqlite::rekey`).
+    pub fn rekey(&self, new: Sealer) -> Result<usize> {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.rekey(new),
+            Backend::Postgres(_) => Err(StoreError::Seal(
+                "seal rekey with store = \"postgres\" is not supported yet".into(),
+            )),
+        }
+    }
+
+    /// Whether `key` opens this database's sealed secrets (false when nothing is sealed).
+    pub fn opens_with(&self, key: &Sealer) -> Result<bool> {
+        let check = self.read(|tx| tx.seal_check())?;
+        Ok(check.is_some_and(|c| key.matches(&c)))
+    }
+
+    /// Whether secrets are sealed.
+    pub fn sealed(&self) -> bool {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.sealed(),
+            Backend::Postgres(p) => p.sealed(),
+        }
+    }
+}
+
+/// The SQLite store: one writer thread (group commit), a pool of readers.
 #[derive(Clone)]
-pub struct Store {
+struct Sqlite {
     jobs: SyncSender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
@@ -408,24 +494,14 @@ pub struct Store {
 
 type SealSlot = Arc<RwLock<Option<Arc<Sealer>>>>;
 
-impl fmt::Debug for Store {
+impl fmt::Debug for Sqlite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Sqlite").field("path", &self.path).finish()
     }
 }
 
-impl Store {
-    /// Opens (creating if needed) the database, runs migrations and starts the writer thread.
-    /// The caller sets the umask so that new files are private.
-    pub fn open(path: &Path) -> Result<Store> {
-        Ok(Store::open_sealed(path, Vec::new())?.0)
-    }
-
-    /// `open`, with the seal keys that may open the database's secrets, in order of preference
-    /// (the configured key file, then a rekey's pending key). Returns which one did: a
-    /// database never sealed is sealed with the first; one sealed before needs a key that
-    /// opens it; a sealed database and no key is an error, as is a key that opens nothing.
-    pub fn open_sealed(path: &Path, keys: Vec<Sealer>) -> Result<(Store, Option<usize>)> {
+impl Sqlite {
+    fn open_sealed(path: &Path, keys: Vec<Sealer>) -> Result<(Sqlite, Option<usize>)> {
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -454,7 +530,7 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer_loop(conn, rx, writer_seal))
             .map_err(|_| StoreError::Unavailable)?;
-        let store = Store {
+        let store = Sqlite {
             jobs: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path.to_path_buf()),
@@ -463,14 +539,7 @@ impl Store {
         Ok((store, which))
     }
 
-    /// Whether `key` opens this database's sealed secrets (false when nothing is sealed).
-    pub fn opens_with(&self, key: &Sealer) -> Result<bool> {
-        let check = self.read(|tx| tx.seal_check())?;
-        Ok(check.is_some_and(|c| key.matches(&c)))
-    }
-
-    /// Whether secrets are sealed.
-    pub fn sealed(&self) -> bool {
+    fn sealed(&self) -> bool {
         self.seal.read().map(|s| s.is_some()).unwrap_or(true)
     }
 
@@ -752,7 +821,7 @@ fn rekey_all(conn: &Connection, seal: &SealSlot, new: &Arc<Sealer>) -> Result<us
     Ok(n)
 }
 
-fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
+pub(crate) fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
     let algorithm = Algorithm::parse(&algorithm)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {algorithm:?}")))?;
     let params = TotpParams {

@@ -874,3 +874,162 @@ impl PamService {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A PostgreSQL server inside the test (Debian's postgresql package, a private data directory)
+
+/// A real PostgreSQL on 127.0.0.1 with its data in a temp directory, run as the `postgres`
+/// account (it refuses root) and stopped by its pid. `trust` authentication: loopback only.
+#[derive(Debug)]
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    /// Initialises and starts a server; `None` (after saying why) when not root.
+    pub fn start(test: &str) -> Option<Postgres> {
+        if skip_unless_root(test, "run PostgreSQL as the postgres account") {
+            return None;
+        }
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect(
+                "PostgreSQL is required (Debian package postgresql; scripts/deps.sh installs it)",
+            )
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("no /usr/lib/postgresql/*/bin/initdb");
+        let dir = open_tempdir();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let pg = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("the postgres account (made by the postgresql package)");
+        nix::unistd::chown(&data, Some(pg.uid), Some(pg.gid)).unwrap();
+        let out = as_postgres(&bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "twofold",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Postgres {
+            dir,
+            port,
+            bin,
+            child: None,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// What `postgres_url` says to reach it.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=twofold dbname=postgres",
+            self.port
+        )
+    }
+
+    /// (Re)starts the server on the same data directory and port; waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let data = self.dir.path().join("data");
+        let log = std::fs::File::create(self.dir.path().join("postgres.log")).unwrap();
+        let child = as_postgres(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .args(["-c", "unix_socket_directories=", "-c", "max_connections=50"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "twofold",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (SIGINT: fast shutdown) by its pid and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn as_postgres(program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "postgres",
+        "--regid",
+        "postgres",
+        "--init-groups",
+        "--",
+    ])
+    .arg(program);
+    c
+}

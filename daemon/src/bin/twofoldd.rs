@@ -86,9 +86,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Err(why) =
+    let postgres = config.store == twofold_daemon::config::StoreKind::Postgres;
+    let local_check = if postgres {
+        Ok(())
+    } else {
         twofold_daemon::files::check_database(&config.database, nix::unistd::geteuid().as_raw())
-    {
+    };
+    if let Err(why) = local_check {
         let msg = format!("refusing to start: {why}");
         log.error(&msg);
         eprintln!("twofoldd: {msg}");
@@ -112,7 +116,13 @@ fn main() -> ExitCode {
             keys.push(twofold_daemon::seal::Sealer::from_key(&k));
         }
     }
-    let store = match Store::open_sealed(&config.database, keys) {
+    let opened = match (&config.postgres_url, postgres) {
+        (Some(url), true) => {
+            Store::open_postgres(url, config.postgres_password_file.as_deref(), keys)
+        }
+        _ => Store::open_sealed(&config.database, keys),
+    };
+    let store = match opened {
         Ok((s, which)) => {
             if let (Some(path), Some(1)) = (&config.seal_key_file, which) {
                 // The last rekey committed but its key file was not yet in place.
@@ -127,7 +137,11 @@ fn main() -> ExitCode {
             s
         }
         Err(e) => {
-            let msg = format!("cannot open database {}: {e}", config.database.display());
+            let msg = if postgres {
+                format!("cannot open the PostgreSQL store: {e}")
+            } else {
+                format!("cannot open database {}: {e}", config.database.display())
+            };
             log.error(&msg);
             eprintln!("twofoldd: {msg}");
             return ExitCode::from(1);

@@ -1,0 +1,951 @@
+//! The PostgreSQL store (`store = "postgres"`): many hosts' twofoldd share one database, so a
+//! user enrolls once and every rule holds fleet-wide. Every write is one transaction committed
+//! before the reply; a transaction that touches a user first takes a transaction-scoped advisory
+//! lock on the user's name, so that two hosts deciding about the same user (the same code sent
+//! to both, failures counted on both) take turns, exactly as the single SQLite writer does on one
+//! host. A small pool per host (at most [`POOL`] connections), a connect and statement timeout
+//! of [`TIMEOUT`]: a database that is down or slow fails logins closed within the PAM timeout,
+//! and the next request reconnects.
+
+use crate::seal::Sealer;
+use crate::store::{
+    params_from, CodePurpose, EmailRecord, MailedCode, PendingRecord, Result, StoreError,
+    ThrottleRecord, Tx, UserRecord,
+};
+use postgres::types::ToSql;
+use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use twofold_shared::secret::Secret;
+use twofold_shared::wire::AuditEntry;
+
+use crate::backup::BackupHash;
+
+/// Connections one twofoldd keeps at most.
+pub const POOL: usize = 4;
+/// Connect timeout, statement timeout, lock timeout, and the longest wait for a free connection.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// The advisory lock that serialises schema migrations between daemons starting together.
+const MIGRATION_LOCK: i64 = 0x7477_6f66_6f6c_6473;
+
+/// Schema versions, in order (the table `twofold_schema` records how many have run).
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        secret BYTEA NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits BIGINT NOT NULL,
+        period BIGINT NOT NULL,
+        enrolled_at BIGINT NOT NULL,
+        last_step BIGINT NOT NULL,
+        last_success BIGINT,
+        backup_salt BYTEA NOT NULL,
+        \"window\" BIGINT
+    );
+    CREATE TABLE backup_codes (
+        name TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        PRIMARY KEY (name, hash)
+    );
+    CREATE TABLE pending (
+        name TEXT PRIMARY KEY,
+        secret BYTEA NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits BIGINT NOT NULL,
+        period BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        failed_confirms BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE throttle (
+        name TEXT PRIMARY KEY,
+        failures BIGINT NOT NULL,
+        last_failure BIGINT NOT NULL
+    );
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('unknown_rejections', 0);
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        time BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        \"user\" TEXT,
+        outcome TEXT NOT NULL,
+        method TEXT,
+        service TEXT,
+        rhost TEXT,
+        tty TEXT,
+        caller_uid BIGINT,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_time ON audit (time);
+    CREATE INDEX audit_by_user ON audit (\"user\", time);
+    CREATE INDEX audit_by_event ON audit (event, \"user\", time);
+    CREATE TABLE grace (
+        name TEXT NOT NULL,
+        service TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (name, service, origin)
+    );
+    CREATE TABLE emails (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        verified BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE email_codes (
+        name TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        salt BYTEA NOT NULL,
+        sent_at BIGINT NOT NULL,
+        expires BIGINT NOT NULL,
+        tries BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, purpose)
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );"];
+
+fn pg_error(e: postgres::Error) -> StoreError {
+    StoreError::Remote(e.to_string())
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        pg_error(e)
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+/// Handle to the shared database.
+pub struct PgStore {
+    config: postgres::Config,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+    seal: Option<Arc<Sealer>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+/// A pooled connection, given back (or, broken, forgotten) when dropped.
+struct Lease<'a> {
+    store: &'a PgStore,
+    client: Option<Client>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.store.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match self.client.take() {
+            Some(c) if !c.is_closed() => pool.idle.push(c),
+            _ => pool.open = pool.open.saturating_sub(1),
+        }
+        drop(pool);
+        self.store.freed.notify_one();
+    }
+}
+
+impl PgStore {
+    /// Connects, runs the migrations (one daemon at a time, under an advisory lock), and
+    /// checks the seal keys as the SQLite store does: a database never sealed is sealed with
+    /// the first key; a sealed one needs a key that opens it.
+    pub fn open(
+        url: &str,
+        password_file: Option<&Path>,
+        keys: Vec<Sealer>,
+    ) -> Result<(PgStore, Option<usize>)> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Remote(format!("postgres_url: {e}")))?;
+        if url.contains("sslmode=require")
+            || url.contains("sslmode=verify")
+            || config.get_ssl_mode() == postgres::config::SslMode::Require
+        {
+            return Err(StoreError::Remote(
+                "TLS to PostgreSQL (sslmode=require) is not supported yet; use a Unix socket \
+                 or a trusted network"
+                    .into(),
+            ));
+        }
+        if let Some(file) = password_file {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(file)
+                .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(StoreError::Remote(format!(
+                    "{} is open to group or others; chmod 600 it",
+                    file.display()
+                )));
+            }
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
+            config.password(text.trim_end_matches(['\n', '\r']));
+        }
+        let timeout_ms = TIMEOUT.as_millis();
+        config
+            .connect_timeout(TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .options(&format!(
+                "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
+                 -c idle_in_transaction_session_timeout=10000"
+            ))
+            .application_name("twofoldd");
+        let mut client = config.connect(NoTls)?;
+        migrate(&mut client)?;
+        let (seal, which) = choose_seal(&mut client, keys)?;
+        let store = PgStore {
+            config,
+            pool: Mutex::new(Pool {
+                idle: vec![client],
+                open: 1,
+            }),
+            freed: Condvar::new(),
+            seal: seal.map(Arc::new),
+        };
+        Ok((store, which))
+    }
+
+    pub fn sealed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    fn lease(&self) -> Result<Lease<'_>> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Ok(Lease {
+                    store: self,
+                    client: Some(c),
+                });
+            }
+            if pool.open < POOL {
+                pool.open += 1;
+                drop(pool);
+                return match self.config.connect(NoTls) {
+                    Ok(c) => Ok(Lease {
+                        store: self,
+                        client: Some(c),
+                    }),
+                    Err(e) => {
+                        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                        pool.open -= 1;
+                        drop(pool);
+                        self.freed.notify_one();
+                        Err(pg_error(e))
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Remote(format!(
+                    "all {POOL} connections to PostgreSQL are busy"
+                )));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn run<R>(&self, write: bool, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        let mut lease = self.lease()?;
+        let Some(client) = lease.client.as_mut() else {
+            return Err(StoreError::Unavailable);
+        };
+        let tx = if write {
+            client
+                .build_transaction()
+                .isolation_level(IsolationLevel::ReadCommitted)
+                .start()?
+        } else {
+            client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?
+        };
+        let pg = PgTx {
+            tx: RefCell::new(tx),
+            seal: self.seal.as_deref(),
+            write,
+            locked: RefCell::new(HashSet::new()),
+        };
+        let result = f(&pg);
+        let tx = pg.tx.into_inner();
+        match result {
+            // Committed before the caller hears of it: the reply follows durability.
+            Ok(value) => {
+                tx.commit()?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = tx.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        self.run(false, f)
+    }
+
+    pub fn write<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        self.run(true, f)
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<()> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = (|| -> Result<()> {
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS twofold_schema (version BIGINT NOT NULL);",
+        )?;
+        let found: i64 = client
+            .query_opt("SELECT version FROM twofold_schema", &[])?
+            .map_or(0, |r| r.get(0));
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let mut tx = client.transaction()?;
+            tx.batch_execute(sql)?;
+            tx.execute("DELETE FROM twofold_schema", &[])?;
+            tx.execute(
+                "INSERT INTO twofold_schema (version) VALUES ($1)",
+                &[&((i + 1) as i64)],
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result
+}
+
+fn choose_seal(client: &mut Client, keys: Vec<Sealer>) -> Result<(Option<Sealer>, Option<usize>)> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let check: Option<Vec<u8>> = tx
+        .query_opt("SELECT value FROM meta WHERE key = 'seal_check'", &[])?
+        .map(|r| r.get(0));
+    let chosen =
+        match check {
+            None if keys.is_empty() => (None, None),
+            Some(_) if keys.is_empty() => return Err(StoreError::Seal(
+                "the database's secrets are sealed, and no seal_key_file is configured; set it \
+                 to the key every host shares"
+                    .into(),
+            )),
+            Some(check) => {
+                let i = keys.iter().position(|k| k.matches(&check)).ok_or_else(|| {
+                    StoreError::Seal(
+                        "the seal key does not open this database (each host needs the same key)"
+                            .into(),
+                    )
+                })?;
+                (keys.into_iter().nth(i), Some(i))
+            }
+            None => {
+                let key = keys.into_iter().next().ok_or(StoreError::Unavailable)?;
+                for table in ["users", "pending"] {
+                    let rows = tx.query(&format!("SELECT name, secret FROM {table}"), &[])?;
+                    for row in rows {
+                        let (name, plain): (String, Vec<u8>) = (row.get(0), row.get(1));
+                        let plain = zeroize::Zeroizing::new(plain);
+                        let sealed = key.seal(table, &name, &plain).map_err(StoreError::Seal)?;
+                        tx.execute(
+                            &format!("UPDATE {table} SET secret = $1 WHERE name = $2"),
+                            &[&sealed, &name],
+                        )?;
+                    }
+                }
+                let check = key.check_value().map_err(StoreError::Seal)?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('seal_check', $1)",
+                    &[&check],
+                )?;
+                (Some(key), Some(0))
+            }
+        };
+    tx.commit()?;
+    Ok(chosen)
+}
+
+struct PgTx<'a> {
+    tx: RefCell<Transaction<'a>>,
+    seal: Option<&'a Sealer>,
+    write: bool,
+    /// Users whose advisory lock this transaction holds.
+    locked: RefCell<HashSet<String>>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn count(n: i64) -> u32 {
+    n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+impl PgTx<'_> {
+    /// In a write, every statement about a user runs under that user's lock: another host's
+    /// transaction about the same user waits for this one to commit.
+    fn lock(&self, name: &str) -> Result<()> {
+        if !self.write || self.locked.borrow().contains(name) {
+            return Ok(());
+        }
+        self.tx.borrow_mut().execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7243))",
+            &[&name],
+        )?;
+        self.locked.borrow_mut().insert(name.to_string());
+        Ok(())
+    }
+
+    fn exec(&self, name: Option<&str>, sql: &str, params: Params<'_>) -> Result<u64> {
+        if let Some(n) = name {
+            self.lock(n)?;
+        }
+        Ok(self.tx.borrow_mut().execute(sql, params)?)
+    }
+
+    fn one(&self, name: Option<&str>, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+        if let Some(n) = name {
+            self.lock(n)?;
+        }
+        Ok(self.tx.borrow_mut().query_opt(sql, params)?)
+    }
+
+    fn all(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        Ok(self.tx.borrow_mut().query(sql, params)?)
+    }
+
+    fn stored_secret(&self, table: &str, name: &str, secret: &Secret) -> Result<Vec<u8>> {
+        match self.seal {
+            Some(s) => s
+                .seal(table, name, secret.as_bytes())
+                .map_err(StoreError::Seal),
+            None => Ok(secret.as_bytes().to_vec()),
+        }
+    }
+
+    fn read_secret(&self, table: &str, name: &str, stored: Vec<u8>) -> Result<Secret> {
+        match self.seal {
+            Some(s) => s
+                .open(table, name, &stored)
+                .map(Secret::from_bytes)
+                .map_err(StoreError::Seal),
+            None => Ok(Secret::from_bytes(stored)),
+        }
+    }
+}
+
+impl Tx for PgTx<'_> {
+    fn seal_check(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .one(None, "SELECT value FROM meta WHERE key = 'seal_check'", &[])?
+            .map(|r| r.get(0)))
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let Some(r) = self.one(
+            Some(name),
+            "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success,
+                    backup_salt, \"window\" FROM users WHERE name = $1",
+            &[&name],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(UserRecord {
+            name: name.to_string(),
+            secret: self.read_secret("users", name, r.get(0))?,
+            params: params_from(r.get(1), r.get(2), r.get(3))?,
+            enrolled_at: r.get::<_, i64>(4).max(0) as u64,
+            last_step: r.get(5),
+            last_success: r.get::<_, Option<i64>>(6).map(|t| t.max(0) as u64),
+            backup_salt: r.get(7),
+            window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
+        }))
+    }
+
+    fn user_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all("SELECT name FROM users ORDER BY name", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn pending(&self, name: &str) -> Result<Option<PendingRecord>> {
+        let Some(r) = self.one(
+            Some(name),
+            "SELECT secret, algorithm, digits, period, created_at, failed_confirms
+             FROM pending WHERE name = $1",
+            &[&name],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(PendingRecord {
+            secret: self.read_secret("pending", name, r.get(0))?,
+            params: params_from(r.get(1), r.get(2), r.get(3))?,
+            created_at: r.get::<_, i64>(4).max(0) as u64,
+            failed_confirms: count(r.get(5)),
+        }))
+    }
+
+    fn pending_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all("SELECT name FROM pending ORDER BY name", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn throttle(&self, name: &str) -> Result<ThrottleRecord> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT failures, last_failure FROM throttle WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| ThrottleRecord {
+                failures: count(r.get(0)),
+                last_failure: r.get::<_, i64>(1).max(0) as u64,
+            })
+            .unwrap_or_default())
+    }
+
+    fn backup_codes_left(&self, name: &str) -> Result<u32> {
+        let n: i64 = self
+            .one(
+                Some(name),
+                "SELECT COUNT(*) FROM backup_codes WHERE name = $1",
+                &[&name],
+            )?
+            .map_or(0, |r| r.get(0));
+        Ok(count(n))
+    }
+
+    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool> {
+        let changed = self.exec(
+            Some(name),
+            "UPDATE users SET last_step = $2, last_success = $3 WHERE name = $1 AND last_step < $2",
+            &[&name, &step, &to_i64(now)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool> {
+        let changed = self.exec(
+            Some(name),
+            "DELETE FROM backup_codes WHERE name = $1 AND hash = $2",
+            &[&name, &hash.as_bytes()],
+        )?;
+        if changed == 1 {
+            self.exec(
+                Some(name),
+                "UPDATE users SET last_success = $2 WHERE name = $1",
+                &[&name, &to_i64(now)],
+            )?;
+        }
+        Ok(changed == 1)
+    }
+
+    fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO throttle (name, failures, last_failure) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,
+               last_failure = excluded.last_failure",
+            &[
+                &name,
+                &i64::from(state.failures),
+                &to_i64(state.last_failure),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn clear_throttle(&self, name: &str) -> Result<()> {
+        self.exec(Some(name), "DELETE FROM throttle WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn count_unknown_rejection(&self) -> Result<()> {
+        self.exec(
+            None,
+            "UPDATE counters SET value = value + 1 WHERE name = 'unknown_rejections'",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    fn put_pending(&self, name: &str, p: &PendingRecord) -> Result<()> {
+        let secret = zeroize::Zeroizing::new(self.stored_secret("pending", name, &p.secret)?);
+        self.exec(
+            Some(name),
+            "INSERT INTO pending (name, secret, algorithm, digits, period, created_at,
+               failed_confirms) VALUES ($1, $2, $3, $4, $5, $6, 0)
+             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
+               algorithm = excluded.algorithm, digits = excluded.digits,
+               period = excluded.period, created_at = excluded.created_at, failed_confirms = 0",
+            &[
+                &name,
+                &secret.as_slice(),
+                &p.params.algorithm.name(),
+                &i64::from(p.params.digits),
+                &to_i64(p.params.period),
+                &to_i64(p.created_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_pending(&self, name: &str) -> Result<()> {
+        self.exec(Some(name), "DELETE FROM pending WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn count_failed_confirm(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE pending SET failed_confirms = failed_confirms + 1 WHERE name = $1",
+            &[&name],
+        )?;
+        Ok(())
+    }
+
+    fn activate(&self, u: &UserRecord, codes: &[BackupHash]) -> Result<()> {
+        let name = u.name.as_str();
+        let secret = zeroize::Zeroizing::new(self.stored_secret("users", name, &u.secret)?);
+        self.exec(
+            Some(name),
+            "INSERT INTO users (name, secret, algorithm, digits, period, enrolled_at, last_step,
+               last_success, backup_salt, \"window\")
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
+               algorithm = excluded.algorithm, digits = excluded.digits, period = excluded.period,
+               enrolled_at = excluded.enrolled_at, last_step = excluded.last_step,
+               last_success = excluded.last_success, backup_salt = excluded.backup_salt,
+               \"window\" = excluded.\"window\"",
+            &[
+                &name,
+                &secret.as_slice(),
+                &u.params.algorithm.name(),
+                &i64::from(u.params.digits),
+                &to_i64(u.params.period),
+                &to_i64(u.enrolled_at),
+                &u.last_step,
+                &u.last_success.map(to_i64),
+                &u.backup_salt,
+                &u.window.map(i64::from),
+            ],
+        )?;
+        self.replace_backup_codes(name, &u.backup_salt, codes)?;
+        // A new secret: devices remembered under the old one are asked again.
+        self.exec(Some(name), "DELETE FROM grace WHERE name = $1", &[&name])?;
+        self.delete_pending(name)
+    }
+
+    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE users SET backup_salt = $2 WHERE name = $1",
+            &[&name, &salt],
+        )?;
+        self.exec(
+            Some(name),
+            "DELETE FROM backup_codes WHERE name = $1",
+            &[&name],
+        )?;
+        for code in codes {
+            self.exec(
+                Some(name),
+                "INSERT INTO backup_codes (name, hash) VALUES ($1, $2)",
+                &[&name, &code.as_bytes()],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_user(&self, name: &str) -> Result<bool> {
+        let removed = self.exec(Some(name), "DELETE FROM users WHERE name = $1", &[&name])?;
+        for sql in [
+            "DELETE FROM backup_codes WHERE name = $1",
+            "DELETE FROM grace WHERE name = $1",
+        ] {
+            self.exec(Some(name), sql, &[&name])?;
+        }
+        self.delete_pending(name)?;
+        Ok(removed == 1)
+    }
+
+    fn email(&self, name: &str) -> Result<Option<EmailRecord>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT address, verified FROM emails WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| EmailRecord {
+                address: r.get(0),
+                verified: r.get::<_, i64>(1) != 0,
+            }))
+    }
+
+    fn put_email(&self, name: &str, address: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO emails (name, address, verified) VALUES ($1, $2, 0)
+             ON CONFLICT (name) DO UPDATE SET address = excluded.address, verified = 0",
+            &[&name, &address],
+        )?;
+        self.delete_mailed_code(name, CodePurpose::Login)
+    }
+
+    fn set_email_verified(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE emails SET verified = 1 WHERE name = $1",
+            &[&name],
+        )?;
+        self.kill_mailed_code(name, CodePurpose::Verify)
+    }
+
+    fn delete_email(&self, name: &str) -> Result<bool> {
+        let removed = self.exec(Some(name), "DELETE FROM emails WHERE name = $1", &[&name])?;
+        self.exec(
+            Some(name),
+            "DELETE FROM email_codes WHERE name = $1",
+            &[&name],
+        )?;
+        Ok(removed == 1)
+    }
+
+    fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT hash, salt, sent_at, expires, tries FROM email_codes
+                 WHERE name = $1 AND purpose = $2",
+                &[&name, &purpose.key()],
+            )?
+            .map(|r| MailedCode {
+                hash: r.get(0),
+                salt: r.get(1),
+                sent_at: r.get::<_, i64>(2).max(0) as u64,
+                expires: r.get::<_, i64>(3).max(0) as u64,
+                tries: count(r.get(4)),
+            }))
+    }
+
+    fn put_mailed_code(&self, name: &str, purpose: CodePurpose, c: &MailedCode) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO email_codes (name, purpose, hash, salt, sent_at, expires, tries)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name, purpose) DO UPDATE SET hash = excluded.hash,
+               salt = excluded.salt, sent_at = excluded.sent_at, expires = excluded.expires,
+               tries = excluded.tries",
+            &[
+                &name,
+                &purpose.key(),
+                &c.hash,
+                &c.salt,
+                &to_i64(c.sent_at),
+                &to_i64(c.expires),
+                &i64::from(c.tries),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.exec(
+            Some(name),
+            "DELETE FROM email_codes WHERE name = $1 AND purpose = $2",
+            &[&name, &purpose.key()],
+        )?;
+        Ok(())
+    }
+
+    fn kill_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE email_codes SET expires = 0, hash = $3 WHERE name = $1 AND purpose = $2",
+            &[&name, &purpose.key(), &vec![0u8; 32]],
+        )?;
+        Ok(())
+    }
+
+    fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE email_codes SET tries = tries + 1 WHERE name = $1 AND purpose = $2",
+            &[&name, &purpose.key()],
+        )?;
+        Ok(())
+    }
+
+    fn prune_mailed_codes(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM email_codes WHERE sent_at < $1 AND expires < $1",
+            &[&to_i64(before)],
+        )? as usize)
+    }
+
+    fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32> {
+        let n: i64 = self
+            .one(
+                Some(name),
+                "SELECT COUNT(*) FROM audit WHERE event = 'email' AND \"user\" = $1
+                 AND outcome = 'sent' AND time >= $2",
+                &[&name, &to_i64(since)],
+            )?
+            .map_or(0, |r| r.get(0));
+        Ok(count(n))
+    }
+
+    fn audit(&self, e: &AuditEntry) -> Result<()> {
+        self.exec(
+            None,
+            "INSERT INTO audit (time, event, \"user\", outcome, method, service, rhost, tty,
+               caller_uid, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &to_i64(e.time),
+                &e.event,
+                &e.user,
+                &e.outcome,
+                &e.method,
+                &e.service,
+                &e.rhost,
+                &e.tty,
+                &e.caller_uid.map(i64::from),
+                &e.detail,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO grace (name, service, origin, at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name, service, origin) DO UPDATE SET at = excluded.at",
+            &[&name, &service, &origin, &to_i64(at)],
+        )?;
+        Ok(())
+    }
+
+    fn remembered_at(&self, name: &str, service: &str, origin: &str) -> Result<Option<u64>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT at FROM grace WHERE name = $1 AND service = $2 AND origin = $3",
+                &[&name, &service, &origin],
+            )?
+            .map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn audit_entries(
+        &self,
+        user: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        let since = to_i64(since);
+        let total: i64 = self
+            .one(
+                None,
+                "SELECT COUNT(*) FROM audit WHERE time >= $1 AND ($2::TEXT IS NULL OR \"user\" = $2)",
+                &[&since, &user],
+            )?
+            .map_or(0, |r| r.get(0));
+        let mut entries: Vec<AuditEntry> = self
+            .all(
+                "SELECT time, event, \"user\", outcome, method, service, rhost, tty, caller_uid,
+                        detail FROM audit
+                 WHERE time >= $1 AND ($2::TEXT IS NULL OR \"user\" = $2)
+                 ORDER BY time DESC, id DESC LIMIT $3",
+                &[&since, &user, &i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| AuditEntry {
+                time: r.get::<_, i64>(0).max(0) as u64,
+                event: r.get(1),
+                user: r.get(2),
+                outcome: r.get(3),
+                method: r.get(4),
+                service: r.get(5),
+                rhost: r.get(6),
+                tty: r.get(7),
+                caller_uid: r
+                    .get::<_, Option<i64>>(8)
+                    .and_then(|u| u32::try_from(u).ok()),
+                detail: r.get(9),
+            })
+            .collect();
+        entries.reverse();
+        let omitted = (total.max(0) as u64).saturating_sub(entries.len() as u64);
+        Ok((entries, omitted))
+    }
+
+    fn prune_audit(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM audit WHERE time < $1",
+            &[&to_i64(before)],
+        )? as usize)
+    }
+
+    fn prune_grace(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(None, "DELETE FROM grace WHERE at < $1", &[&to_i64(before)])? as usize)
+    }
+
+    fn prune_pending(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM pending WHERE created_at < $1",
+            &[&to_i64(before)],
+        )? as usize)
+    }
+
+    fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize> {
+        let lockout = if lockout == 0 {
+            i64::MAX
+        } else {
+            i64::from(lockout)
+        };
+        Ok(self.exec(
+            None,
+            "DELETE FROM throttle WHERE last_failure < $1 AND failures < $2
+             AND name NOT IN (SELECT name FROM users)",
+            &[&to_i64(before), &lockout],
+        )? as usize)
+    }
+}

@@ -1,0 +1,200 @@
+//! Fleets (issue 8): two twofoldd ("host A" and "host B", separate sockets) on one real
+//! PostgreSQL on 127.0.0.1, driven through the CLI and through libpam (pamtester under
+//! pam_wrapper), with codes from oathtool.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+use twofold_shared::client::Client;
+use twofold_shared::wire::{RequestBody, ResponseBody, SecretText};
+use twofold_tests::*;
+
+fn code_of(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// Two daemons started at the same moment (the schema is created once, under a lock).
+fn two_hosts(pg: &Postgres, extra: &str) -> (Daemon, Daemon) {
+    let config = format!(
+        "store = \"postgres\"\npostgres_url = {:?}\n{extra}",
+        pg.url()
+    );
+    std::thread::scope(|s| {
+        let a = s.spawn(|| Daemon::start("allow", &config));
+        let b = s.spawn(|| Daemon::start("allow", &config));
+        (a.join().unwrap(), b.join().unwrap())
+    })
+}
+
+#[test]
+fn enrolled_on_one_host_accepted_on_another_and_each_code_once_fleet_wide() {
+    let Some(pg) = Postgres::start("enrolled_on_one_host_accepted_on_another") else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg, "");
+    let e = a.enroll("fleetuser");
+    // B knows the enrollment made on A.
+    let status = b.cli(&["status", "--user", "fleetuser", "--json"]);
+    assert_eq!(code_of(&status), 0);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["enrolled"], true, "{s}");
+    assert_eq!(s["backup_codes_left"], 12);
+
+    // A login through libpam on B with the next code; the same code on A is a replay.
+    ensure_step_time(10);
+    let next = oathtool(&e.secret, 1);
+    let pam = PamService::required(&b.socket, "");
+    let run = pam.authenticate("fleetuser", Some(&format!("{next}\n")));
+    assert!(run.success, "{}", run.text());
+    assert_eq!(
+        code_of(&a.cli(&["verify", "fleetuser", &next])),
+        1,
+        "replay on A"
+    );
+
+    // A backup code spent on A is gone on B.
+    assert_eq!(
+        code_of(&a.cli(&["verify", "fleetuser", &e.backup_codes[0]])),
+        0
+    );
+    assert_eq!(
+        code_of(&b.cli(&["verify", "fleetuser", &e.backup_codes[0]])),
+        1
+    );
+
+    // One code, 100 submissions split over both hosts at once: exactly one accepted.
+    let e2 = a.enroll("racer");
+    ensure_step_time(15);
+    let code = oathtool(&e2.secret, 1);
+    let accepted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..100)
+            .map(|i| {
+                let host = if i % 2 == 0 { &a } else { &b };
+                let code = code.clone();
+                s.spawn(move || code_of(&host.cli(&["verify", "racer", &code])))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            // Replays count as failures: after the free ones, the throttle answers (3).
+            .inspect(|c| assert!(matches!(c, 0 | 1 | 3), "exit {c}"))
+            .filter(|c| *c == 0)
+            .count()
+    });
+    assert_eq!(
+        accepted, 1,
+        "one code accepted {accepted} times across two hosts"
+    );
+}
+
+#[test]
+fn failures_on_two_hosts_add_up_and_an_unlock_on_one_frees_both() {
+    let Some(pg) = Postgres::start("failures_on_two_hosts_add_up") else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg, "[throttle]\nfree_failures = 4\nlockout_after = 6");
+    let e = a.enroll("guessed");
+    let wrong = wrong_code(&e.secret);
+    // Four free failures, two on each host; then both hosts make the user wait.
+    for host in [&a, &b, &a, &b] {
+        assert_eq!(code_of(&host.cli(&["verify", "guessed", &wrong])), 1);
+    }
+    assert_eq!(
+        code_of(&b.cli(&["verify", "guessed", &wrong])),
+        3,
+        "throttled on B"
+    );
+    assert_eq!(
+        code_of(&a.cli(&["verify", "guessed", &wrong])),
+        3,
+        "throttled on A"
+    );
+    let status = b.cli(&["status", "--user", "guessed", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["failures"], 4, "failures on A and B are one count: {s}");
+    // Unlock on A frees B at once.
+    assert_eq!(code_of(&a.cli(&["unlock", "guessed"])), 0);
+    ensure_step_time(8);
+    assert_eq!(
+        code_of(&b.cli(&["verify", "guessed", &oathtool(&e.secret, 1)])),
+        0,
+        "B still throttled after an unlock on A"
+    );
+}
+
+#[test]
+fn database_down_fails_closed_on_both_hosts_and_they_recover_on_their_own() {
+    let Some(mut pg) = Postgres::start("database_down_fails_closed_on_both_hosts") else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg, "");
+    let e = a.enroll("downtime");
+    pg.stop();
+    ensure_step_time(12);
+    let code = oathtool(&e.secret, 1);
+    for (name, host) in [("A", &a), ("B", &b)] {
+        let t = Instant::now();
+        let out = host.cli(&["verify", "downtime", &code]);
+        assert_eq!(
+            code_of(&out),
+            6,
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name} answered after {:?}",
+            t.elapsed()
+        );
+        let pam = PamService::required(&host.socket, "");
+        let run = pam.authenticate("downtime", Some(&format!("{code}\n")));
+        assert!(
+            !run.success,
+            "{name}: a login passed with the database down"
+        );
+        assert!(
+            host.log().contains("PostgreSQL"),
+            "{name}: no reason in the log: {}",
+            host.log()
+        );
+    }
+    pg.restart();
+    // The same code (nothing was spent) works, on either host, without restarting them.
+    assert_eq!(code_of(&b.cli(&["verify", "downtime", &code])), 0);
+    assert_eq!(code_of(&a.cli(&["verify", "downtime", &code])), 1, "replay");
+}
+
+#[test]
+fn parallel_failures_on_two_hosts_are_all_counted() {
+    let Some(pg) = Postgres::start("parallel_failures_on_two_hosts_are_all_counted") else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg, "[throttle]\nfree_failures = 1000\nlockout_after = 0");
+    let e = a.enroll("counted");
+    let wrong = wrong_code(&e.secret);
+    // 320 wrong codes from 32 clients at once, half to each host: each failure is read,
+    // counted and written under the user's lock, so none is lost to another host's update.
+    let barrier = std::sync::Barrier::new(32);
+    std::thread::scope(|s| {
+        for i in 0..32 {
+            let socket = if i % 2 == 0 { &a.socket } else { &b.socket };
+            let (wrong, barrier) = (wrong.clone(), &barrier);
+            s.spawn(move || {
+                let client = Client::new(socket, Duration::from_secs(10), vec![0, my_uid()]);
+                barrier.wait();
+                for _ in 0..10 {
+                    let reply = client.call(RequestBody::Verify {
+                        user: "counted".into(),
+                        code: SecretText::new(wrong.clone()),
+                        pam: Default::default(),
+                        grace_secs: 0,
+                    });
+                    assert!(matches!(reply, Ok(ResponseBody::Rejected)), "{reply:?}");
+                }
+            });
+        }
+    });
+    let status = a.cli(&["status", "--user", "counted", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["failures"], 320, "{s}");
+}
