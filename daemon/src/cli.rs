@@ -118,6 +118,15 @@ enum Command {
     /// Seal TOTP secrets at rest with a key kept outside the database (root).
     #[command(subcommand)]
     Seal(SealCommand),
+    /// Copy this host's SQLite store into the PostgreSQL store (root; twofoldd stopped).
+    Migrate {
+        /// The store to copy into: postgres.
+        #[arg(long, value_name = "STORE")]
+        to: String,
+        /// twofoldd's configuration file (its database, postgres_url, postgres_password_file).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
     Doctor {
         /// twofoldd's configuration file.
@@ -195,6 +204,9 @@ pub fn main() -> ExitCode {
     }
     if let Command::Seal(SealCommand::Init { config }) = cli.command {
         return ExitCode::from(seal_init(config, cli.json));
+    }
+    if let Command::Migrate { to, config } = cli.command {
+        return ExitCode::from(migrate(&to, config, named, cli.json));
     }
     let socket = named.unwrap_or_else(|| PathBuf::from(twofold_shared::DEFAULT_SOCKET));
     let me = nix::unistd::geteuid().as_raw();
@@ -376,7 +388,60 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             Ok(r) => ctx.report(r),
             Err(e) => e,
         },
-        Command::Doctor { .. } | Command::Seal(SealCommand::Init { .. }) => exit::ERROR, // in main
+        Command::Doctor { .. }
+        | Command::Seal(SealCommand::Init { .. })
+        | Command::Migrate { .. } => exit::ERROR, // in main
+    }
+}
+
+/// `twofold migrate --to postgres`: copies the SQLite store, verifying every table's count.
+fn migrate(to: &str, config_path: Option<PathBuf>, socket: Option<PathBuf>, json_out: bool) -> u8 {
+    let fail = |message: String| {
+        if json_out {
+            println!(
+                "{}",
+                serde_json::json!({"result": "error", "kind": "usage", "message": message})
+            );
+        } else {
+            eprintln!("twofold: {message}");
+        }
+        exit::ERROR
+    };
+    if to != "postgres" {
+        return fail(format!("--to {to:?}: only \"postgres\" is supported"));
+    }
+    let (path, explicit) = match config_path {
+        Some(p) => (p, true),
+        None => (PathBuf::from(crate::config::DEFAULT_CONFIG), false),
+    };
+    let config = match crate::config::Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    let socket = socket.unwrap_or_else(|| config.socket.clone());
+    match crate::migrate::to_postgres(&config, &socket) {
+        Ok(copied) => {
+            if json_out {
+                let tables: serde_json::Map<String, serde_json::Value> = copied
+                    .iter()
+                    .map(|(t, n)| (t.clone(), serde_json::json!(n)))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"result": "done", "copied": tables})
+                );
+            } else {
+                for (table, n) in &copied {
+                    println!("{table:<14} {n:>8} rows copied and counted");
+                }
+                println!(
+                    "Done. Set store = \"postgres\" in {} and start twofoldd.",
+                    path.display()
+                );
+            }
+            exit::OK
+        }
+        Err(why) => fail(why),
     }
 }
 

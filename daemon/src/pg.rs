@@ -169,43 +169,7 @@ impl PgStore {
         password_file: Option<&Path>,
         keys: Vec<Sealer>,
     ) -> Result<(PgStore, Option<usize>)> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Remote(format!("postgres_url: {e}")))?;
-        if url.contains("sslmode=require")
-            || url.contains("sslmode=verify")
-            || config.get_ssl_mode() == postgres::config::SslMode::Require
-        {
-            return Err(StoreError::Remote(
-                "TLS to PostgreSQL (sslmode=require) is not supported yet; use a Unix socket \
-                 or a trusted network"
-                    .into(),
-            ));
-        }
-        if let Some(file) = password_file {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(file)
-                .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(StoreError::Remote(format!(
-                    "{} is open to group or others; chmod 600 it",
-                    file.display()
-                )));
-            }
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
-            config.password(text.trim_end_matches(['\n', '\r']));
-        }
-        let timeout_ms = TIMEOUT.as_millis();
-        config
-            .connect_timeout(TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .options(&format!(
-                "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
-                 -c idle_in_transaction_session_timeout=10000"
-            ))
-            .application_name("twofoldd");
+        let config = client_config(url, password_file)?;
         let mut client = config.connect(NoTls)?;
         migrate(&mut client)?;
         let (seal, which) = choose_seal(&mut client, keys)?;
@@ -311,6 +275,56 @@ impl PgStore {
     pub fn write<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
         self.run(true, f)
     }
+}
+
+/// The connection settings: `url` (never holding a password), the password from its file,
+/// and the timeouts that make a dead or slow database fail logins closed in time.
+fn client_config(url: &str, password_file: Option<&Path>) -> Result<postgres::Config> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Remote(format!("postgres_url: {e}")))?;
+    if url.contains("sslmode=require")
+        || url.contains("sslmode=verify")
+        || config.get_ssl_mode() == postgres::config::SslMode::Require
+    {
+        return Err(StoreError::Remote(
+            "TLS to PostgreSQL (sslmode=require) is not supported yet; use a Unix socket \
+                 or a trusted network"
+                .into(),
+        ));
+    }
+    if let Some(file) = password_file {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(file)
+            .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(StoreError::Remote(format!(
+                "{} is open to group or others; chmod 600 it",
+                file.display()
+            )));
+        }
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
+        config.password(text.trim_end_matches(['\n', '\r']));
+    }
+    let timeout_ms = TIMEOUT.as_millis();
+    config
+        .connect_timeout(TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .options(&format!(
+            "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
+                 -c idle_in_transaction_session_timeout=10000"
+        ))
+        .application_name("twofoldd");
+    Ok(config)
+}
+
+/// A connection with the schema in place (for `twofold migrate`).
+pub fn connect_with_schema(url: &str, password_file: Option<&Path>) -> Result<Client> {
+    let mut client = client_config(url, password_file)?.connect(NoTls)?;
+    migrate(&mut client)?;
+    Ok(client)
 }
 
 fn migrate(client: &mut Client) -> Result<()> {

@@ -207,6 +207,9 @@ pub trait Tx {
     fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize>;
 }
 
+/// The schema version this twofoldd writes (`PRAGMA user_version` once migrated).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Migrations, in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
     // 1: initial schema

@@ -198,3 +198,80 @@ fn parallel_failures_on_two_hosts_are_all_counted() {
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(s["failures"], 320, "{s}");
 }
+
+#[test]
+fn migrating_an_sqlite_store_to_postgres_keeps_every_enrollment_code_and_mark() {
+    let Some(pg) = Postgres::start("migrating_an_sqlite_store_to_postgres") else {
+        return;
+    };
+    let mut old = Daemon::start("allow", "");
+    let e = old.enroll("mover");
+    ensure_step_time(12);
+    let used = oathtool(&e.secret, 1);
+    assert_eq!(code_of(&old.cli(&["verify", "mover", &used])), 0);
+    assert_eq!(
+        code_of(&old.cli(&["verify", "mover", &e.backup_codes[0]])),
+        0
+    );
+    let wrong = wrong_code(&e.secret);
+    for _ in 0..2 {
+        assert_eq!(code_of(&old.cli(&["verify", "mover", &wrong])), 1);
+    }
+    assert_eq!(
+        code_of(&old.cli(&["enroll", "--user", "halfway", "--json"])),
+        0
+    );
+
+    // The configuration gains postgres_url; the store is still this host's SQLite file.
+    let config = old.dir.path().join("twofold.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}postgres_url = {:?}\n", pg.url())).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let running = old.cli(&["migrate", "--to", "postgres", "--config", &config]);
+    assert_eq!(code_of(&running), 2, "migrated under a running daemon");
+    assert!(String::from_utf8_lossy(&running.stderr).contains("stop it first"));
+    old.stop();
+    let out = old.cli(&["migrate", "--to", "postgres", "--config", &config, "--json"]);
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let copied: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(copied["copied"]["users"], 1, "{copied}");
+    assert_eq!(copied["copied"]["pending"], 1, "{copied}");
+    assert_eq!(copied["copied"]["backup_codes"], 11, "{copied}");
+    let again = old.cli(&["migrate", "--to", "postgres", "--config", &config]);
+    assert_eq!(code_of(&again), 2, "migrated twice into one store");
+
+    // A host on PostgreSQL now finds everything as it was.
+    let new = Daemon::start(
+        "allow",
+        &format!("store = \"postgres\"\npostgres_url = {:?}\n", pg.url()),
+    );
+    let status = new.cli(&["status", "--user", "mover", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["enrolled"], true, "{s}");
+    assert_eq!(s["backup_codes_left"], 11, "{s}");
+    assert_eq!(s["failures"], 2, "{s}");
+    let h: serde_json::Value =
+        serde_json::from_slice(&new.cli(&["status", "--user", "halfway", "--json"]).stdout)
+            .unwrap();
+    assert_eq!(h["pending"], true, "{h}");
+    assert_eq!(
+        code_of(&new.cli(&["verify", "mover", &used])),
+        1,
+        "replay mark lost"
+    );
+    assert_eq!(
+        code_of(&new.cli(&["verify", "mover", &e.backup_codes[0]])),
+        1,
+        "a spent backup code came back"
+    );
+    assert_eq!(
+        code_of(&new.cli(&["verify", "mover", &e.backup_codes[1]])),
+        0
+    );
+    let audit = new.cli(&["audit", "--user", "mover", "--json"]);
+    let a: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert!(
+        a["entries"].as_array().unwrap().len() >= 5,
+        "the audit trail did not move: {a}"
+    );
+}
