@@ -40,9 +40,13 @@ if $quick; then sizes=(100 1000); per_run=300; secs=3; cap_users=20000; else siz
 umask 077
 work=$(mktemp -d /tmp/twofold-bench.XXXXXX)
 daemon_pid=""
+pg_pid=""
+pgwork=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  [ -n "$pg_pid" ] && kill -INT "$pg_pid" 2>/dev/null && wait "$pg_pid" 2>/dev/null
   rm -rf "$work"
+  [ -n "$pgwork" ] && rm -rf "$pgwork"
 }
 trap cleanup EXIT
 results="$work/results.jsonl"
@@ -125,6 +129,48 @@ PY
   kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 done
 
+# The PostgreSQL store beside SQLite (store = "postgres"): a real server on 127.0.0.1, run as
+# the postgres account from a directory of its own, stopped by its pid at the end.
+echo "== PostgreSQL store: N = 100 logins, then capacity over two daemons" >&2
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pgwork=$(mktemp -d /tmp/twofold-bench-pg.XXXXXX)
+chmod 755 "$pgwork"
+install -d -m 700 -o postgres -g postgres "$pgwork/data"
+as_postgres() { setpriv --reuid postgres --regid postgres --init-groups -- "$@"; }
+as_postgres "$pgbin/initdb" -A trust -U twofold -E UTF8 --no-sync -D "$pgwork/data" > /dev/null
+pgport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A simple command in the background, so that $! is the server itself (setpriv execs it).
+setpriv --reuid postgres --regid postgres --init-groups -- "$pgbin/postgres" -D "$pgwork/data" \
+  -p "$pgport" -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=100 \
+  2> "$pgwork/postgres.log" &
+pg_pid=$!
+for _ in $(seq 300); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$pgport" -U twofold && break; sleep 0.1; done
+"$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U twofold logins
+"$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U twofold capacity
+pgurl="host=127.0.0.1 port=$pgport user=twofold"
+pgdir="$work/pg"
+mkdir -p "$pgdir"
+"$bench" seed "postgres:$pgurl dbname=logins" 100 "$pgdir/users.txt" > /dev/null
+head -n 49 "$pgdir/users.txt" > "$pgdir/c1.txt"
+sed -n '50,98p' "$pgdir/users.txt" > "$pgdir/c8.txt"
+printf 'socket = "%s/s"\ndatabase = "%s/unused.db"\nmax_connections = 1024\nstore = "postgres"\npostgres_url = "%s dbname=logins"\n' \
+  "$pgdir" "$pgdir" "$pgurl" > "$pgdir/twofold.toml"
+"$target/twofoldd" --config "$pgdir/twofold.toml" 2> "$pgdir/twofoldd.log" &
+daemon_pid=$!
+for _ in $(seq 200); do [ -S "$pgdir/s" ] && break; sleep 0.05; done
+echo "auth required $module socket=$pgdir/s" > "$work/pam.d/twofold-pg"
+for threads in 1 8; do
+  slice="$pgdir/c1.txt"; [ "$threads" = 8 ] && slice="$pgdir/c8.txt"
+  r=$(run_pam twofold-pg "$slice" "$threads" 147)
+  echo "   twofold (postgres) threads=$threads: $r" >&2
+  record pg 100 "$threads" "$r"
+done
+kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+if $quick; then pg_cap_users=5000; else pg_cap_users=20000; fi
+cap_pg=$("$bench" capacity "$target/twofoldd" "$pg_cap_users" 32 "$secs" "$pgurl dbname=capacity")
+record capacity_pg 0 32 "$cap_pg"
+kill -INT "$pg_pid"; wait "$pg_pid" 2>/dev/null || true; pg_pid=""
+
 echo "== capacity: 32 clients, durable acceptances" >&2
 cap=$("$bench" capacity "$target/twofoldd" "$cap_users" 32 "$secs")
 record capacity 0 32 "$cap"
@@ -173,12 +219,28 @@ out["scale_sizes"] = [small, big]
 out["daemon_rss_mib_100k"] = round(get("rss", big, 0)["kib"] / 1024, 2)
 out["rss_at_users"] = big
 out["so_size_bytes"] = get("so_size", 0, 0)["bytes"]
+pg = {"overhead_ms": {}, "p99_ms": {}, "succeeded": {}}
+for threads in (1, 8):
+    r, base, sq = get("pg", small, threads), get("permit", small, threads), get("twofold", small, threads)
+    if r is None:
+        continue
+    over = r["p50_ms"] - base["p50_ms"]
+    print(f"{'pam_twofold (postgres)':<26}{small:>8}{threads:>6}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{over:>+10.3f}{r['succeeded']:>6}/{r['logins']:<5}")
+    pg["overhead_ms"][str(threads)] = round(over, 4)
+    pg["p99_ms"][str(threads)] = round(r["p99_ms"], 4)
+    pg["succeeded"][str(threads)] = f"{r['succeeded']}/{r['logins']}"
+    pg.setdefault("ratio_overhead_vs_sqlite", {})[str(threads)] = ratio(over, sq["p50_ms"] - base["p50_ms"])
+cap_pg = get("capacity_pg", 0, 32)
+if cap_pg:
+    pg["daemon_durable_verifications_per_s_two_daemons"] = round(cap_pg["durable_verifications_per_s"], 1)
+out["postgres"] = pg
 print()
 print(f"twofold / google-authenticator overhead (N={small}): {out['ratio_overhead_vs_google_authenticator']} at 1 login, {out['ratio_overhead_vs_google_authenticator_8']} at 8")
 print(f"twofold / pam_oath overhead (N={small}):              {out['ratio_overhead_vs_pam_oath']}")
 print(f"twofold overhead N={big} / N={small}:                  {out['scale_ratio_100k_vs_100']}")
 print(f"daemon capacity, 32 clients, durable:            {out['daemon_durable_verifications_per_s']} verifications/s")
 print(f"p99 under a flood of {out['flood_requests_per_s']} wrong codes/s / without: {out['flood_p99_ratio']} (N={big})")
+print(f"postgres store: overhead {pg['overhead_ms']} ms (1 and 8 logins), {pg.get('ratio_overhead_vs_sqlite')} of SQLite's; {pg.get('daemon_durable_verifications_per_s_two_daemons')} verifications/s over two daemons")
 print(f"twofoldd RSS at {big} users: {out['daemon_rss_mib_100k']} MiB; pam_twofold.so: {out['so_size_bytes']} bytes")
 if sys.argv[2]:
     json.dump(out, open(sys.argv[2], "w"), indent=2)

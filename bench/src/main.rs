@@ -42,9 +42,19 @@ fn user_name(i: usize) -> String {
     format!("bench{i:06}")
 }
 
-/// Seeds `n` enrolled users (no backup codes) straight into the database file.
-fn seed(db: &Path, n: usize) -> Result<(), String> {
-    let store = Store::open(db).map_err(|e| e.to_string())?;
+/// The store a benchmark seeds: an SQLite file, or (`postgres:URL`) a PostgreSQL database.
+fn open_store(target: &str) -> Result<Store, String> {
+    match target.strip_prefix("postgres:") {
+        Some(url) => Store::open_postgres(url, None, Vec::new())
+            .map(|(s, _)| s)
+            .map_err(|e| e.to_string()),
+        None => Store::open(Path::new(target)).map_err(|e| e.to_string()),
+    }
+}
+
+/// Seeds `n` enrolled users (no backup codes) straight into the store.
+fn seed(target: &str, n: usize) -> Result<(), String> {
+    let store = open_store(target)?;
     let t = now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
         let chunk = chunk.to_vec();
@@ -82,13 +92,23 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(twofoldd: &Path, dir: &Path, db: &Path) -> Result<Daemon, String> {
-    let socket = dir.join("s");
-    let config = dir.join("twofold.toml");
+/// A twofoldd on `dir/NAME.sock`, on the SQLite file `db` or (`pg` given) on PostgreSQL.
+fn start_daemon(
+    twofoldd: &Path,
+    dir: &Path,
+    db: &Path,
+    pg: Option<&str>,
+    name: &str,
+) -> Result<Daemon, String> {
+    let socket = dir.join(format!("{name}.sock"));
+    let config = dir.join(format!("{name}.toml"));
+    let store = pg.map_or(String::new(), |url| {
+        format!("store = \"postgres\"\npostgres_url = {url:?}\n")
+    });
     std::fs::write(
         &config,
         format!(
-            "socket = {:?}\ndatabase = {:?}\nmax_connections = 1024\n[throttle]\nlockout_after = 0\n",
+            "socket = {:?}\ndatabase = {:?}\nmax_connections = 1024\n{store}[throttle]\nlockout_after = 0\n",
             socket, db
         ),
     )
@@ -124,11 +144,13 @@ fn rss_kib(pid: u32) -> u64 {
 /// C clients verify distinct (user, step) pairs as fast as they can for `secs` seconds. Each
 /// user's codes for steps T-1, T and T+1 are used once each, in order, so every submission is a
 /// valid, fresh code that must be accepted and written.
+/// `pg`: PostgreSQL instead of SQLite, with the clients spread over two daemons ("hosts").
 fn capacity(
     twofoldd: &Path,
     users: usize,
     clients: usize,
     secs: u64,
+    pg: Option<&str>,
 ) -> Result<serde_json::Value, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     // twofoldd refuses a database in a directory others can read.
@@ -136,9 +158,18 @@ fn capacity(
         .map_err(|e| e.to_string())?;
     let db = dir.path().join("bench.db");
     let t0 = Instant::now();
-    seed(&db, users)?;
+    match pg {
+        Some(url) => seed(&format!("postgres:{url}"), users)?,
+        None => seed(db.to_str().ok_or("temp path is not UTF-8")?, users)?,
+    }
     let seed_secs = t0.elapsed().as_secs_f64();
-    let daemon = start_daemon(twofoldd, dir.path(), &db)?;
+    let daemons = match pg {
+        Some(_) => vec![
+            start_daemon(twofoldd, dir.path(), &db, pg, "a")?,
+            start_daemon(twofoldd, dir.path(), &db, pg, "b")?,
+        ],
+        None => vec![start_daemon(twofoldd, dir.path(), &db, None, "a")?],
+    };
     // Start at a step boundary's far side so that T-1..T+1 stay valid for the whole run.
     let wait = 30 - now() % 30;
     if wait < secs + 3 {
@@ -152,7 +183,8 @@ fn capacity(
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|t| {
+            let daemon = &daemons[t % daemons.len()];
             let (next, accepted, refused, errors) = (
                 next.clone(),
                 accepted.clone(),
@@ -194,7 +226,7 @@ fn capacity(
         let _ = t.join();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let rss = rss_kib(daemon.child.id());
+    let rss = rss_kib(daemons[0].child.id());
     let n = accepted.load(Ordering::Relaxed);
     Ok(serde_json::json!({
         "users": users,
@@ -354,13 +386,14 @@ fn pam_logins(
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: twofold-bench capacity TWOFOLDD USERS CLIENTS SECONDS");
+    eprintln!("usage: twofold-bench capacity TWOFOLDD USERS CLIENTS SECONDS [POSTGRES_URL]");
+    eprintln!("                     (with POSTGRES_URL: two daemons share it, clients alternate)");
     eprintln!(
         "       twofold-bench pam SERVICE USERS_FILE THREADS LOGINS [FLOOD_SOCKET FLOOD_USER RATE]"
     );
     eprintln!("                     (under pam_wrapper; the flood sends wrong codes for one user)");
     eprintln!(
-        "       twofold-bench seed DATABASE USERS USERS_FILE   (enrolled users, no backup codes)"
+        "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE   (enrolled, no backup codes)"
     );
     ExitCode::from(2)
 }
@@ -368,15 +401,16 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
-        Some("capacity") if args.len() == 6 => {
+        Some("capacity") if args.len() == 6 || args.len() == 7 => {
             let parse = |s: &String| s.parse::<usize>().ok();
+            let pg = args.get(6).map(String::as_str);
             match (parse(&args[3]), parse(&args[4]), parse(&args[5])) {
-                (Some(u), Some(c), Some(s)) => capacity(Path::new(&args[2]), u, c, s as u64),
+                (Some(u), Some(c), Some(s)) => capacity(Path::new(&args[2]), u, c, s as u64, pg),
                 _ => return usage(),
             }
         }
         Some("seed") if args.len() == 5 => match args[3].parse::<usize>() {
-            Ok(n) => seed(Path::new(&args[2]), n).and_then(|()| {
+            Ok(n) => seed(&args[2], n).and_then(|()| {
                 let lines: String = (0..n)
                     .map(|i| format!("{} {}\n", user_name(i), secret_of(i).to_base32()))
                     .collect();

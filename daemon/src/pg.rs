@@ -13,9 +13,9 @@ use crate::store::{
     ThrottleRecord, Tx, UserRecord,
 };
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
+use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -122,9 +122,25 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
+/// A connection and the statements prepared on it (a statement lives as long as its
+/// session): each query is parsed once per connection, not once per use.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pool {
-    idle: Vec<Client>,
+    idle: Vec<Conn>,
     open: usize,
 }
 
@@ -145,14 +161,14 @@ impl std::fmt::Debug for PgStore {
 /// A pooled connection, given back (or, broken, forgotten) when dropped.
 struct Lease<'a> {
     store: &'a PgStore,
-    client: Option<Client>,
+    client: Option<Conn>,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut pool = self.store.pool.lock().unwrap_or_else(|p| p.into_inner());
         match self.client.take() {
-            Some(c) if !c.is_closed() => pool.idle.push(c),
+            Some(c) if !c.client.is_closed() => pool.idle.push(c),
             _ => pool.open = pool.open.saturating_sub(1),
         }
         drop(pool);
@@ -176,7 +192,7 @@ impl PgStore {
         let store = PgStore {
             config,
             pool: Mutex::new(Pool {
-                idle: vec![client],
+                idle: vec![Conn::new(client)],
                 open: 1,
             }),
             freed: Condvar::new(),
@@ -205,7 +221,7 @@ impl PgStore {
                 return match self.config.connect(NoTls) {
                     Ok(c) => Ok(Lease {
                         store: self,
-                        client: Some(c),
+                        client: Some(Conn::new(c)),
                     }),
                     Err(e) => {
                         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -232,7 +248,7 @@ impl PgStore {
 
     fn run<R>(&self, write: bool, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
         let mut lease = self.lease()?;
-        let Some(client) = lease.client.as_mut() else {
+        let Some(Conn { client, statements }) = lease.client.as_mut() else {
             return Err(StoreError::Unavailable);
         };
         let tx = if write {
@@ -249,6 +265,7 @@ impl PgStore {
         };
         let pg = PgTx {
             tx: RefCell::new(tx),
+            statements: RefCell::new(statements),
             seal: self.seal.as_deref(),
             write,
             locked: RefCell::new(HashSet::new()),
@@ -407,6 +424,7 @@ fn choose_seal(client: &mut Client, keys: Vec<Sealer>) -> Result<(Option<Sealer>
 
 struct PgTx<'a> {
     tx: RefCell<Transaction<'a>>,
+    statements: RefCell<&'a mut HashMap<&'static str, Statement>>,
     seal: Option<&'a Sealer>,
     write: bool,
     /// Users whose advisory lock this transaction holds.
@@ -414,6 +432,7 @@ struct PgTx<'a> {
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+type Sql = &'static str;
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -426,34 +445,45 @@ fn count(n: i64) -> u32 {
 impl PgTx<'_> {
     /// In a write, every statement about a user runs under that user's lock: another host's
     /// transaction about the same user waits for this one to commit.
+    /// `sql` prepared on this connection, once.
+    fn statement(&self, sql: Sql) -> Result<Statement> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.tx.borrow_mut().prepare(sql)?;
+        self.statements.borrow_mut().insert(sql, prepared.clone());
+        Ok(prepared)
+    }
+
     fn lock(&self, name: &str) -> Result<()> {
         if !self.write || self.locked.borrow().contains(name) {
             return Ok(());
         }
-        self.tx.borrow_mut().execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7243))",
-            &[&name],
-        )?;
+        let lock = self.statement("SELECT pg_advisory_xact_lock(hashtextextended($1, 7243))")?;
+        self.tx.borrow_mut().execute(&lock, &[&name])?;
         self.locked.borrow_mut().insert(name.to_string());
         Ok(())
     }
 
-    fn exec(&self, name: Option<&str>, sql: &str, params: Params<'_>) -> Result<u64> {
+    fn exec(&self, name: Option<&str>, sql: Sql, params: Params<'_>) -> Result<u64> {
         if let Some(n) = name {
             self.lock(n)?;
         }
-        Ok(self.tx.borrow_mut().execute(sql, params)?)
+        let statement = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&statement, params)?)
     }
 
-    fn one(&self, name: Option<&str>, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+    fn one(&self, name: Option<&str>, sql: Sql, params: Params<'_>) -> Result<Option<Row>> {
         if let Some(n) = name {
             self.lock(n)?;
         }
-        Ok(self.tx.borrow_mut().query_opt(sql, params)?)
+        let statement = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&statement, params)?)
     }
 
-    fn all(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        Ok(self.tx.borrow_mut().query(sql, params)?)
+    fn all(&self, sql: Sql, params: Params<'_>) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query(&statement, params)?)
     }
 
     fn stored_secret(&self, table: &str, name: &str, secret: &Secret) -> Result<Vec<u8>> {
