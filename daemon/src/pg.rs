@@ -5,7 +5,8 @@
 //! to both, failures counted on both) take turns, exactly as the single SQLite writer does on one
 //! host. A small pool per host (at most [`POOL`] connections), a connect and statement timeout
 //! of [`TIMEOUT`]: a database that is down or slow fails logins closed within the PAM timeout,
-//! and the next request reconnects.
+//! and the next request reconnects. TLS (rustls) as `sslmode` asks, the server's certificate
+//! always verified, against `sslrootcert` when given.
 
 use crate::seal::Sealer;
 use crate::store::{
@@ -13,12 +14,13 @@ use crate::store::{
     ThrottleRecord, Tx, UserRecord,
 };
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
+use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use twofold_shared::secret::Secret;
 use twofold_shared::wire::AuditEntry;
 
@@ -113,7 +115,15 @@ const MIGRATIONS: &[&str] = &["
     );"];
 
 fn pg_error(e: postgres::Error) -> StoreError {
-    StoreError::Remote(e.to_string())
+    // The cause (a refused certificate, a reset connection) is what an administrator needs.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StoreError::Remote(text)
 }
 
 impl From<postgres::Error> for StoreError {
@@ -147,6 +157,7 @@ struct Pool {
 /// Handle to the shared database.
 pub struct PgStore {
     config: postgres::Config,
+    tls: MakeRustlsConnect,
     pool: Mutex<Pool>,
     freed: Condvar,
     seal: Option<Arc<Sealer>>,
@@ -185,12 +196,13 @@ impl PgStore {
         password_file: Option<&Path>,
         keys: Vec<Sealer>,
     ) -> Result<(PgStore, Option<usize>)> {
-        let config = client_config(url, password_file)?;
-        let mut client = config.connect(NoTls)?;
+        let (config, tls) = client_config(url, password_file)?;
+        let mut client = config.connect(tls.clone())?;
         migrate(&mut client)?;
         let (seal, which) = choose_seal(&mut client, keys)?;
         let store = PgStore {
             config,
+            tls,
             pool: Mutex::new(Pool {
                 idle: vec![Conn::new(client)],
                 open: 1,
@@ -218,7 +230,7 @@ impl PgStore {
             if pool.open < POOL {
                 pool.open += 1;
                 drop(pool);
-                return match self.config.connect(NoTls) {
+                return match self.config.connect(self.tls.clone()) {
                     Ok(c) => Ok(Lease {
                         store: self,
                         client: Some(Conn::new(c)),
@@ -296,20 +308,15 @@ impl PgStore {
 
 /// The connection settings: `url` (never holding a password), the password from its file,
 /// and the timeouts that make a dead or slow database fail logins closed in time.
-fn client_config(url: &str, password_file: Option<&Path>) -> Result<postgres::Config> {
+fn client_config(
+    url: &str,
+    password_file: Option<&Path>,
+) -> Result<(postgres::Config, MakeRustlsConnect)> {
+    let (url, root_file) = take_option(url, "sslrootcert");
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Remote(format!("postgres_url: {e}")))?;
-    if url.contains("sslmode=require")
-        || url.contains("sslmode=verify")
-        || config.get_ssl_mode() == postgres::config::SslMode::Require
-    {
-        return Err(StoreError::Remote(
-            "TLS to PostgreSQL (sslmode=require) is not supported yet; use a Unix socket \
-                 or a trusted network"
-                .into(),
-        ));
-    }
+    let tls = tls_connector(root_file.as_deref())?;
     if let Some(file) = password_file {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(file)
@@ -334,12 +341,78 @@ fn client_config(url: &str, password_file: Option<&Path>) -> Result<postgres::Co
                  -c idle_in_transaction_session_timeout=10000"
         ))
         .application_name("twofoldd");
-    Ok(config)
+    Ok((config, tls))
+}
+
+/// Removes `key=value` (key=value form, or a `?`/`&` parameter of the URL form) from `url`,
+/// returning the rest and the value: `sslrootcert` is ours to read, not the driver's.
+fn take_option(url: &str, key: &str) -> (String, Option<String>) {
+    let prefix = format!("{key}=");
+    if let Some((base, query)) = url.split_once('?') {
+        let mut found = None;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| match p.strip_prefix(&prefix) {
+                Some(v) => {
+                    found = Some(v.to_string());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (rest, found);
+    }
+    let mut found = None;
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|p| match p.strip_prefix(&prefix) {
+            Some(v) => {
+                found = Some(v.trim_matches('\'').to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join(" "), found)
+}
+
+/// TLS as `sslmode` asks (rust-postgres: `disable`, `prefer`, `require`), always verifying the
+/// server's certificate against `sslrootcert` (a PEM file) or, without it, the public roots.
+fn tls_connector(root_file: Option<&str>) -> Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match root_file {
+        Some(file) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+                .map_err(|e| StoreError::Remote(format!("sslrootcert {file}: {e}")))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| StoreError::Remote(format!("sslrootcert {file}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::Remote(format!("sslrootcert {file}: {e}")))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Remote(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// A connection with the schema in place (for `twofold migrate`).
 pub fn connect_with_schema(url: &str, password_file: Option<&Path>) -> Result<Client> {
-    let mut client = client_config(url, password_file)?.connect(NoTls)?;
+    let (config, tls) = client_config(url, password_file)?;
+    let mut client = config.connect(tls)?;
     migrate(&mut client)?;
     Ok(client)
 }

@@ -891,6 +891,16 @@ pub struct Postgres {
 impl Postgres {
     /// Initialises and starts a server; `None` (after saying why) when not root.
     pub fn start(test: &str) -> Option<Postgres> {
+        Postgres::start_with(test, false)
+    }
+
+    /// A server that accepts TLS connections only (a self-signed certificate for 127.0.0.1,
+    /// in `dir/ca.pem`; plain connections are rejected by pg_hba.conf).
+    pub fn start_tls(test: &str) -> Option<Postgres> {
+        Postgres::start_with(test, true)
+    }
+
+    fn start_with(test: &str, tls: bool) -> Option<Postgres> {
         if skip_unless_root(test, "run PostgreSQL as the postgres account") {
             return None;
         }
@@ -929,6 +939,56 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-addext",
+                    "basicConstraints=critical,CA:FALSE",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&crt)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for f in [&crt, &key] {
+                nix::unistd::chown(f, Some(pg.uid), Some(pg.gid)).unwrap();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            std::fs::copy(&crt, dir.path().join("ca.pem")).unwrap();
+            std::fs::set_permissions(
+                dir.path().join("ca.pem"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            writeln!(
+                conf,
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+            )
+            .unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

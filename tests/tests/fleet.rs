@@ -275,3 +275,53 @@ fn migrating_an_sqlite_store_to_postgres_keeps_every_enrollment_code_and_mark() 
         "the audit trail did not move: {a}"
     );
 }
+
+#[test]
+fn tls_to_postgres_is_verified_and_required_when_asked() {
+    let Some(pg) = Postgres::start_tls("tls_to_postgres_is_verified_and_required_when_asked")
+    else {
+        return;
+    };
+    let ca = pg.dir.path().join("ca.pem");
+    // sslmode=require with the server's certificate as the root: logins work.
+    let tls = format!(
+        "store = \"postgres\"\npostgres_url = \"{} sslmode=require sslrootcert={}\"\n",
+        pg.url(),
+        ca.display()
+    );
+    let a = Daemon::start("allow", &tls);
+    let e = a.enroll("tlsuser");
+    ensure_step_time(8);
+    assert_eq!(
+        code_of(&a.cli(&["verify", "tlsuser", &oathtool(&e.secret, 1)])),
+        0
+    );
+    // The server takes no plain connection (pg_hba.conf), so that traffic was TLS; and a
+    // certificate nobody vouches for (the public roots) is refused: twofoldd does not start.
+    for (why, url) in [
+        ("plain", format!("{} sslmode=disable", pg.url())),
+        ("unverified", format!("{} sslmode=require", pg.url())),
+    ] {
+        let dir = open_tempdir();
+        let config = dir.path().join("t.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = {:?}\nstore = \"postgres\"\npostgres_url = {url:?}\n",
+                dir.path().join("s")
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(twofoldd())
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{why}: {err}");
+        assert!(
+            err.contains("cannot open the PostgreSQL store"),
+            "{why}: {err}"
+        );
+    }
+}
