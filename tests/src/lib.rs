@@ -1004,6 +1004,21 @@ impl Postgres {
         Some(server)
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server and every backend of it: a database
+    /// that is up but does not answer.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(child) = &self.child else { return };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let pid = child.id().to_string();
+        let _ = Command::new("pkill").args([signal, "-P", &pid]).status();
+        let _ = Command::new("kill").args([signal, &pid]).status();
+    }
+
+    /// The server's programs (psql, pg_isready, …).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// What `postgres_url` says to reach it.
     pub fn url(&self) -> String {
         format!(

@@ -325,3 +325,111 @@ fn tls_to_postgres_is_verified_and_required_when_asked() {
         );
     }
 }
+
+#[test]
+fn secrets_sealed_with_one_key_every_host_shares() {
+    let Some(pg) = Postgres::start("secrets_sealed_with_one_key_every_host_shares") else {
+        return;
+    };
+    let keydir = open_tempdir();
+    std::fs::set_permissions(
+        keydir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let key = keydir.path().join("seal.key");
+    let extra = format!("seal_key_file = {key:?}\n");
+    let init_config = keydir.path().join("init.toml");
+    std::fs::write(&init_config, &extra).unwrap();
+    let init = std::process::Command::new(twofold_cli())
+        .args(["seal", "init", "--config"])
+        .arg(&init_config)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (a, b) = two_hosts(&pg, &extra);
+    let e = a.enroll("sealed");
+    ensure_step_time(8);
+    assert_eq!(
+        code_of(&b.cli(&["verify", "sealed", &oathtool(&e.secret, 1)])),
+        0
+    );
+    // What PostgreSQL holds is sealed (magic "TFS1"), not the secret.
+    let stored = std::process::Command::new(pg.bin().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "twofold",
+        ])
+        .args(["-d", "postgres", "-Atc"])
+        .arg("SELECT encode(secret, 'hex') FROM users WHERE name = 'sealed'")
+        .output()
+        .unwrap();
+    let hex = String::from_utf8_lossy(&stored.stdout).trim().to_string();
+    assert!(hex.starts_with("54465331"), "not sealed: {hex}");
+    // A host without the key refuses to start.
+    let dir = open_tempdir();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nstore = \"postgres\"\npostgres_url = {:?}\n",
+            dir.path().join("s"),
+            pg.url()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(twofoldd())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sealed"), "{err}");
+}
+
+#[test]
+fn a_database_that_stops_answering_fails_logins_closed_in_time_and_recovers() {
+    let Some(pg) = Postgres::start("a_database_that_stops_answering") else {
+        return;
+    };
+    let (a, _b) = two_hosts(&pg, "");
+    let e = a.enroll("slowpoke");
+    let pam = PamService::required(&a.socket, ""); // timeout=3
+    ensure_step_time(12);
+    let code = oathtool(&e.secret, 1);
+    pg.freeze(true);
+    for attempt in 0..3 {
+        let t = Instant::now();
+        let run = pam.authenticate("slowpoke", Some(&format!("{code}\n")));
+        let took = t.elapsed();
+        assert!(
+            !run.success,
+            "attempt {attempt}: a login passed with the database frozen"
+        );
+        assert!(
+            took < Duration::from_secs(8),
+            "attempt {attempt} took {took:?}"
+        );
+    }
+    pg.freeze(false);
+    // Once it answers again, logins work without a restart (a backup code: the frozen
+    // attempts may have spent the TOTP code when their queries finally ran).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = pam.authenticate("slowpoke", Some(&format!("{}\n", e.backup_codes[0])));
+        if run.success {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", run.text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
