@@ -73,10 +73,12 @@ fn main() -> ExitCode {
     }
     // Everything twofoldd creates (database, WAL, journal) is private to it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let postgres = config.store == twofold_daemon::config::StoreKind::Postgres;
+    // With the PostgreSQL store there is no local database: nothing to create.
     if let Some(dir) = config
         .database
         .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        .filter(|d| !postgres && !d.as_os_str().is_empty() && !d.exists())
     {
         // Under umask 077: the state directory is root's alone.
         if let Err(e) = std::fs::create_dir_all(dir) {
@@ -86,7 +88,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let postgres = config.store == twofold_daemon::config::StoreKind::Postgres;
     let local_check = if postgres {
         Ok(())
     } else {
