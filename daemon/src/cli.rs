@@ -394,19 +394,22 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
     }
 }
 
+/// The error of a command run without the daemon (`seal init`, `migrate`): JSON or a line.
+fn local_failure(json_out: bool, message: &str) -> u8 {
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({"result": "error", "kind": "usage", "message": message})
+        );
+    } else {
+        eprintln!("twofold: {message}");
+    }
+    exit::ERROR
+}
+
 /// `twofold migrate --to postgres`: copies the SQLite store, verifying every table's count.
 fn migrate(to: &str, config_path: Option<PathBuf>, socket: Option<PathBuf>, json_out: bool) -> u8 {
-    let fail = |message: String| {
-        if json_out {
-            println!(
-                "{}",
-                serde_json::json!({"result": "error", "kind": "usage", "message": message})
-            );
-        } else {
-            eprintln!("twofold: {message}");
-        }
-        exit::ERROR
-    };
+    let fail = |message: String| local_failure(json_out, &message);
     if to != "postgres" {
         return fail(format!("--to {to:?}: only \"postgres\" is supported"));
     }
@@ -451,17 +454,7 @@ fn seal_init(config_path: Option<PathBuf>, json_out: bool) -> u8 {
         Some(p) => (p, true),
         None => (PathBuf::from(crate::config::DEFAULT_CONFIG), false),
     };
-    let fail = |message: String| {
-        if json_out {
-            println!(
-                "{}",
-                serde_json::json!({"result": "error", "kind": "usage", "message": message})
-            );
-        } else {
-            eprintln!("twofold: {message}");
-        }
-        exit::ERROR
-    };
+    let fail = |message: String| local_failure(json_out, &message);
     let config = match crate::config::Config::load(&path, explicit) {
         Ok(c) => c,
         Err(e) => return fail(format!("{}: {e}", path.display())),

@@ -131,19 +131,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
     for (i, delay) in [0u64, 3, 10, 25].into_iter().enumerate() {
         // Enrollment (a pending secret) killed: no enrollment, or a pending one.
         let user = format!("ke{i}");
-        let child = Command::new(TWOFOLD)
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["enroll", "--user", &user, "--json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        d.stop();
-        let _ = wait_child(child);
-        d.restart();
-        assert_eq!(integrity(&d.database), "ok");
+        kill_during(&mut d, &["enroll", "--user", &user, "--json"], delay);
         let s = status(&d, &user);
         assert_eq!(s["enrolled"], false, "{s}");
         // Either way a new enrollment can start and finish.
@@ -156,19 +144,11 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
         assert_eq!(e.code(), 0);
         let secret = e.json()["secret"].as_str().unwrap().to_string();
         ensure_step_time(10);
-        let child = Command::new(TWOFOLD)
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["confirm", &oathtool(&secret, 0), "--user", &user])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        d.stop();
-        let _ = wait_child(child);
-        d.restart();
-        assert_eq!(integrity(&d.database), "ok");
+        kill_during(
+            &mut d,
+            &["confirm", &oathtool(&secret, 0), "--user", &user],
+            delay,
+        );
         let s = status(&d, &user);
         if s["enrolled"] == true {
             assert_eq!(s["pending"], false, "{s}");
@@ -183,19 +163,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
         // Regeneration of backup codes killed: the old set or a full new one.
         let user = format!("kb{i}");
         let (_, old) = d.enroll(&user);
-        let child = Command::new(TWOFOLD)
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["backup-codes", "--user", &user])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        d.stop();
-        let _ = wait_child(child);
-        d.restart();
-        assert_eq!(integrity(&d.database), "ok");
+        kill_during(&mut d, &["backup-codes", "--user", &user], delay);
         assert_eq!(status(&d, &user)["backup_codes_left"], 2);
         let first = d.cli(&["verify", &user, &old[0]]).code();
         let second = d.cli(&["verify", &user, &old[1]]).code();
@@ -207,19 +175,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
         // Reset killed: still enrolled (codes work) or not enrolled at all.
         let user = format!("kr{i}");
         let (secret, _) = d.enroll(&user);
-        let child = Command::new(TWOFOLD)
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["disable", "--user", &user])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        d.stop();
-        let _ = wait_child(child);
-        d.restart();
-        assert_eq!(integrity(&d.database), "ok");
+        kill_during(&mut d, &["disable", "--user", &user], delay);
         let s = status(&d, &user);
         ensure_step_time(5);
         let v = d.cli(&["verify", &user, &oathtool(&secret, 1)]).code();
@@ -233,8 +189,26 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
     }
 }
 
-fn wait_child(mut child: std::process::Child) -> Option<i32> {
-    child.wait().ok().and_then(|s| s.code())
+/// Runs `twofold ARGS` and SIGKILLs the daemon `delay_ms` later; restarts it and checks the
+/// database's integrity.
+fn kill_during(d: &mut Daemon, args: &[&str], delay_ms: u64) {
+    let mut child = Command::new(TWOFOLD)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    d.stop();
+    let _ = child.wait();
+    d.restart();
+    assert_eq!(
+        integrity(&d.database),
+        "ok",
+        "{args:?} killed after {delay_ms} ms"
+    );
 }
 
 /// Another process holds the write lock (an administrator's `sqlite3` in `BEGIN EXCLUSIVE`):

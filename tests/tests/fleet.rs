@@ -12,6 +12,33 @@ fn code_of(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// Starts a twofoldd on the PostgreSQL store at `url`, which must refuse to start (exit 1);
+/// returns what it said.
+fn refused_start(url: &str) -> String {
+    let dir = open_tempdir();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nstore = \"postgres\"\npostgres_url = {url:?}\n",
+            dir.path().join("s")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(twofoldd())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "twofoldd started on {url}: {err}"
+    );
+    err
+}
+
 /// Two daemons started at the same moment (the schema is created once, under a lock).
 fn two_hosts(pg: &Postgres, extra: &str) -> (Daemon, Daemon) {
     let config = format!(
@@ -302,23 +329,7 @@ fn tls_to_postgres_is_verified_and_required_when_asked() {
         ("plain", format!("{} sslmode=disable", pg.url())),
         ("unverified", format!("{} sslmode=require", pg.url())),
     ] {
-        let dir = open_tempdir();
-        let config = dir.path().join("t.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = {:?}\nstore = \"postgres\"\npostgres_url = {url:?}\n",
-                dir.path().join("s")
-            ),
-        )
-        .unwrap();
-        let out = std::process::Command::new(twofoldd())
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{why}: {err}");
+        let err = refused_start(&url);
         assert!(
             err.contains("cannot open the PostgreSQL store"),
             "{why}: {err}"
@@ -375,24 +386,7 @@ fn secrets_sealed_with_one_key_every_host_shares() {
     let hex = String::from_utf8_lossy(&stored.stdout).trim().to_string();
     assert!(hex.starts_with("54465331"), "not sealed: {hex}");
     // A host without the key refuses to start.
-    let dir = open_tempdir();
-    let config = dir.path().join("t.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "socket = {:?}\nstore = \"postgres\"\npostgres_url = {:?}\n",
-            dir.path().join("s"),
-            pg.url()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(twofoldd())
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused_start(&pg.url());
     assert!(err.contains("sealed"), "{err}");
 }
 
