@@ -1033,9 +1033,10 @@ impl Engine {
                 tx.user(name)?,
                 tx.throttle(name)?,
                 tx.mailed_code(name, CodePurpose::Login)?,
+                tx.email(name)?.is_some_and(|a| a.verified),
             ))
         })?;
-        let (user, state, mailed) = snapshot;
+        let (user, state, mailed, verified_address) = snapshot;
         if let Some(u) = &user {
             let current = (now / u.params.period.max(1)) as i64;
             let window = i64::from(u.window.unwrap_or(self.config().window));
@@ -1052,11 +1053,18 @@ impl Engine {
             }
         }
         let cfg_now = self.config();
+        let live_mail = mailed.as_ref().is_some_and(|m| now < m.expires);
+        // Enrolled by email: a verified address is this user's factor (email_auto), or a code
+        // was mailed and is still live. Every answer then goes through the mailed-code check
+        // (gate, failure counted): whatever is typed, it is never "not enrolled".
+        let by_email = user.is_none()
+            && cfg_now.email_codes
+            && (live_mail || (cfg_now.email_auto && verified_address));
         // A live mailed code: a six-digit answer is also checked against it (one hash).
         let email_try = match (mailed, email::normalize_code(code)) {
             (Some(m), Some(typed))
                 if cfg_now.email_codes
-                    && now < m.expires
+                    && live_mail
                     && gate_outcome(&cfg_now.throttle, state, now).is_none() =>
             {
                 Some(EmailTry {
@@ -1064,6 +1072,15 @@ impl Engine {
                     salt: m.salt,
                 })
             }
+            // No hash to compare: the answer cannot match, but it still counts as a try.
+            (Some(m), _) if by_email => Some(EmailTry {
+                hash: None,
+                salt: m.salt,
+            }),
+            (None, _) if by_email => Some(EmailTry {
+                hash: None,
+                salt: Vec::new(),
+            }),
             _ => None,
         };
         let digits = user
@@ -1076,7 +1093,7 @@ impl Engine {
         let not_totp = user
             .as_ref()
             .is_none_or(|_| !matches!(input, Input::Totp(_)));
-        if let (Some(attempt), true) = (&email_try, not_totp) {
+        if let (Some(attempt), true) = (&email_try, not_totp || by_email) {
             // Only the mailed code can match (no enrollment, or not a TOTP-shaped answer).
             let attempt = EmailTry {
                 salt: attempt.salt.clone(),
@@ -3002,5 +3019,64 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    /// Finding 1 of the 2026-11 review: under `unenrolled = "allow"`, an email-only user's
+    /// login passed with any answer that was not six digits ("not enrolled" -> PAM_IGNORE).
+    #[test]
+    fn an_email_only_login_is_refused_whatever_is_typed() {
+        let (e, outbox, _dir) = email_engine("email_auto = true\n[throttle]\nfree_failures = 50");
+        verified(&e, &outbox, "root", T0);
+        let pre = e.handle(
+            0,
+            RequestBody::Preflight {
+                user: "root".into(),
+                pam: PamItems::default(),
+                grace_secs: 0,
+            },
+            T0 + 100,
+        );
+        assert!(matches!(pre, ResponseBody::EmailSent { .. }), "{pre:?}");
+        let refused = |r: &ResponseBody| matches!(r, ResponseBody::Rejected);
+        for answer in ["x", "", "12345", "abcdef", "email", "1234567", "000-000"] {
+            let r = verify(&e, "root", answer, T0 + 101);
+            assert!(refused(&r), "{answer:?}: {r:?}");
+        }
+        // Each answer counted as a failure and a try on the mailed code, which died at the
+        // fifth: the right code no longer works either.
+        let r = verify(&e, "root", &outbox.last_code(), T0 + 102);
+        assert!(refused(&r), "{r:?}");
+        let ResponseBody::Status(s) = e.handle(
+            0,
+            RequestBody::Status {
+                user: Some("root".into()),
+            },
+            T0 + 102,
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.failures, 8);
+        // Long after the code expired: still refused, never "not enrolled".
+        let r = verify(&e, "root", "x", T0 + 5_000);
+        assert!(refused(&r), "{r:?}");
+    }
+
+    #[test]
+    fn an_email_only_login_while_throttled_is_throttled() {
+        let (e, outbox, _dir) = email_engine("email_auto = true");
+        verified(&e, &outbox, "root", T0);
+        for _ in 0..5 {
+            assert!(matches!(
+                verify(&e, "root", "x", T0 + 10),
+                ResponseBody::Rejected
+            ));
+        }
+        for answer in ["x", "", "123456"] {
+            let r = verify(&e, "root", answer, T0 + 11);
+            assert!(
+                matches!(r, ResponseBody::Throttled { .. }),
+                "{answer:?}: {r:?}"
+            );
+        }
     }
 }

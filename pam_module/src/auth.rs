@@ -212,6 +212,16 @@ fn final_outcome(answer: &ResponseBody) -> Outcome {
     }
 }
 
+/// Once a code prompt was shown, only an explicit acceptance lets the login through: "not
+/// enrolled" or "switched off" (a `disable` between preflight and verify, a daemon that
+/// changed its mind) is a refusal, never `PAM_IGNORE`.
+fn after_prompt(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::NotApplicable => Outcome::Rejected,
+        other => other,
+    }
+}
+
 /// A user name the daemon could look up, or `None` for names no account can have; those are
 /// handled like unknown users (prompt, then "Invalid verification code.").
 fn valid_user(raw: Vec<u8>) -> Option<String> {
@@ -355,7 +365,7 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
         };
         match ask_email(pam, &client, user, &items) {
             Ok(masked) => code = read_code(pam, &mailed_prompt(&masked), args.echo),
-            Err(outcome) => return outcome,
+            Err(outcome) => return after_prompt(outcome),
         }
     }
     let Some(code) = code else {
@@ -370,10 +380,10 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
         pam: items,
         grace_secs: args.grace_secs,
     };
-    match ask(pam, &client, request) {
+    after_prompt(match ask(pam, &client, request) {
         Ok(answer) => final_outcome(&answer),
         Err(outcome) => outcome,
-    }
+    })
 }
 
 /// `pam_sm_authenticate`.

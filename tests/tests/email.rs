@@ -215,6 +215,55 @@ fn email_auto_mails_users_without_an_app() {
     );
 }
 
+/// Finding 1 of the 2026-11 review: with email as the only factor (`email_auto`) under
+/// `unenrolled = "allow"`, any answer that was not six digits became "not enrolled" and
+/// PAM_IGNORE, and the recommended SSH stack (`ignore=ignore`, then pam_permit) let it through.
+#[test]
+fn email_only_logins_are_refused_whatever_is_typed_under_allow() {
+    let sink = SmtpSink::start();
+    let daemon = Daemon::start(
+        "allow",
+        &mail_config(&sink, "email_auto = true\n[throttle]\nfree_failures = 6"),
+    );
+    let user = my_name();
+    register(&daemon, &sink, &user);
+    let pam = PamService::new(&format!(
+        "auth [success=ok ignore=ignore default=die] MODULE {}\nauth required pam_permit.so\n",
+        module_args(&daemon.socket)
+    ));
+    for answer in ["x\n", "\n", "12345\n", "abcdef\n", "000-00\n"] {
+        let run = pam.authenticate(&user, Some(answer));
+        assert!(
+            !run.success,
+            "{answer:?} let the login through: {}",
+            run.text()
+        );
+        assert!(
+            run.text()
+                .contains(&format!("Code sent to {}: ", masked(&user))),
+            "{}",
+            run.text()
+        );
+        assert!(run.text().contains(INVALID), "{answer:?}: {}", run.text());
+    }
+    // The administrator's check of a non-code is a wrong code too (exit 1), not "not enrolled".
+    let verify = daemon.cli(&["verify", &user, "x"]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    // Six failures: throttled now, whatever is typed.
+    for answer in ["x\n", "\n"] {
+        let run = pam.authenticate(&user, Some(answer));
+        assert!(!run.success, "{}", run.text());
+        assert!(
+            run.text().contains("Too many failed attempts"),
+            "{}",
+            run.text()
+        );
+    }
+    let audit = daemon.cli(&["audit", "--user", &user, "--json"]);
+    let trail = String::from_utf8_lossy(&audit.stdout);
+    assert!(!trail.contains("ignored-not-enrolled"), "{trail}");
+}
+
 #[test]
 fn resend_limit_then_relay_down_fails_closed() {
     let sink = SmtpSink::start();

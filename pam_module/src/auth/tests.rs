@@ -365,17 +365,23 @@ fn verification_answers_map_to_pam_results() {
             PamCode::MaxTries,
             vec![Event::Error(MSG_LOCKED.into())],
         ),
+        // After a prompt, "not enrolled" or "switched off" (a disable between preflight and
+        // verify, or a daemon bypassed as in finding 1 of the 2026-11 review) is a refusal.
         (
             ResponseBody::NotEnrolled { required: false },
-            PamCode::Ignore,
-            vec![],
+            PamCode::AuthErr,
+            vec![Event::Error(MSG_INVALID.into())],
         ),
         (
             ResponseBody::NotEnrolled { required: true },
             PamCode::AuthErr,
             vec![Event::Error(MSG_ENROLL.into())],
         ),
-        (ResponseBody::Disabled, PamCode::Ignore, vec![]),
+        (
+            ResponseBody::Disabled,
+            PamCode::AuthErr,
+            vec![Event::Error(MSG_INVALID.into())],
+        ),
         (
             ResponseBody::Error {
                 kind: ErrorKind::Storage,
@@ -793,6 +799,13 @@ fn email_answers_map_to_pam_results() {
             PamCode::AuthInfoUnavail,
             MSG_UNAVAILABLE,
         ),
+        // The prompt was shown: "not enrolled" or "switched off" now is a refusal.
+        (
+            ResponseBody::NotEnrolled { required: false },
+            PamCode::AuthErr,
+            MSG_INVALID,
+        ),
+        (ResponseBody::Disabled, PamCode::AuthErr, MSG_INVALID),
         // An acceptance where a mail was asked for is nonsense: fail closed.
         (
             ResponseBody::Accepted {
@@ -832,4 +845,24 @@ fn email_auto_preflight_prompts_for_the_mailed_code() {
     assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::AuthErr);
     let ops: Vec<_> = d.requests().iter().map(op).collect();
     assert_eq!(ops, ["preflight", "verify"]);
+}
+
+#[test]
+fn a_mailed_code_prompt_followed_by_not_enrolled_is_a_refusal() {
+    // Finding 1 of the 2026-11 review: a daemon that answers "not enrolled" after it had a
+    // code mailed (any answer that was not six digits) must not turn into PAM_IGNORE.
+    for late in [
+        ResponseBody::NotEnrolled { required: false },
+        ResponseBody::Disabled,
+    ] {
+        let d = FakeDaemon::start(vec![email_sent("b***@example.org"), Reply::Body(late)]);
+        let mut pam = Script::new(
+            "bob",
+            vec![
+                mailed_prompt_event("b***@example.org", "x"),
+                Event::Error(MSG_INVALID.into()),
+            ],
+        );
+        assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::AuthErr);
+    }
 }
