@@ -803,6 +803,14 @@ impl Ctx {
                     backup_codes_left.unwrap_or(0)
                 ),
             ),
+            ResponseBody::Accepted {
+                method: Method::Email,
+                ..
+            } => (exit::OK, "Mailed code accepted.".to_string()),
+            ResponseBody::Accepted {
+                method: Method::Remembered,
+                ..
+            } => (exit::OK, "Accepted (remembered device).".to_string()),
             ResponseBody::Rejected => (exit::REJECTED, "Invalid verification code.".into()),
             ResponseBody::Throttled { retry_after_secs } => (
                 exit::THROTTLED,
@@ -974,11 +982,15 @@ fn with_code_enroll(
     match first {
         ResponseBody::Error {
             kind: ErrorKind::CodeRequired,
-            ..
+            message,
         } if code.is_none() && std::io::stdin().is_terminal() => {
-            let code =
-                prompt("You are replacing your enrollment. Current code (or a backup code): ")
-                    .ok_or(exit::ERROR)?;
+            let ask = if message.contains("mailed to") {
+                eprintln!("{message}");
+                "Mailed code: "
+            } else {
+                "You are replacing your enrollment. Current code (or a backup code): "
+            };
+            let code = prompt(ask).ok_or(exit::ERROR)?;
             ctx.call(RequestBody::Enroll {
                 user: user.clone(),
                 force,

@@ -1203,16 +1203,33 @@ impl Engine {
         uid: u32,
         now: u64,
     ) -> Option<ResponseBody> {
-        let Some(code) = code else {
-            return Some(error(
-                ErrorKind::CodeRequired,
-                "this changes an active enrollment: give a current code or a backup code",
-            ));
-        };
         let pam = PamItems {
             service: Some("twofold".into()),
             rhost: None,
             tty: None,
+        };
+        let Some(code) = code else {
+            // A user whose only factor is the address proves it with a mailed code: send one.
+            let email_only = self
+                .store
+                .read(|tx| Ok(tx.user(name)?.is_none()))
+                .unwrap_or(false);
+            if email_only && self.config().email_codes {
+                return Some(match self.send_email_code(name, &pam, true, uid, now) {
+                    ResponseBody::EmailSent { masked } => error(
+                        ErrorKind::CodeRequired,
+                        format!(
+                            "this changes your second factor: a code was mailed to {masked}; \
+                             give it (--code CODE)"
+                        ),
+                    ),
+                    other => other,
+                });
+            }
+            return Some(error(
+                ErrorKind::CodeRequired,
+                "this changes an active enrollment: give a current code or a backup code",
+            ));
         };
         // Not `verify`: proving possession works even while logins are switched off.
         match self.verify_enabled(name, &code, &pam, false, uid, now) {
@@ -1236,21 +1253,23 @@ impl Engine {
         if let Err(why) = enrollable(&params) {
             return error(ErrorKind::BadRequest, why);
         }
-        let enrolled = match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
-            Ok(e) => e,
+        let (enrolled, guarded) = match self.store.read(|tx| {
+            let enrolled = tx.user(name)?.is_some();
+            Ok((enrolled, enrolled || self.email_factor(tx, name)?))
+        }) {
+            Ok(x) => x,
             Err(e) => return self.store_failed("enroll", name, &e),
         };
-        if enrolled {
-            if !force {
-                return error(
-                    ErrorKind::AlreadyEnrolled,
-                    format!("{name} is already enrolled; use --force to replace the enrollment"),
-                );
-            }
-            if needs_code {
-                if let Some(refusal) = self.prove(name, code, uid, now) {
-                    return refusal;
-                }
+        if enrolled && !force {
+            return error(
+                ErrorKind::AlreadyEnrolled,
+                format!("{name} is already enrolled; use --force to replace the enrollment"),
+            );
+        }
+        // Adding an app to a verified address is adding a factor: it needs the one there is.
+        if guarded && needs_code {
+            if let Some(refusal) = self.prove(name, code, uid, now) {
+                return refusal;
             }
         }
         // A key as long as the hash's output (RFC 6238 §5.1's test keys): 20, 32 or 64 bytes.
@@ -1549,6 +1568,11 @@ impl Engine {
             }
             Err(e) => self.store_failed("disable", name, &e),
         }
+    }
+
+    /// Whether a verified address is one of `name`'s factors (email codes switched on).
+    fn email_factor(&self, tx: &dyn Tx, name: &str) -> Result<bool, StoreError> {
+        Ok(self.config().email_codes && tx.email(name)?.is_some_and(|e| e.verified))
     }
 
     fn status_in(&self, tx: &dyn Tx, name: &str, now: u64) -> Result<UserStatus, StoreError> {
@@ -2020,7 +2044,7 @@ impl Engine {
         }
         let guarded = match self
             .store
-            .read(|tx| Ok(tx.user(name)?.is_some() || tx.email(name)?.is_some_and(|e| e.verified)))
+            .read(|tx| Ok(tx.user(name)?.is_some() || self.email_factor(tx, name)?))
         {
             Ok(g) => g,
             Err(e) => return self.store_failed("email set", name, &e),
@@ -3078,5 +3102,52 @@ mod tests {
                 "{answer:?}: {r:?}"
             );
         }
+    }
+
+    /// Finding 2 of the 2026-11 review: an email-only user (a stolen shell) enrolled an app of
+    /// its own without proving the address.
+    #[test]
+    fn adding_an_app_to_a_verified_address_needs_a_mailed_code() {
+        let (e, outbox, _dir) = email_engine("email_auto = true");
+        let nobody = users::uid_of("nobody").expect("the nobody account");
+        let r = email_set(&e, "nobody", "nobody@example.org", T0);
+        assert!(matches!(r, ResponseBody::EmailSent { .. }), "{r:?}");
+        let r = email_confirm(&e, "nobody", &outbox.last_code(), T0 + 1);
+        assert!(matches!(r, ResponseBody::Done { .. }), "{r:?}");
+        let enroll = |code: Option<&str>, now| {
+            e.handle(
+                nobody,
+                RequestBody::Enroll {
+                    user: None,
+                    force: false,
+                    code: code.map(SecretText::new),
+                    params: None,
+                },
+                now,
+            )
+        };
+        let mails = outbox.count();
+        let r = enroll(None, T0 + 2);
+        assert!(
+            matches!(&r, ResponseBody::Error { kind: ErrorKind::CodeRequired, message } if message.contains("mailed to n***@example.org")),
+            "{r:?}"
+        );
+        assert_eq!(outbox.count(), mails + 1, "the proof was mailed");
+        let r = enroll(Some("000000"), T0 + 3);
+        assert!(matches!(r, ResponseBody::Rejected), "{r:?}");
+        let r = enroll(Some(&outbox.last_code()), T0 + 4);
+        assert!(matches!(r, ResponseBody::Enrollment(_)), "{r:?}");
+        // Root needs no proof.
+        let r = e.handle(
+            0,
+            RequestBody::Enroll {
+                user: Some("nobody".into()),
+                force: false,
+                code: None,
+                params: None,
+            },
+            T0 + 5,
+        );
+        assert!(matches!(r, ResponseBody::Enrollment(_)), "{r:?}");
     }
 }

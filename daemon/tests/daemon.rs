@@ -1519,6 +1519,81 @@ fn a_user_changes_their_own_email_address_only_with_a_current_code() {
     assert!(d.log().contains("outcome=sent"), "{}", d.log());
 }
 
+/// A stand-in sendmail (run by twofoldd) keeping the last message; returns its code reader.
+fn sendmail_spool() -> (tempfile::TempDir, String) {
+    let spool = tempfile::tempdir().unwrap();
+    let program = spool.path().join("sendmail");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\ncat > {0}/m.tmp && mv {0}/m.tmp {0}/message\n",
+            spool.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "email_codes = true\nemail_auto = true\nemail_resend_secs = 0\n[email]\nsendmail = {program:?}\n"
+    );
+    (spool, config)
+}
+
+fn last_mailed(spool: &tempfile::TempDir) -> String {
+    let m = std::fs::read_to_string(spool.path().join("message")).unwrap();
+    m.split_whitespace()
+        .find(|w| w.len() == 7 && w.as_bytes()[3] == b'-')
+        .unwrap()
+        .to_string()
+}
+
+/// Finding 2 of the 2026-11 review: an email-only user (a stolen shell) could enroll an app of
+/// its own without proving the address; and finding 10: root's `verify` of a mailed code
+/// consumed it and then exited 2.
+#[test]
+fn an_email_only_user_adds_an_app_only_with_a_mailed_code() {
+    if !is_root() {
+        eprintln!("SKIP an_email_only_user_adds_an_app_only_with_a_mailed_code: needs root to create a test user");
+        return;
+    }
+    let (spool, config) = sendmail_spool();
+    let d = Daemon::start(&config);
+    let me = TempUser::create("tf-g");
+    let other = TempUser::create("tf-h");
+    for u in [&me.name, &other.name] {
+        let set = d.cli(&["email", "set", "x@example.org", "--user", u]);
+        assert_eq!(set.code(), 0, "{}", set.stderr());
+        let ok = d.cli(&["email", "confirm", &last_mailed(&spool), "--user", u]);
+        assert_eq!(ok.code(), 0, "{}", ok.stderr());
+    }
+    let no_code = d.cli_as(Some(&me.name), &["enroll", "--json"], None);
+    assert_eq!(no_code.code(), 2, "{}", no_code.stdout());
+    assert!(
+        no_code.stdout().contains("mailed to x***@example.org"),
+        "{}",
+        no_code.stdout()
+    );
+    let wrong = d.cli_as(Some(&me.name), &["enroll", "--json", "--code", "000-000"], None);
+    assert_eq!(wrong.code(), 1, "{}", wrong.stdout());
+    // A new code was mailed by the first attempt; the wrong try did not kill it.
+    let e = d.cli_as(
+        Some(&me.name),
+        &["enroll", "--json", "--code", "-"],
+        Some(&format!("{}\n", last_mailed(&spool))),
+    );
+    assert_eq!(e.code(), 0, "{} {}", e.stdout(), e.stderr());
+    let secret = e.json()["secret"].as_str().unwrap().to_string();
+    let c = d.cli_as(Some(&me.name), &["confirm", &oathtool(&secret, 0)], None);
+    assert_eq!(c.code(), 0, "{}", c.stderr());
+    // Root checks a mailed login code: accepted, exit 0 (it was "unexpected answer", exit 2).
+    let mailed = d.cli_as(Some(&other.name), &["enroll", "--json"], None);
+    assert_eq!(mailed.code(), 2, "{}", mailed.stdout());
+    let v = d.cli(&["verify", &other.name, &last_mailed(&spool)]);
+    assert_eq!(v.code(), 0, "{} {}", v.stdout(), v.stderr());
+    assert!(v.stdout().contains("Mailed code accepted"), "{}", v.stdout());
+    let again = d.cli(&["verify", &other.name, &last_mailed(&spool)]);
+    assert_eq!(again.code(), 1, "spent: {}", again.stderr());
+}
+
 #[test]
 fn json_mode_prints_json_even_for_local_errors() {
     let d = Daemon::start("");
