@@ -56,6 +56,8 @@ pub struct Config {
     pub pending_ttl: u64,
     /// Days the audit trail is kept in the database.
     pub audit_days: u64,
+    /// Entries the audit trail keeps at most (the oldest go first), whatever their age.
+    pub audit_max_entries: u64,
     pub throttle: ThrottleConfig,
     /// Whether users may have one-time codes mailed to their verified address.
     pub email_codes: bool,
@@ -139,6 +141,7 @@ impl Default for Config {
             request_timeout: 5,
             pending_ttl: 900,
             audit_days: 90,
+            audit_max_entries: 1_000_000,
             throttle: ThrottleConfig::default(),
             email_codes: false,
             email_auto: false,
@@ -248,6 +251,12 @@ impl Config {
             return fail(format!(
                 "audit_days = {} is out of range (1 to 3650)",
                 self.audit_days
+            ));
+        }
+        if !(1_000..=100_000_000).contains(&self.audit_max_entries) {
+            return fail(format!(
+                "audit_max_entries = {} is out of range (1000 to 100000000)",
+                self.audit_max_entries
             ));
         }
         if let Some(issuer) = &self.issuer {

@@ -5,6 +5,7 @@ use crate::audit::{self, Logger};
 use crate::backup;
 use crate::config::{Config, Unenrolled};
 use crate::email::{self, Mailer};
+use crate::limits::{self, Budget, Coalesce, HashGate, Lane};
 use crate::policy::{self, Caller, Decision, Operation};
 use crate::seal;
 use crate::store::{
@@ -12,8 +13,7 @@ use crate::store::{
 };
 use crate::throttle::{self, Gate};
 use crate::users;
-use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use twofold_shared::otp::{self, Algorithm, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
@@ -44,9 +44,15 @@ pub struct Engine {
     log: Arc<Logger>,
     /// Delivery used instead of the configured one (tests).
     mailer: MailerSlot,
-    quiet: QuietRefusals,
+    /// Throttled refusals, recorded once a minute per user.
+    quiet: Coalesce,
+    /// Other repeated events (a login that met no enrollment, refused requests), recorded
+    /// once a minute per kind and user or uid.
+    repeated: Coalesce,
+    /// What each unprivileged uid may change in a minute.
+    budget: Budget,
     /// Users whose last accepted code is ahead of the clock, warned about once a minute.
-    clock_warned: QuietRefusals,
+    clock_warned: Coalesce,
     /// One `seal rekey` at a time.
     rekeying: Mutex<()>,
 }
@@ -135,35 +141,6 @@ enum Outcome {
     NowLocked,
 }
 
-/// A counting semaphore bounding concurrent Argon2id computations.
-#[derive(Debug)]
-struct HashGate {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl HashGate {
-    fn new(permits: usize) -> Self {
-        HashGate {
-            free: Mutex::new(permits.max(1)),
-            freed: Condvar::new(),
-        }
-    }
-
-    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        drop(free);
-        let result = f();
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.freed.notify_one();
-        result
-    }
-}
-
 /// What an import brings, as sent by the CLI.
 struct Imported {
     secret: SecretText,
@@ -242,7 +219,7 @@ fn decoy_secret() -> Secret {
 /// Stores a login's outcome in the audit trail, in the transaction that decided it; a failure
 /// that reached the lockout limit also records the lockout.
 /// A login's audit entry, and whether a refusal by the throttle goes unrecorded because one
-/// was recorded for the same user less than [`QUIET_SECS`] ago: a flood of guesses at a
+/// was recorded for the same user less than [`limits::QUIET_SECS`] ago: a flood of guesses at a
 /// throttled account (a local user can send thousands a second at their own) must not fill
 /// the disk and the log. Every refusal that changes something (a wrong code, a lockout) is
 /// always recorded.
@@ -250,47 +227,6 @@ fn decoy_secret() -> Secret {
 struct LoginBase {
     entry: AuditEntry,
     quiet: bool,
-}
-
-/// See [`LoginBase`].
-const QUIET_SECS: u64 = 60;
-
-/// Per user: when a throttled refusal was last recorded, and how many went unrecorded since.
-#[derive(Default, Debug)]
-struct QuietRefusals(Mutex<HashMap<String, (u64, u32)>>);
-
-impl QuietRefusals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u32)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a throttled refusal of `name` at `now` goes unrecorded. (A clock that jumped
-    /// either way ends the quiet minute: it never silences an hour.)
-    fn quiet(&self, name: &str, now: u64) -> bool {
-        self.lock()
-            .get(name)
-            .is_some_and(|(at, _)| now.abs_diff(*at) < QUIET_SECS)
-    }
-
-    /// Notes a refusal by the throttle. `Some(n)`: it was recorded, with `n` unrecorded since
-    /// the previous one; `None`: it went unrecorded.
-    fn refused(&self, name: &str, now: u64, quiet: bool) -> Option<u32> {
-        let mut map = self.lock();
-        if quiet {
-            if let Some(e) = map.get_mut(name) {
-                e.1 = e.1.saturating_add(1);
-            }
-            return None;
-        }
-        if map.len() >= 10_000 {
-            map.retain(|_, (at, _)| now.abs_diff(*at) < QUIET_SECS);
-            if map.len() >= 10_000 {
-                map.clear();
-            }
-        }
-        let before = map.insert(name.to_string(), (now, 0));
-        Some(before.map_or(0, |(_, n)| n))
-    }
 }
 
 fn record_login(tx: &dyn Tx, base: &LoginBase, outcome: Outcome) -> Result<(), StoreError> {
@@ -475,8 +411,10 @@ impl Engine {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             log,
             mailer: MailerSlot(None),
-            quiet: QuietRefusals::default(),
-            clock_warned: QuietRefusals::default(),
+            quiet: Coalesce::default(),
+            repeated: Coalesce::default(),
+            budget: Budget::default(),
+            clock_warned: Coalesce::default(),
             rekeying: Mutex::new(()),
         }
     }
@@ -487,9 +425,14 @@ impl Engine {
         self
     }
 
-    /// Argon2id of a backup code, waiting for a free hashing slot.
-    fn hash_backup(&self, normalized: &str, salt: &[u8]) -> Option<backup::BackupHash> {
-        self.hashing.run(|| backup::hash(normalized, salt))
+    /// Argon2id of a backup code (or mailed code), waiting for a free slot in `lane`.
+    fn hash_backup(
+        &self,
+        lane: Lane,
+        normalized: &str,
+        salt: &[u8],
+    ) -> Option<backup::BackupHash> {
+        self.hashing.run(lane, || backup::hash(normalized, salt))
     }
 
     /// The configuration in force now.
@@ -558,12 +501,21 @@ impl Engine {
         match wire::decode::<Request>(payload) {
             Ok(request) => self.handle(uid, request.body, now),
             Err(e) => {
-                self.log.warn(&format!(
-                    "bad request from uid {uid}: {}",
-                    audit::text(&e.to_string())
-                ));
+                self.warn_repeated(
+                    &format!("bad-request:{uid}"),
+                    now,
+                    &format!("bad request from uid {uid}: {}", audit::text(&e.to_string())),
+                );
                 error(ErrorKind::BadRequest, e.to_string())
             }
+        }
+    }
+
+    /// A warning that a caller can repeat at will (a refused request, a bad frame): logged
+    /// once a minute per `key`, with the count of those left out.
+    pub fn warn_repeated(&self, key: &str, now: u64, line: &str) {
+        if let Some(n) = self.repeated.admit(key, now) {
+            self.log.warn(&format!("{line}{}", limits::omitted(n)));
         }
     }
 
@@ -682,12 +634,30 @@ impl Engine {
         };
         let decision = policy::authorize(caller, operation, target_uid, self.config().self_enroll);
         if let Decision::Deny(why) = decision {
-            self.log.warn(&format!(
-                "denied op={op} caller_uid={uid} user={} reason={}",
-                audit::field(&name),
-                audit::field(why)
-            ));
+            self.warn_repeated(
+                &format!("denied:{uid}"),
+                now,
+                &format!(
+                    "denied op={op} caller_uid={uid} user={} reason={}",
+                    audit::field(&name),
+                    audit::field(why)
+                ),
+            );
             return error(ErrorKind::PermissionDenied, why);
+        }
+        if !caller.admin && operation.changes() && !self.budget.spend(uid, now) {
+            self.warn_repeated(
+                &format!("budget:{uid}"),
+                now,
+                &format!(
+                    "refused op={op} caller_uid={uid} reason=more than {} changes in a minute",
+                    limits::WRITES_PER_MINUTE
+                ),
+            );
+            return error(
+                ErrorKind::RateLimited,
+                "too many changes asked for in the last minute: wait a minute",
+            );
         }
         let needs_code = decision == Decision::AllowWithCode;
         let target_user = (!name.is_empty()).then(|| name.clone());
@@ -781,19 +751,33 @@ impl Engine {
     /// Before prompting: enrolled users (and names with no account, which must look the same)
     /// are asked for a code; known accounts without enrollment follow `unenrolled`.
     /// Logs and stores a login that met no enrollment: refused or let through by policy.
+    /// Recorded once a minute per user and outcome (any local user can ask about their own
+    /// unenrolled account thousands of times a second), with the count of those left out.
     fn record_not_enrolled(&self, mut entry: AuditEntry, reply: &ResponseBody) {
         entry.outcome = match reply {
             ResponseBody::NotEnrolled { required: true } => "refused-not-enrolled",
             _ => "ignored-not-enrolled",
         }
         .into();
+        let key = format!(
+            "{}:{}",
+            entry.outcome,
+            entry.user.as_deref().unwrap_or_default()
+        );
+        let Some(left_out) = self.repeated.admit(&key, entry.time) else {
+            return;
+        };
+        if left_out > 0 {
+            entry.detail = Some(format!("{left_out} more in the minute before"));
+        }
         self.log.info(&format!(
-            "login user={} service={} rhost={} tty={} outcome={}",
+            "login user={} service={} rhost={} tty={} outcome={}{}",
             audit::opt(entry.user.as_deref()),
             audit::opt(entry.service.as_deref()),
             audit::opt(entry.rhost.as_deref()),
             audit::opt(entry.tty.as_deref()),
-            entry.outcome
+            entry.outcome,
+            limits::omitted(left_out)
         ));
         if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
             self.log.error(&format!("audit write failed: {e}"));
@@ -837,18 +821,30 @@ impl Engine {
             caller_uid: Some(uid),
             detail: Some(format!("code given {} s ago", now - at)),
         };
-        // Accepted only once the acceptance is on record.
-        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
-            self.log.error(&format!("audit write failed: {e}"));
-            return None;
+        // Accepted only once the acceptance is on record. A user asking about their own
+        // account (a screen locker) is recorded once a minute per device: they could ask in
+        // a loop.
+        let admin = uid == 0 || uid == self.daemon_uid;
+        let record = admin
+            || self
+                .repeated
+                .admit(&format!("remembered:{name}:{service}:{origin}"), now)
+                .is_some();
+        if record {
+            if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+                self.log.error(&format!("audit write failed: {e}"));
+                return None;
+            }
         }
-        self.log.info(&format!(
-            "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome=accepted method=remembered",
-            audit::field(name),
-            audit::opt(pam.service.as_deref()),
-            audit::opt(pam.rhost.as_deref()),
-            audit::opt(pam.tty.as_deref()),
-        ));
+        if record {
+            self.log.info(&format!(
+                "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome=accepted method=remembered",
+                audit::field(name),
+                audit::opt(pam.service.as_deref()),
+                audit::opt(pam.rhost.as_deref()),
+                audit::opt(pam.tty.as_deref()),
+            ));
+        }
         Some(ResponseBody::Accepted {
             method: Method::Remembered,
             backup_codes_left: None,
@@ -995,7 +991,7 @@ impl Engine {
             audit::opt(pam.tty.as_deref()),
         );
         if matches!(outcome, Outcome::Throttled { .. } | Outcome::Locked) {
-            match self.quiet.refused(name, now, quiet) {
+            match self.quiet.note(name, now, quiet) {
                 None => return reply,
                 Some(0) => {}
                 Some(n) => line.push_str(&format!(
@@ -1042,7 +1038,7 @@ impl Engine {
             let window = i64::from(u.window.unwrap_or(self.config().window));
             // Once a minute per user: a refused flood must not become a flood of log lines.
             if u.last_step > current + window && !self.clock_warned.quiet(name, now) {
-                self.clock_warned.refused(name, now, false);
+                self.clock_warned.note(name, now, false);
                 self.log.warn(&format!(
                     "clock: the system clock is {} s behind the last code accepted for user={}; \
                      that user's codes are refused until it catches up (check time \
@@ -1068,7 +1064,7 @@ impl Engine {
                     && gate_outcome(&cfg_now.throttle, state, now).is_none() =>
             {
                 Some(EmailTry {
-                    hash: self.hash_backup(&typed, &m.salt),
+                    hash: self.hash_backup(Lane::Login, &typed, &m.salt),
                     salt: m.salt,
                 })
             }
@@ -1122,7 +1118,7 @@ impl Engine {
                     );
                 }
                 Input::Backup(c) => {
-                    let _ = self.hash_backup(c, &[0x5a; backup::SALT_BYTES]);
+                    let _ = self.hash_backup(Lane::Login, c, &[0x5a; backup::SALT_BYTES]);
                 }
                 Input::Garbage => {}
             }
@@ -1158,7 +1154,7 @@ impl Engine {
                         .write(move |tx| record_login(tx, &base, blocked))?;
                     return Ok(Some(blocked));
                 }
-                let hash = self.hash_backup(&c, &user.backup_salt);
+                let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
                 self.store.write(move |tx| {
                     let state = tx.throttle(&owned)?;
                     if let Some(blocked) = gate_outcome(&cfg, state, now) {
@@ -1444,7 +1440,7 @@ impl Engine {
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hashes = codes
             .iter()
-            .map(|c| backup::normalize(c.expose()).and_then(|n| self.hash_backup(&n, &salt)))
+            .map(|c| backup::normalize(c.expose()).and_then(|n| self.hash_backup(Lane::Bulk, &n, &salt)))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing backup codes failed")))?;
         Ok(FreshCodes {
@@ -1685,7 +1681,7 @@ impl Engine {
         }
         let Some(hashes) = normalized
             .iter()
-            .map(|c| self.hash_backup(c, &salt))
+            .map(|c| self.hash_backup(Lane::Bulk, c, &salt))
             .collect::<Option<Vec<_>>>()
         else {
             return error(ErrorKind::Internal, "hashing backup codes failed");
@@ -1739,9 +1735,10 @@ impl Engine {
         let audit_before = now.saturating_sub(cfg.audit_days.saturating_mul(86_400));
         let pending_before = now.saturating_sub(cfg.pending_ttl);
         let lockout = cfg.throttle.lockout_after;
+        let max_entries = cfg.audit_max_entries;
         let result = self.store.write(move |tx| {
             Ok((
-                tx.prune_audit(audit_before)?,
+                tx.prune_audit(audit_before)? + tx.prune_audit_beyond(max_entries)?,
                 tx.prune_pending(pending_before)?,
                 tx.prune_throttle(now.saturating_sub(86_400), lockout)?,
                 tx.prune_grace(now.saturating_sub(MAX_GRACE_SECS))?,
@@ -1752,8 +1749,8 @@ impl Engine {
         match result {
             Ok((0, 0, 0, _, _)) => {}
             Ok((audit, pending, throttle, _, _)) => self.log.info(&format!(
-                "housekeeping: removed {audit} audit entries older than {} days, {pending} expired pending enrollments, {throttle} stale failure counts",
-                cfg.audit_days
+                "housekeeping: removed {audit} audit entries (older than {} days or beyond the newest {}), {pending} expired pending enrollments, {throttle} stale failure counts",
+                cfg.audit_days, cfg.audit_max_entries
             )),
             Err(e) => self.log.error(&format!("housekeeping failed: {e}")),
         }
@@ -1879,7 +1876,7 @@ impl Engine {
         backup::random_bytes(&mut salt)
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hash = self
-            .hash_backup(&code, &salt)
+            .hash_backup(Lane::Login, &code, &salt)
             .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing the code failed")))?;
         let issuer = cfg.issuer_or_hostname();
         let minutes = cfg.email_code_ttl.div_ceil(60);
@@ -2081,7 +2078,7 @@ impl Engine {
             );
         };
         let hash =
-            email::normalize_code(code.expose()).and_then(|c| self.hash_backup(&c, &mailed.salt));
+            email::normalize_code(code.expose()).and_then(|c| self.hash_backup(Lane::Login, &c, &mailed.salt));
         let owned = name.to_string();
         let salt = mailed.salt.clone();
         let mut entry = admin_entry(now, "email-confirm", name, "verified", uid);
@@ -2742,7 +2739,7 @@ mod tests {
             .map(|_| {
                 let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
                 std::thread::spawn(move || {
-                    gate.run(|| {
+                    gate.run(Lane::Login, || {
                         let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(20));

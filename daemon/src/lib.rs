@@ -11,6 +11,7 @@ pub mod email;
 pub mod engine;
 pub mod files;
 pub mod import;
+pub mod limits;
 pub mod migrate;
 pub mod pg;
 pub mod policy;

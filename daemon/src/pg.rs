@@ -1040,6 +1040,14 @@ impl Tx for PgTx<'_> {
         )? as usize)
     }
 
+    fn prune_audit_beyond(&self, keep: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET $1)",
+            &[&to_i64(keep)],
+        )? as usize)
+    }
+
     fn prune_grace(&self, before: u64) -> Result<usize> {
         Ok(self.exec(None, "DELETE FROM grace WHERE at < $1", &[&to_i64(before)])? as usize)
     }

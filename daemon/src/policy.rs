@@ -23,6 +23,25 @@ pub enum Operation {
     SealRekey,
 }
 
+impl Operation {
+    /// Whether the operation changes an account's factors or mails a code: what an
+    /// unprivileged caller may ask for only a few times a minute.
+    pub fn changes(self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            Enroll
+                | Confirm
+                | BackupCodes
+                | Disable
+                | EmailSet
+                | EmailConfirm
+                | EmailRemove
+                | SendEmailCode
+        )
+    }
+}
+
 /// The caller as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {

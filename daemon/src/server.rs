@@ -259,7 +259,7 @@ impl Pool {
         };
         let privileged = uid == 0 || uid == self.daemon_uid;
         match self.slots.take(uid, privileged) {
-            Some(_slot) => handle(stream, uid, &self.engine, &self.log, self.timeout),
+            Some(_slot) => handle(stream, uid, &self.engine, self.timeout),
             None => refuse_busy(stream),
         }
     }
@@ -299,14 +299,18 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
     Ok(())
 }
 
-fn handle(stream: UnixStream, uid: u32, engine: &Engine, log: &Logger, timeout: Duration) {
+fn handle(stream: UnixStream, uid: u32, engine: &Engine, timeout: Duration) {
     let mut input = DeadlineStream::new(stream, Instant::now() + timeout);
     let reply = match wire::read_frame(&mut input) {
         Ok(payload) => engine.handle_payload(uid, &payload, clock::now()),
         // Connected and left: nothing to answer (also what health checks do).
         Err(FrameError::Closed) => return,
         Err(e) => {
-            log.warn(&format!("bad frame from uid {uid}: {e}"));
+            engine.warn_repeated(
+                &format!("bad-frame:{uid}"),
+                clock::now(),
+                &format!("bad frame from uid {uid}: {e}"),
+            );
             ResponseBody::Error {
                 kind: ErrorKind::BadRequest,
                 message: e.to_string(),

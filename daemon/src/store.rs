@@ -198,6 +198,8 @@ pub trait Tx {
     ) -> Result<(Vec<AuditEntry>, u64)>;
     /// Deletes entries older than `before`; returns how many.
     fn prune_audit(&self, before: u64) -> Result<usize>;
+    /// Deletes the oldest entries beyond the newest `keep`; returns how many.
+    fn prune_audit_beyond(&self, keep: u64) -> Result<usize>;
     /// Forgets remembered devices older than `before`.
     fn prune_grace(&self, before: u64) -> Result<usize>;
     /// Deletes pending enrollments created before `before`.
@@ -1148,6 +1150,15 @@ impl Tx for SqliteTx<'_> {
             .0
             .prepare_cached("DELETE FROM audit WHERE time < ?1")?
             .execute([to_i64(before)])?)
+    }
+
+    fn prune_audit_beyond(&self, keep: u64) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            )?
+            .execute([to_i64(keep)])?)
     }
 
     fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()> {
