@@ -118,6 +118,9 @@ enum Command {
     /// Seal TOTP secrets at rest with a key kept outside the database (root).
     #[command(subcommand)]
     Seal(SealCommand),
+    /// The PostgreSQL store shared by a fleet of hosts (root).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Copy this host's SQLite store into the PostgreSQL store (root; twofoldd stopped).
     Migrate {
         /// The store to copy into: postgres.
@@ -176,6 +179,17 @@ enum SealCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create twofold's schema in the empty PostgreSQL database that postgres_url names (with
+    /// seal_key_file: sealed with that key), once for the fleet; twofoldd never creates it.
+    Init {
+        /// twofoldd's configuration file (postgres_url, postgres_password_file, seal_key_file).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ImportSource {
     /// google-authenticator-libpam: the TOTP key, step size, window and scratch codes (as
     /// backup codes) of ~NAME/.google_authenticator or FILE, which is left untouched.
@@ -204,6 +218,9 @@ pub fn main() -> ExitCode {
     }
     if let Command::Seal(SealCommand::Init { config }) = cli.command {
         return ExitCode::from(seal_init(config, cli.json));
+    }
+    if let Command::Fleet(FleetCommand::Init { config }) = cli.command {
+        return ExitCode::from(fleet_init(config, cli.json));
     }
     if let Command::Migrate { to, config } = cli.command {
         return ExitCode::from(migrate(&to, config, named, cli.json));
@@ -390,6 +407,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         },
         Command::Doctor { .. }
         | Command::Seal(SealCommand::Init { .. })
+        | Command::Fleet(_)
         | Command::Migrate { .. } => exit::ERROR, // in main
     }
 }
@@ -446,6 +464,65 @@ fn migrate(to: &str, config_path: Option<PathBuf>, socket: Option<PathBuf>, json
         }
         Err(why) => fail(why),
     }
+}
+
+/// `twofold fleet init`: the schema in an empty PostgreSQL database (sealed when the
+/// configuration names a seal key), never over an existing one.
+fn fleet_init(config_path: Option<PathBuf>, json_out: bool) -> u8 {
+    let fail = |message: String| local_failure(json_out, &message);
+    if !nix::unistd::geteuid().is_root() {
+        return fail(
+            "twofold fleet init must run as root (it reads the database password and the seal \
+             key, as twofoldd does)"
+                .into(),
+        );
+    }
+    let (path, explicit) = match config_path {
+        Some(p) => (p, true),
+        None => (PathBuf::from(crate::config::DEFAULT_CONFIG), false),
+    };
+    let config = match crate::config::Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    let Some(url) = config.postgres_url.as_deref() else {
+        return fail(format!(
+            "set postgres_url (and postgres_password_file) in {} first",
+            path.display()
+        ));
+    };
+    let seal = match &config.seal_key_file {
+        None => None,
+        Some(key_file) => match crate::seal::read_key(key_file, 0) {
+            Ok(key) => Some(crate::seal::Sealer::from_key(&key)),
+            Err(why) => {
+                return fail(format!(
+                    "{why} (seal_key_file: 'twofold seal init' creates it; copy the same file \
+                     to every host)"
+                ))
+            }
+        },
+    };
+    if let Err(e) = crate::pg::init(url, config.postgres_password_file.as_deref(), seal.as_ref()) {
+        return fail(e.to_string());
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({"result": "done", "sealed": seal.is_some()})
+        );
+    } else {
+        let sealed = match &config.seal_key_file {
+            Some(f) if seal.is_some() => format!(", sealed with {}", f.display()),
+            _ => String::new(),
+        };
+        println!(
+            "Created twofold's schema in the PostgreSQL database{sealed}. Set store = \
+             \"postgres\" in {} and start twofoldd on every host.",
+            path.display()
+        );
+    }
+    exit::OK
 }
 
 /// `twofold seal init`: a new key file where the configuration says, never over an old one.
@@ -558,11 +635,22 @@ fn run_doctor(named_socket: Option<PathBuf>, config_path: Option<PathBuf>, json_
         doctor::socket_meta(&socket),
         0,
     ));
-    findings.push(doctor::check_database(
-        &config.database,
-        doctor::owner_mode(&config.database),
-        0,
-    ));
+    if config.store == crate::config::StoreKind::Postgres {
+        let url = config.postgres_url.as_deref().unwrap_or_default();
+        findings.extend(doctor::check_postgres(
+            crate::pg::transport(url),
+            config
+                .postgres_password_file
+                .as_deref()
+                .map(crate::pg::check_password_file),
+        ));
+    } else {
+        findings.push(doctor::check_database(
+            &config.database,
+            doctor::owner_mode(&config.database),
+            0,
+        ));
+    }
     let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());

@@ -303,6 +303,38 @@ pub fn check_database(path: &Path, meta: Option<(u32, u32)>, owner: u32) -> Find
     }
 }
 
+/// The PostgreSQL store (`store = "postgres"`): how `postgres_url` reaches the server (what
+/// `pg::transport` made of it) and whether the password file passes twofoldd's check. No
+/// local database file is involved.
+pub fn check_postgres(
+    transport: Result<crate::pg::Transport, String>,
+    password_file: Option<Result<(), String>>,
+) -> Vec<Finding> {
+    let mut out =
+        vec![match transport {
+        Ok(t) => ok("postgres", format!("the PostgreSQL store is reached over {t}")),
+        Err(why) => fail(
+            "postgres",
+            format!("{why} (twofoldd refuses to start with it)"),
+            "in postgres_url: 'host=NAME sslmode=verify-full sslrootcert=/etc/twofold/pg-ca.pem', \
+             or 'host=/var/run/postgresql' for a PostgreSQL on this host",
+        ),
+    }];
+    match password_file {
+        None => {}
+        Some(Ok(())) => out.push(ok(
+            "postgres",
+            "postgres_password_file: a regular file owned by root, mode 600",
+        )),
+        Some(Err(why)) => out.push(fail(
+            "postgres",
+            format!("{why} (twofoldd refuses to start with it)"),
+            "chown root: and chmod 600 the file (a regular file, not a symlink)",
+        )),
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clock and users
 
@@ -499,6 +531,44 @@ mod tests {
         assert_eq!(check_database(d, Some((0, 0o100644)), 0).level, Level::Fail);
         assert_eq!(check_database(d, Some((5, 0o100600)), 0).level, Level::Fail);
         assert_eq!(check_database(d, None, 0).level, Level::Warn);
+    }
+
+    #[test]
+    fn postgres_transport_and_password_file() {
+        use crate::pg::transport;
+        let tls = check_postgres(
+            transport("host=db.example.org sslmode=verify-full sslrootcert=/etc/ca.pem"),
+            Some(Ok(())),
+        );
+        assert!(tls.iter().all(|f| f.level == Level::Ok), "{tls:?}");
+        assert!(
+            tls[0].message.contains("sslmode=verify-full")
+                && tls[0].message.contains("/etc/ca.pem"),
+            "{}",
+            tls[0].message
+        );
+        let socket = check_postgres(transport("host=/var/run/postgresql dbname=twofold"), None);
+        assert_eq!(socket.len(), 1);
+        assert_eq!(socket[0].level, Level::Ok);
+        assert!(
+            socket[0].message.contains("Unix socket"),
+            "{}",
+            socket[0].message
+        );
+        for plain in [
+            "host=db.example.org",
+            "host=db.example.org sslmode=prefer",
+            "host=db.example.org sslmode=disable",
+            "postgresql://db.example.org/twofold",
+        ] {
+            let f = check_postgres(transport(plain), None);
+            assert_eq!(f[0].level, Level::Fail, "{plain}: {f:?}");
+        }
+        let bad_file = check_postgres(
+            transport("host=/run/postgresql"),
+            Some(Err("postgres_password_file /x must be owned by root".into())),
+        );
+        assert_eq!(bad_file[1].level, Level::Fail);
     }
 
     #[test]

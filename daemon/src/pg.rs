@@ -5,8 +5,14 @@
 //! to both, failures counted on both) take turns, exactly as the single SQLite writer does on one
 //! host. A small pool per host (at most [`POOL`] connections), a connect and statement timeout
 //! of [`TIMEOUT`]: a database that is down or slow fails logins closed within the PAM timeout,
-//! and the next request reconnects. TLS (rustls) as `sslmode` asks, the server's certificate
-//! always verified, against `sslrootcert` when given.
+//! and the next request reconnects.
+//!
+//! The database decides who is enrolled, so the way to it must not be forgeable: over TCP TLS
+//! is required (`sslmode=require`, `verify-ca` or `verify-full`, which twofold treats alike:
+//! the server's certificate is always verified, against `sslrootcert` when given, and must name
+//! the host), and a password is only ever sent by SCRAM with channel binding, never in
+//! cleartext; a host's own Unix socket needs neither. twofoldd never creates the schema: an
+//! empty database is refused until `twofold fleet init` (or `twofold migrate`) sets it up.
 
 use crate::seal::Sealer;
 use crate::store::{
@@ -157,7 +163,7 @@ struct Pool {
 /// Handle to the shared database.
 pub struct PgStore {
     config: postgres::Config,
-    tls: MakeRustlsConnect,
+    connector: Connector,
     pool: Mutex<Pool>,
     freed: Condvar,
     seal: Option<Arc<Sealer>>,
@@ -188,21 +194,22 @@ impl Drop for Lease<'_> {
 }
 
 impl PgStore {
-    /// Connects, runs the migrations (one daemon at a time, under an advisory lock), and
-    /// checks the seal keys as the SQLite store does: a database never sealed is sealed with
-    /// the first key; a sealed one needs a key that opens it.
+    /// Connects, brings an existing schema up to date (one daemon at a time, under an
+    /// advisory lock; a database without the schema is refused, see [`init`]), and checks the
+    /// seal keys as the SQLite store does: a database never sealed is sealed with the first
+    /// key; a sealed one needs a key that opens it.
     pub fn open(
         url: &str,
         password_file: Option<&Path>,
         keys: Vec<Sealer>,
     ) -> Result<(PgStore, Option<usize>)> {
-        let (config, tls) = client_config(url, password_file)?;
-        let mut client = config.connect(tls.clone())?;
-        migrate(&mut client)?;
+        let (config, connector) = client_config(url, password_file)?;
+        let mut client = connector.connect(&config)?;
+        upgrade(&mut client)?;
         let (seal, which) = choose_seal(&mut client, keys)?;
         let store = PgStore {
             config,
-            tls,
+            connector,
             pool: Mutex::new(Pool {
                 idle: vec![Conn::new(client)],
                 open: 1,
@@ -230,7 +237,7 @@ impl PgStore {
             if pool.open < POOL {
                 pool.open += 1;
                 drop(pool);
-                return match self.config.connect(self.tls.clone()) {
+                return match self.connector.connect(&self.config) {
                     Ok(c) => Ok(Lease {
                         store: self,
                         client: Some(Conn::new(c)),
@@ -240,7 +247,7 @@ impl PgStore {
                         pool.open -= 1;
                         drop(pool);
                         self.freed.notify_one();
-                        Err(pg_error(e))
+                        Err(e)
                     }
                 };
             }
@@ -306,31 +313,147 @@ impl PgStore {
     }
 }
 
-/// The connection settings: `url` (never holding a password), the password from its file,
-/// and the timeouts that make a dead or slow database fail logins closed in time.
-fn client_config(
-    url: &str,
-    password_file: Option<&Path>,
-) -> Result<(postgres::Config, MakeRustlsConnect)> {
-    let (url, root_file) = take_option(url, "sslrootcert");
+/// How twofoldd reaches the database, as `postgres_url` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// This host's Unix socket directory (`host=/var/run/postgresql`): no network, no TLS.
+    Socket(String),
+    /// TCP to `hosts`, TLS required: `sslmode` as written (require, verify-ca or verify-full)
+    /// and the roots the server's certificate is verified against (`sslrootcert`, else the
+    /// public roots).
+    Tls {
+        hosts: String,
+        sslmode: String,
+        rootcert: Option<String>,
+    },
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Socket(dir) => write!(
+                f,
+                "this host's Unix socket in {dir} (no network, so no TLS; sslmode does not apply)"
+            ),
+            Transport::Tls {
+                hosts,
+                sslmode,
+                rootcert,
+            } => {
+                write!(
+                f,
+                "TCP to {hosts} with TLS required (sslmode={sslmode}); the server's certificate \
+                 is verified against {} and must name the host",
+                rootcert.as_deref().unwrap_or("the public roots (no sslrootcert)")
+            )
+            }
+        }
+    }
+}
+
+/// What twofold makes of `sslmode` over TCP: only modes that refuse a server without TLS.
+/// twofold always verifies the certificate and the name, so all three mean verify-full.
+const TLS_MODES: &[&str] = &["require", "verify-ca", "verify-full"];
+
+fn remote(why: String) -> StoreError {
+    StoreError::Remote(why)
+}
+
+/// How `postgres_url` reaches the server (for `twofold doctor`; twofoldd checks the same).
+pub fn transport(url: &str) -> std::result::Result<Transport, String> {
+    parse_url(url).map(|(_, t)| t).map_err(|e| match e {
+        StoreError::Remote(why) => why,
+        other => other.to_string(),
+    })
+}
+
+/// The driver's settings for `url` and the transport they use: TCP only with TLS required,
+/// a Unix socket without TLS (the server offers none there).
+fn parse_url(url: &str) -> Result<(postgres::Config, Transport)> {
+    let (url, rootcert) = take_option(url, "sslrootcert");
+    let (url, sslmode) = take_option(&url, "sslmode");
     let mut config: postgres::Config = url
         .parse()
-        .map_err(|e| StoreError::Remote(format!("postgres_url: {e}")))?;
-    let tls = tls_connector(root_file.as_deref())?;
-    if let Some(file) = password_file {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(file)
-            .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(StoreError::Remote(format!(
-                "{} is open to group or others; chmod 600 it",
-                file.display()
-            )));
+        .map_err(|e| remote(format!("postgres_url: {e}")))?;
+    let transport = transport_of(&config, sslmode, rootcert)?;
+    config.ssl_mode(match transport {
+        Transport::Socket(_) => postgres::config::SslMode::Disable,
+        Transport::Tls { .. } => postgres::config::SslMode::Require,
+    });
+    Ok((config, transport))
+}
+
+fn transport_of(
+    config: &postgres::Config,
+    sslmode: Option<String>,
+    rootcert: Option<String>,
+) -> Result<Transport> {
+    use postgres::config::Host;
+    let (mut names, mut sockets) = (Vec::new(), Vec::new());
+    for host in config.get_hosts() {
+        match host {
+            Host::Tcp(name) => names.push(name.clone()),
+            Host::Unix(dir) => sockets.push(dir.display().to_string()),
         }
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| StoreError::Remote(format!("{}: {e}", file.display())))?;
-        config.password(text.trim_end_matches(['\n', '\r']));
     }
+    let addrs = config.get_hostaddrs();
+    if names.is_empty() && sockets.is_empty() {
+        return Err(remote(if addrs.is_empty() {
+            "postgres_url names no host: host=/var/run/postgresql (this host's socket) or \
+             host=NAME sslmode=verify-full"
+                .into()
+        } else {
+            "postgres_url gives hostaddr without host: add host=NAME, the name the server's \
+             certificate is checked against"
+                .into()
+        }));
+    }
+    if !sockets.is_empty() {
+        if !names.is_empty() || !addrs.is_empty() {
+            return Err(remote(
+                "postgres_url mixes a Unix socket with TCP hosts: use one or the other".into(),
+            ));
+        }
+        return Ok(Transport::Socket(sockets.join(",")));
+    }
+    let hosts = names.join(",");
+    match sslmode {
+        Some(mode) if TLS_MODES.contains(&mode.as_str()) => Ok(Transport::Tls {
+            hosts,
+            sslmode: mode,
+            rootcert,
+        }),
+        mode => Err(remote(format!(
+            "postgres_url reaches {hosts} over TCP with {}: twofold needs TLS there, or a man \
+             in the middle could answer for the database (every user would look unenrolled); \
+             add sslmode=verify-full and sslrootcert=FILE (the CA of the server's certificate), \
+             or use this host's Unix socket (host=/var/run/postgresql)",
+            match mode {
+                Some(m) => format!("sslmode={m}"),
+                None => "no sslmode (the driver would fall back to plain text)".into(),
+            }
+        ))),
+    }
+}
+
+/// The connection settings: `url` (never holding a password), the password from its file,
+/// and the timeouts that make a dead or slow database fail logins closed in time. Over TCP a
+/// password is only ever given to SCRAM with channel binding (`channel_binding=require`):
+/// the driver then refuses a server that asks for it in cleartext or by MD5 before sending
+/// anything, and the exchange is bound to the verified TLS session.
+fn client_config(url: &str, password_file: Option<&Path>) -> Result<(postgres::Config, Connector)> {
+    let (url, binding) = take_option(url, "channel_binding");
+    let (mut config, transport) = parse_url(&url)?;
+    let connector = match &transport {
+        Transport::Socket(_) => Connector::Socket,
+        Transport::Tls { rootcert, .. } => Connector::Tls(tls_connector(rootcert.as_deref())?),
+    };
+    if let Some(file) = password_file {
+        let password = read_password(file)?;
+        config.password(password.as_bytes());
+    }
+    let tcp_password = password_file.is_some() && matches!(transport, Transport::Tls { .. });
+    config.channel_binding(channel_binding(binding.as_deref(), tcp_password)?);
     let timeout_ms = TIMEOUT.as_millis();
     config
         .connect_timeout(TIMEOUT)
@@ -341,11 +464,90 @@ fn client_config(
                  -c idle_in_transaction_session_timeout=10000"
         ))
         .application_name("twofoldd");
-    Ok((config, tls))
+    Ok((config, connector))
+}
+
+/// `channel_binding` as written, and `require` whenever a password goes over TCP.
+fn channel_binding(
+    written: Option<&str>,
+    tcp_password: bool,
+) -> Result<postgres::config::ChannelBinding> {
+    use postgres::config::ChannelBinding;
+    let mode = match written {
+        None | Some("prefer") => ChannelBinding::Prefer,
+        Some("require") => ChannelBinding::Require,
+        Some("disable") => ChannelBinding::Disable,
+        Some(other) => {
+            return Err(remote(format!(
+                "postgres_url: channel_binding={other} is not one of disable, prefer, require"
+            )))
+        }
+    };
+    match (tcp_password, mode) {
+        (false, mode) => Ok(mode),
+        (true, ChannelBinding::Disable) => Err(remote(
+            "postgres_url: channel_binding=disable with a password over TCP: twofold sends the \
+             password only by SCRAM with channel binding; remove channel_binding"
+                .into(),
+        )),
+        (true, _) => Ok(ChannelBinding::Require),
+    }
+}
+
+/// `postgres_password_file` passes the SMTP password file's check (`email::check_password_file`:
+/// a regular file, not a symlink, owned by root or the daemon's user, private to it).
+pub fn check_password_file(file: &Path) -> std::result::Result<(), String> {
+    crate::email::check_password_file(file)
+        .map_err(|why| why.replacen("email.password_file", "postgres_password_file", 1))
+}
+
+/// The password file, checked, then read without following a symlink.
+fn read_password(file: &Path) -> Result<zeroize::Zeroizing<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    check_password_file(file).map_err(remote)?;
+    let unreadable =
+        |e: std::io::Error| remote(format!("postgres_password_file {}: {e}", file.display()));
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(unreadable)?;
+    let kept = text.trim_end_matches(['\n', '\r']).len();
+    text.truncate(kept);
+    Ok(text)
+}
+
+/// Makes connections: TLS over TCP, none on a Unix socket (where the TLS connector would
+/// fail, having no host name to check).
+#[derive(Clone)]
+enum Connector {
+    Tls(MakeRustlsConnect),
+    Socket,
+}
+
+impl Connector {
+    fn connect(&self, config: &postgres::Config) -> Result<Client> {
+        let connected = match self {
+            Connector::Tls(tls) => config.connect(tls.clone()),
+            Connector::Socket => config.connect(postgres::NoTls),
+        };
+        connected.map_err(|e| match pg_error(e) {
+            StoreError::Remote(why) if why.contains("channel binding") => remote(format!(
+                "{why} (twofold gives its password only to SCRAM-SHA-256 with channel binding \
+                 over TLS, never in cleartext or by MD5: set this user's method in pg_hba.conf \
+                 to scram-sha-256)"
+            )),
+            other => other,
+        })
+    }
 }
 
 /// Removes `key=value` (key=value form, or a `?`/`&` parameter of the URL form) from `url`,
-/// returning the rest and the value: `sslrootcert` is ours to read, not the driver's.
+/// returning the rest and the value: `sslrootcert` is ours to read, not the driver's, and
+/// `sslmode` and `channel_binding` ours to judge.
 fn take_option(url: &str, key: &str) -> (String, Option<String>) {
     let prefix = format!("{key}=");
     if let Some((base, query)) = url.split_once('?') {
@@ -381,21 +583,20 @@ fn take_option(url: &str, key: &str) -> (String, Option<String>) {
     (kept.join(" "), found)
 }
 
-/// TLS as `sslmode` asks (rust-postgres: `disable`, `prefer`, `require`), always verifying the
-/// server's certificate against `sslrootcert` (a PEM file) or, without it, the public roots.
+/// The TLS connector: the server's certificate always verified, against `sslrootcert` (a PEM
+/// file) or, without it, the public roots, and its name checked.
 fn tls_connector(root_file: Option<&str>) -> Result<MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
     match root_file {
         Some(file) => {
             use rustls::pki_types::pem::PemObject;
             let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
-                .map_err(|e| StoreError::Remote(format!("sslrootcert {file}: {e}")))?;
+                .map_err(|e| remote(format!("sslrootcert {file}: {e}")))?;
             for cert in certs {
-                let cert =
-                    cert.map_err(|e| StoreError::Remote(format!("sslrootcert {file}: {e}")))?;
+                let cert = cert.map_err(|e| remote(format!("sslrootcert {file}: {e}")))?;
                 roots
                     .add(cert)
-                    .map_err(|e| StoreError::Remote(format!("sslrootcert {file}: {e}")))?;
+                    .map_err(|e| remote(format!("sslrootcert {file}: {e}")))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -403,29 +604,109 @@ fn tls_connector(root_file: Option<&str>) -> Result<MakeRustlsConnect> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Remote(format!("TLS: {e}")))?
+        .map_err(|e| remote(format!("TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
-/// A connection with the schema in place (for `twofold migrate`).
+/// twofold's tables, the version table first: `fleet init` refuses a database holding any.
+const TABLES: &[&str] = &[
+    "twofold_schema",
+    "users",
+    "backup_codes",
+    "pending",
+    "throttle",
+    "counters",
+    "audit",
+    "grace",
+    "emails",
+    "email_codes",
+    "meta",
+];
+
+const NO_SCHEMA: &str = "the database holds no twofold schema, and twofoldd never creates one \
+     (an empty database could be anyone's): create it once for the fleet with 'twofold fleet \
+     init' (as root, with this configuration), or move a host's store there with 'twofold \
+     migrate --to postgres'";
+
+/// `twofold fleet init`: creates the schema in a database that holds none of twofold's tables,
+/// with the seal key's check value when `seal` is given, in one transaction.
+pub fn init(url: &str, password_file: Option<&Path>, seal: Option<&Sealer>) -> Result<()> {
+    let (config, connector) = client_config(url, password_file)?;
+    let mut client = connector.connect(&config)?;
+    create_schema(&mut client, seal)
+}
+
+/// A connection with the schema in place (for `twofold migrate`, an administrator's explicit
+/// act: it creates the schema in an empty database).
 pub fn connect_with_schema(url: &str, password_file: Option<&Path>) -> Result<Client> {
-    let (config, tls) = client_config(url, password_file)?;
-    let mut client = config.connect(tls)?;
-    migrate(&mut client)?;
+    let (config, connector) = client_config(url, password_file)?;
+    let mut client = connector.connect(&config)?;
+    if schema_version(&mut client)?.is_none() {
+        create_schema(&mut client, None)?;
+    }
+    upgrade(&mut client)?;
     Ok(client)
 }
 
-fn migrate(client: &mut Client) -> Result<()> {
+/// The schema version the database records; `None` when it holds no twofold schema.
+fn schema_version(client: &mut Client) -> Result<Option<i64>> {
+    let present: bool = client
+        .query_one("SELECT to_regclass('twofold_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !present {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt("SELECT version FROM twofold_schema", &[])?
+        .map(|r| r.get(0)))
+}
+
+fn create_schema(client: &mut Client, seal: Option<&Sealer>) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let found: Vec<String> = tx
+        .query(
+            "SELECT t FROM unnest($1::TEXT[]) AS t WHERE to_regclass(quote_ident(t)) IS NOT NULL",
+            &[&TABLES],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !found.is_empty() {
+        return Err(remote(format!(
+            "the database already holds twofold tables ({}): 'twofold fleet init' sets up an \
+             empty database only, and nothing was changed",
+            found.join(", ")
+        )));
+    }
+    tx.batch_execute("CREATE TABLE twofold_schema (version BIGINT NOT NULL);")?;
+    for sql in MIGRATIONS {
+        tx.batch_execute(sql)?;
+    }
+    let version = MIGRATIONS.len() as i64;
+    tx.execute(
+        "INSERT INTO twofold_schema (version) VALUES ($1)",
+        &[&version],
+    )?;
+    if let Some(key) = seal {
+        let check = key.check_value().map_err(StoreError::Seal)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('seal_check', $1)",
+            &[&check],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Brings an existing schema up to date, one daemon at a time; a database without the schema
+/// is refused (see [`NO_SCHEMA`]).
+fn upgrade(client: &mut Client) -> Result<()> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
     let result = (|| -> Result<()> {
-        client.batch_execute(
-            "CREATE TABLE IF NOT EXISTS twofold_schema (version BIGINT NOT NULL);",
-        )?;
-        let found: i64 = client
-            .query_opt("SELECT version FROM twofold_schema", &[])?
-            .map_or(0, |r| r.get(0));
+        let found = schema_version(client)?.ok_or_else(|| remote(NO_SCHEMA.into()))?;
         let known = MIGRATIONS.len() as i64;
         if found > known {
             return Err(StoreError::TooNew { found, known });
@@ -941,7 +1222,7 @@ impl Tx for PgTx<'_> {
             .one(
                 Some(name),
                 "SELECT COUNT(*) FROM audit WHERE event = 'email' AND \"user\" = $1
-                 AND outcome = 'sent' AND time >= $2",
+                 AND outcome IN ('sent', 'failed') AND time >= $2",
                 &[&name, &to_i64(since)],
             )?
             .map_or(0, |r| r.get(0));
@@ -1072,5 +1353,142 @@ impl Tx for PgTx<'_> {
              AND name NOT IN (SELECT name FROM users)",
             &[&to_i64(before), &lockout],
         )? as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use postgres::config::{ChannelBinding, SslMode};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn tcp_needs_a_tls_mode_that_refuses_plain_text() {
+        for url in [
+            "host=db.example.org user=twofold",
+            "host=db.example.org sslmode=prefer",
+            "host=db.example.org sslmode=disable",
+            "host=db.example.org sslmode=allow",
+            "host=127.0.0.1 port=5432 sslrootcert=/etc/ca.pem",
+            "postgresql://twofold@db.example.org/twofold",
+            "postgresql://twofold@db.example.org/twofold?sslmode=prefer",
+        ] {
+            let why = transport(url).unwrap_err();
+            assert!(why.contains("sslmode=verify-full"), "{url}: {why}");
+        }
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("host=db.example.org sslmode={mode} sslrootcert=/etc/ca.pem");
+            let (config, t) = parse_url(&url).unwrap();
+            assert_eq!(config.get_ssl_mode(), SslMode::Require, "{mode}");
+            assert_eq!(
+                t,
+                Transport::Tls {
+                    hosts: "db.example.org".into(),
+                    sslmode: mode.into(),
+                    rootcert: Some("/etc/ca.pem".into())
+                }
+            );
+        }
+        let (config, _) =
+            parse_url("postgresql://twofold@db.example.org/twofold?sslmode=verify-full").unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(config.get_dbname(), Some("twofold"));
+    }
+
+    #[test]
+    fn a_unix_socket_needs_no_tls_and_mixing_is_refused() {
+        for url in [
+            "host=/var/run/postgresql dbname=twofold",
+            "host=/var/run/postgresql sslmode=verify-full",
+            "postgresql://twofold@%2Fvar%2Frun%2Fpostgresql/twofold",
+        ] {
+            let (config, t) = parse_url(url).unwrap();
+            assert_eq!(t, Transport::Socket("/var/run/postgresql".into()), "{url}");
+            assert_eq!(config.get_ssl_mode(), SslMode::Disable, "{url}");
+        }
+        for url in [
+            "host=/var/run/postgresql,db.example.org sslmode=require",
+            "host=/var/run/postgresql hostaddr=10.0.0.1 sslmode=require",
+            "hostaddr=10.0.0.1 sslmode=require",
+            "dbname=twofold",
+        ] {
+            assert!(transport(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_password_over_tcp_is_given_only_with_channel_binding() {
+        assert_eq!(
+            channel_binding(None, true).unwrap(),
+            ChannelBinding::Require
+        );
+        assert_eq!(
+            channel_binding(Some("prefer"), true).unwrap(),
+            ChannelBinding::Require
+        );
+        assert!(channel_binding(Some("disable"), true).is_err());
+        assert!(channel_binding(Some("sometimes"), false).is_err());
+        assert_eq!(
+            channel_binding(None, false).unwrap(),
+            ChannelBinding::Prefer
+        );
+        assert_eq!(
+            channel_binding(Some("disable"), false).unwrap(),
+            ChannelBinding::Disable
+        );
+    }
+
+    #[test]
+    fn the_password_file_is_checked_like_the_smtp_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password(&file).unwrap().as_str(), "s3cret");
+        let url = "host=db.example.org sslmode=verify-full";
+        let (config, _) = client_config(url, Some(&file)).unwrap();
+        assert_eq!(config.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(config.get_channel_binding(), ChannelBinding::Require);
+        // Through a symlink: refused, even to a good file.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let why = check_password_file(&link).unwrap_err();
+        assert!(
+            why.contains("postgres_password_file") && why.contains("regular file"),
+            "{why}"
+        );
+        assert!(client_config(url, Some(&link)).is_err());
+        // Open to others.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(check_password_file(&file)
+            .unwrap_err()
+            .contains("chmod 600"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Owned by another user (as root only: chown).
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&file, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let why = check_password_file(&file).unwrap_err();
+            assert!(why.contains("owned by root"), "{why}");
+        }
+    }
+
+    #[test]
+    fn options_twofold_judges_are_taken_out_of_both_url_forms() {
+        assert_eq!(
+            take_option("host=a sslmode=verify-full user=b", "sslmode"),
+            ("host=a user=b".to_string(), Some("verify-full".to_string()))
+        );
+        assert_eq!(
+            take_option("postgresql://a/b?sslmode=require&sslrootcert=/c", "sslmode"),
+            (
+                "postgresql://a/b?sslrootcert=/c".to_string(),
+                Some("require".to_string())
+            )
+        );
+        assert_eq!(
+            take_option("host=a", "sslmode"),
+            ("host=a".to_string(), None)
+        );
     }
 }

@@ -880,6 +880,7 @@ impl PamService {
 
 /// A real PostgreSQL on 127.0.0.1 with its data in a temp directory, run as the `postgres`
 /// account (it refuses root) and stopped by its pid. `trust` authentication: loopback only.
+/// It also listens on a Unix socket in `dir/sock` (`socket_url`, `psql`).
 #[derive(Debug)]
 pub struct Postgres {
     pub dir: tempfile::TempDir,
@@ -894,8 +895,9 @@ impl Postgres {
         Postgres::start_with(test, false)
     }
 
-    /// A server that accepts TLS connections only (a self-signed certificate for 127.0.0.1,
-    /// in `dir/ca.pem`; plain connections are rejected by pg_hba.conf).
+    /// A server that accepts TLS connections only over TCP (a self-signed certificate for
+    /// 127.0.0.1, in `dir/ca.pem`; plain TCP connections are rejected by pg_hba.conf; its Unix
+    /// socket is trusted, for `psql`).
     pub fn start_tls(test: &str) -> Option<Postgres> {
         Postgres::start_with(test, true)
     }
@@ -920,6 +922,10 @@ impl Postgres {
             .unwrap()
             .expect("the postgres account (made by the postgresql package)");
         nix::unistd::chown(&data, Some(pg.uid), Some(pg.gid)).unwrap();
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(&sock, Some(pg.uid), Some(pg.gid)).unwrap();
         let out = as_postgres(&bin.join("initdb"))
             .args([
                 "-A",
@@ -985,7 +991,8 @@ impl Postgres {
             .unwrap();
             std::fs::write(
                 data.join("pg_hba.conf"),
-                "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
+                 host all all 127.0.0.1/32 reject\n",
             )
             .unwrap();
         }
@@ -1027,6 +1034,73 @@ impl Postgres {
         )
     }
 
+    /// `postgres_url` over the server's Unix socket (no TLS there).
+    pub fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=twofold dbname=postgres",
+            self.dir.path().join("sock").display(),
+            self.port
+        )
+    }
+
+    /// `postgres_url` over TCP with TLS, the certificate verified against `dir/ca.pem` (a
+    /// server from `start_tls`).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "{} sslmode=verify-full sslrootcert={}",
+            self.url(),
+            self.dir.path().join("ca.pem").display()
+        )
+    }
+
+    /// Runs one SQL command as the superuser `twofold` through the Unix socket; its output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(self.dir.path().join("sock"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "twofold",
+                "-d",
+                database,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Replaces pg_hba.conf and waits until the server has reloaded it.
+    pub fn set_hba(&self, text: &str) {
+        let data = self.dir.path().join("data");
+        std::fs::write(data.join("pg_hba.conf"), text).unwrap();
+        let log = self.dir.path().join("postgres.log");
+        let reloads = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("reloading configuration files")
+                .count()
+        };
+        let before = reloads();
+        let child = self.child.as_ref().expect("server running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() <= before {
+            assert!(Instant::now() < deadline, "PostgreSQL did not reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The postmaster logs before it has read the files; give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     /// (Re)starts the server on the same data directory and port; waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
@@ -1041,7 +1115,12 @@ impl Postgres {
                 "-c",
                 "listen_addresses=127.0.0.1",
             ])
-            .args(["-c", "unix_socket_directories=", "-c", "max_connections=50"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().join("sock").display()
+            ))
+            .args(["-c", "max_connections=50"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,6 +1,7 @@
 //! Fleets (issue 8): two twofoldd ("host A" and "host B", separate sockets) on one real
-//! PostgreSQL on 127.0.0.1, driven through the CLI and through libpam (pamtester under
-//! pam_wrapper), with codes from oathtool.
+//! PostgreSQL (over its Unix socket, or over TCP with verified TLS), driven through the CLI and
+//! through libpam (pamtester under pam_wrapper), with codes from oathtool. The schema is made
+//! by `twofold fleet init`, never by a daemon; plain TCP and cleartext passwords are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -39,12 +40,38 @@ fn refused_start(url: &str) -> String {
     err
 }
 
-/// Two daemons started at the same moment (the schema is created once, under a lock).
-fn two_hosts(pg: &Postgres, extra: &str) -> (Daemon, Daemon) {
-    let config = format!(
-        "store = \"postgres\"\npostgres_url = {:?}\n{extra}",
-        pg.url()
+/// `twofold fleet init` with a configuration of `postgres_url = url` and `extra`.
+fn fleet_init(url: &str, extra: &str) -> std::process::Output {
+    let dir = open_tempdir();
+    let config = dir.path().join("init.toml");
+    std::fs::write(
+        &config,
+        format!("store = \"postgres\"\npostgres_url = {url:?}\n{extra}\n"),
+    )
+    .unwrap();
+    std::process::Command::new(twofold_cli())
+        .args(["fleet", "init", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+/// `fleet_init`, which must succeed.
+fn init_fleet(url: &str, extra: &str) {
+    let out = fleet_init(url, extra);
+    assert_eq!(
+        code_of(&out),
+        0,
+        "fleet init: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The schema made by `twofold fleet init`, then two daemons started at the same moment
+/// (schema upgrades and sealing happen once, under a lock).
+fn two_hosts(url: &str, extra: &str) -> (Daemon, Daemon) {
+    init_fleet(url, extra);
+    let config = format!("store = \"postgres\"\npostgres_url = {url:?}\n{extra}");
     std::thread::scope(|s| {
         let a = s.spawn(|| Daemon::start("allow", &config));
         let b = s.spawn(|| Daemon::start("allow", &config));
@@ -54,10 +81,10 @@ fn two_hosts(pg: &Postgres, extra: &str) -> (Daemon, Daemon) {
 
 #[test]
 fn enrolled_on_one_host_accepted_on_another_and_each_code_once_fleet_wide() {
-    let Some(pg) = Postgres::start("enrolled_on_one_host_accepted_on_another") else {
+    let Some(pg) = Postgres::start_tls("enrolled_on_one_host_accepted_on_another") else {
         return;
     };
-    let (a, b) = two_hosts(&pg, "");
+    let (a, b) = two_hosts(&pg.tls_url(), "");
     let e = a.enroll("fleetuser");
     // B knows the enrollment made on A.
     let status = b.cli(&["status", "--user", "fleetuser", "--json"]);
@@ -119,7 +146,10 @@ fn failures_on_two_hosts_add_up_and_an_unlock_on_one_frees_both() {
     let Some(pg) = Postgres::start("failures_on_two_hosts_add_up") else {
         return;
     };
-    let (a, b) = two_hosts(&pg, "[throttle]\nfree_failures = 4\nlockout_after = 6");
+    let (a, b) = two_hosts(
+        &pg.socket_url(),
+        "[throttle]\nfree_failures = 4\nlockout_after = 6",
+    );
     let e = a.enroll("guessed");
     let wrong = wrong_code(&e.secret);
     // Four free failures, two on each host; then both hosts make the user wait.
@@ -154,7 +184,7 @@ fn database_down_fails_closed_on_both_hosts_and_they_recover_on_their_own() {
     let Some(mut pg) = Postgres::start("database_down_fails_closed_on_both_hosts") else {
         return;
     };
-    let (a, b) = two_hosts(&pg, "");
+    let (a, b) = two_hosts(&pg.socket_url(), "");
     let e = a.enroll("downtime");
     pg.stop();
     ensure_step_time(12);
@@ -196,7 +226,10 @@ fn parallel_failures_on_two_hosts_are_all_counted() {
     let Some(pg) = Postgres::start("parallel_failures_on_two_hosts_are_all_counted") else {
         return;
     };
-    let (a, b) = two_hosts(&pg, "[throttle]\nfree_failures = 1000\nlockout_after = 0");
+    let (a, b) = two_hosts(
+        &pg.socket_url(),
+        "[throttle]\nfree_failures = 1000\nlockout_after = 0",
+    );
     let e = a.enroll("counted");
     let wrong = wrong_code(&e.secret);
     // 320 wrong codes from 32 clients at once, half to each host: each failure is read,
@@ -252,7 +285,11 @@ fn migrating_an_sqlite_store_to_postgres_keeps_every_enrollment_code_and_mark() 
     // The configuration gains postgres_url; the store is still this host's SQLite file.
     let config = old.dir.path().join("twofold.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}postgres_url = {:?}\n", pg.url())).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}postgres_url = {:?}\n", pg.socket_url()),
+    )
+    .unwrap();
     let config = config.to_str().unwrap().to_string();
     let running = old.cli(&["migrate", "--to", "postgres", "--config", &config]);
     assert_eq!(code_of(&running), 2, "migrated under a running daemon");
@@ -270,7 +307,10 @@ fn migrating_an_sqlite_store_to_postgres_keeps_every_enrollment_code_and_mark() 
     // A host on PostgreSQL now finds everything as it was.
     let new = Daemon::start(
         "allow",
-        &format!("store = \"postgres\"\npostgres_url = {:?}\n", pg.url()),
+        &format!(
+            "store = \"postgres\"\npostgres_url = {:?}\n",
+            pg.socket_url()
+        ),
     );
     let status = new.cli(&["status", "--user", "mover", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -311,12 +351,12 @@ fn tls_to_postgres_is_verified_and_required_when_asked() {
     };
     let ca = pg.dir.path().join("ca.pem");
     // sslmode=require with the server's certificate as the root: logins work.
-    let tls = format!(
-        "store = \"postgres\"\npostgres_url = \"{} sslmode=require sslrootcert={}\"\n",
-        pg.url(),
-        ca.display()
+    let url = format!("{} sslmode=require sslrootcert={}", pg.url(), ca.display());
+    init_fleet(&url, "");
+    let a = Daemon::start(
+        "allow",
+        &format!("store = \"postgres\"\npostgres_url = {url:?}\n"),
     );
-    let a = Daemon::start("allow", &tls);
     let e = a.enroll("tlsuser");
     ensure_step_time(8);
     assert_eq!(
@@ -324,14 +364,28 @@ fn tls_to_postgres_is_verified_and_required_when_asked() {
         0
     );
     // The server takes no plain connection (pg_hba.conf), so that traffic was TLS; and a
-    // certificate nobody vouches for (the public roots) is refused: twofoldd does not start.
-    for (why, url) in [
-        ("plain", format!("{} sslmode=disable", pg.url())),
-        ("unverified", format!("{} sslmode=require", pg.url())),
+    // certificate nobody vouches for (the public roots), or one that names another host
+    // (require means verify-full to twofold), is refused: twofoldd does not start.
+    for (why, url, says) in [
+        (
+            "unverified",
+            format!("{} sslmode=require", pg.url()),
+            "certificate",
+        ),
+        (
+            "another name",
+            format!(
+                "host=db.invalid hostaddr=127.0.0.1 port={} user=twofold dbname=postgres \
+                 sslmode=require sslrootcert={}",
+                pg.port,
+                ca.display()
+            ),
+            "certificate",
+        ),
     ] {
         let err = refused_start(&url);
         assert!(
-            err.contains("cannot open the PostgreSQL store"),
+            err.contains("cannot open the PostgreSQL store") && err.contains(says),
             "{why}: {err}"
         );
     }
@@ -362,7 +416,7 @@ fn secrets_sealed_with_one_key_every_host_shares() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let (a, b) = two_hosts(&pg, &extra);
+    let (a, b) = two_hosts(&pg.socket_url(), &extra);
     let e = a.enroll("sealed");
     ensure_step_time(8);
     assert_eq!(
@@ -386,7 +440,7 @@ fn secrets_sealed_with_one_key_every_host_shares() {
     let hex = String::from_utf8_lossy(&stored.stdout).trim().to_string();
     assert!(hex.starts_with("54465331"), "not sealed: {hex}");
     // A host without the key refuses to start.
-    let err = refused_start(&pg.url());
+    let err = refused_start(&pg.socket_url());
     assert!(err.contains("sealed"), "{err}");
 }
 
@@ -395,7 +449,7 @@ fn a_database_that_stops_answering_fails_logins_closed_in_time_and_recovers() {
     let Some(pg) = Postgres::start("a_database_that_stops_answering") else {
         return;
     };
-    let (a, _b) = two_hosts(&pg, "");
+    let (a, _b) = two_hosts(&pg.socket_url(), "");
     let e = a.enroll("slowpoke");
     let pam = PamService::required(&a.socket, ""); // timeout=3
     ensure_step_time(12);
@@ -426,4 +480,275 @@ fn a_database_that_stops_answering_fails_logins_closed_in_time_and_recovers() {
         assert!(Instant::now() < deadline, "no recovery: {}", run.text());
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// A root-owned 0600 file holding `password`, in a directory of its own.
+fn password_file(password: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = open_tempdir();
+    let file = dir.path().join("pg-password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (dir, file)
+}
+
+#[test]
+fn plain_tcp_to_postgres_is_refused_whatever_sslmode_says() {
+    // A server that answers plain TCP (trust), as a man in the middle who strips TLS would:
+    // with the schema in place, so that only the transport is at stake.
+    let Some(pg) = Postgres::start("plain_tcp_to_postgres_is_refused") else {
+        return;
+    };
+    init_fleet(&pg.socket_url(), "");
+    for url in [
+        pg.url(),
+        format!("{} sslmode=prefer", pg.url()),
+        format!("{} sslmode=disable", pg.url()),
+        format!("postgresql://twofold@127.0.0.1:{}/postgres", pg.port),
+    ] {
+        let err = refused_start(&url);
+        assert!(
+            err.contains("over TCP") && err.contains("sslmode=verify-full"),
+            "{url}: {err}"
+        );
+        let init = fleet_init(&url, "");
+        assert_eq!(code_of(&init), 2, "fleet init over {url}");
+    }
+}
+
+#[test]
+fn a_unix_socket_host_works_without_tls_end_to_end() {
+    let Some(pg) = Postgres::start("a_unix_socket_host_works_without_tls_end_to_end") else {
+        return;
+    };
+    // sslmode does not apply to a socket (as with libpq): even verify-full connects.
+    let url = format!("{} sslmode=verify-full", pg.socket_url());
+    init_fleet(&url, "");
+    let a = Daemon::start(
+        "allow",
+        &format!("store = \"postgres\"\npostgres_url = {url:?}\n"),
+    );
+    let e = a.enroll("socketuser");
+    ensure_step_time(10);
+    let code = oathtool(&e.secret, 1);
+    let pam = PamService::required(&a.socket, "");
+    let run = pam.authenticate("socketuser", Some(&format!("{code}\n")));
+    assert!(run.success, "{}", run.text());
+    assert_eq!(
+        code_of(&a.cli(&["verify", "socketuser", &code])),
+        1,
+        "replay"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM users WHERE name = 'socketuser'"
+        )
+        .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn an_empty_database_is_refused_until_fleet_init_which_runs_once() {
+    let Some(pg) = Postgres::start("an_empty_database_is_refused_until_fleet_init") else {
+        return;
+    };
+    let url = pg.socket_url();
+    let err = refused_start(&url);
+    assert!(
+        err.contains("no twofold schema") && err.contains("twofold fleet init"),
+        "{err}"
+    );
+    // The daemon created nothing.
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+        .trim(),
+        "0"
+    );
+    init_fleet(&url, "");
+    let again = fleet_init(&url, "");
+    assert_eq!(code_of(&again), 2, "fleet init ran twice");
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("already holds twofold tables"), "{why}");
+    // A database with some of twofold's tables (a half-made or foreign schema) is refused too.
+    pg.psql("postgres", "CREATE DATABASE partial");
+    pg.psql("partial", "CREATE TABLE users (name TEXT)");
+    let partial = url.replace("dbname=postgres", "dbname=partial");
+    assert_eq!(code_of(&fleet_init(&partial, "")), 2);
+    let err = refused_start(&partial);
+    assert!(err.contains("twofold fleet init"), "{err}");
+    // After fleet init, a daemon starts and works.
+    let a = Daemon::start(
+        "allow",
+        &format!("store = \"postgres\"\npostgres_url = {url:?}\n"),
+    );
+    let e = a.enroll("initialised");
+    ensure_step_time(8);
+    assert_eq!(
+        code_of(&a.cli(&["verify", "initialised", &oathtool(&e.secret, 1)])),
+        0
+    );
+    // Not as root: refused before anything is read.
+    let nobody = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(twofold_cli())
+        .args(["fleet", "init", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&nobody), 2);
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("must run as root"));
+}
+
+#[test]
+fn a_password_goes_only_to_scram_with_channel_binding_never_in_cleartext() {
+    let Some(pg) = Postgres::start_tls("a_password_goes_only_to_scram_with_channel_binding") else {
+        return;
+    };
+    pg.psql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256'; ALTER ROLE twofold PASSWORD 'fleet-pw'",
+    );
+    let url = pg.tls_url();
+    let (_keep, file) = password_file("fleet-pw");
+    let extra = format!("postgres_password_file = {file:?}\n");
+    let config = format!("store = \"postgres\"\npostgres_url = {url:?}\n{extra}");
+    // SCRAM over verified TLS (SCRAM-SHA-256-PLUS, bound to the TLS session): it works.
+    pg.set_hba(
+        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
+         host all all 127.0.0.1/32 reject\n",
+    );
+    init_fleet(&url, &extra);
+    let a = Daemon::start("allow", &config);
+    let e = a.enroll("scramuser");
+    ensure_step_time(8);
+    assert_eq!(
+        code_of(&a.cli(&["verify", "scramuser", &oathtool(&e.secret, 1)])),
+        0
+    );
+    // A server that asks for the password in cleartext (pg_hba "password", as a forged
+    // server would) gets nothing: twofoldd refuses before sending it.
+    pg.set_hba(
+        "local all all trust\nhostssl all all 127.0.0.1/32 password\n\
+         host all all 127.0.0.1/32 reject\n",
+    );
+    let err = start_refused_with(&config);
+    assert!(
+        err.contains("channel binding") && err.contains("scram-sha-256"),
+        "{err}"
+    );
+    assert!(!err.contains("fleet-pw"), "the password in an error: {err}");
+    let log = std::fs::read_to_string(pg.dir.path().join("postgres.log")).unwrap();
+    assert!(
+        !log.contains("password authentication failed"),
+        "a password reached the server: {log}"
+    );
+    // Finding 9: the password file through a symlink, or owned by another user, is refused.
+    pg.set_hba(
+        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
+         host all all 127.0.0.1/32 reject\n",
+    );
+    let link = file.with_file_name("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let linked = format!(
+        "{}\npostgres_password_file = {link:?}\n",
+        config.replace(&extra, "")
+    );
+    let err = start_refused_with(&linked);
+    assert!(err.contains("not a regular file"), "{err}");
+    nix::unistd::chown(&file, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let err = start_refused_with(&config);
+    assert!(err.contains("must be owned by root"), "{err}");
+}
+
+/// Starts a twofoldd on `config` (a whole configuration but the socket), which must refuse to
+/// start (exit 1); returns what it said.
+fn start_refused_with(config: &str) -> String {
+    let dir = open_tempdir();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        format!("socket = {:?}\n{config}", dir.path().join("s")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(twofoldd())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code_of(&out), 1, "twofoldd started: {err}");
+    err
+}
+
+/// `twofold doctor --json` on a configuration; its findings of one check.
+fn doctor_findings(config: &str, check: &str) -> Vec<serde_json::Value> {
+    let dir = open_tempdir();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        format!("socket = {:?}\n{config}", dir.path().join("s")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(twofold_cli())
+        .args(["--json", "doctor", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == check)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn doctor_reports_how_the_postgres_store_is_reached() {
+    let (_keep, file) = password_file("pw");
+    let pg = |url: &str| {
+        format!("store = \"postgres\"\npostgres_url = {url:?}\npostgres_password_file = {file:?}\n")
+    };
+    let tls = doctor_findings(
+        &pg("host=db.example.org sslmode=verify-full sslrootcert=/etc/twofold/pg-ca.pem"),
+        "postgres",
+    );
+    assert_eq!(tls.len(), 2, "{tls:?}");
+    assert!(tls.iter().all(|f| f["level"] == "ok"), "{tls:?}");
+    let said = tls[0]["message"].as_str().unwrap();
+    assert!(
+        said.contains("TLS required (sslmode=verify-full)") && said.contains("pg-ca.pem"),
+        "{said}"
+    );
+    let socket = doctor_findings(&pg("host=/var/run/postgresql"), "postgres");
+    assert_eq!(socket[0]["level"], "ok");
+    assert!(socket[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Unix socket"));
+    for plain in ["host=db.example.org", "host=db.example.org sslmode=prefer"] {
+        let f = doctor_findings(&pg(plain), "postgres");
+        assert_eq!(f[0]["level"], "fail", "{plain}: {f:?}");
+        assert!(f[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("sslmode=verify-full"));
+    }
+    // No local database file to warn about with the PostgreSQL store.
+    assert!(doctor_findings(&pg("host=/var/run/postgresql"), "database").is_empty());
+    // The password file as twofoldd judges it.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let open = doctor_findings(&pg("host=/var/run/postgresql"), "postgres");
+    assert_eq!(open[1]["level"], "fail", "{open:?}");
 }
