@@ -186,10 +186,12 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> ResponseBody {
     }
 }
 
-fn storage_error(e: &StoreError) -> ResponseBody {
+/// The cause (a path, a database host, a driver's words) goes to the log, never to a caller,
+/// who may be any local user.
+fn storage_error() -> ResponseBody {
     error(
         ErrorKind::Storage,
-        format!("the database failed; nothing was changed ({e})"),
+        "the database failed; nothing was changed (the reason is in twofoldd's log)",
     )
 }
 
@@ -426,12 +428,7 @@ impl Engine {
     }
 
     /// Argon2id of a backup code (or mailed code), waiting for a free slot in `lane`.
-    fn hash_backup(
-        &self,
-        lane: Lane,
-        normalized: &str,
-        salt: &[u8],
-    ) -> Option<backup::BackupHash> {
+    fn hash_backup(&self, lane: Lane, normalized: &str, salt: &[u8]) -> Option<backup::BackupHash> {
         self.hashing.run(lane, || backup::hash(normalized, salt))
     }
 
@@ -504,7 +501,10 @@ impl Engine {
                 self.warn_repeated(
                     &format!("bad-request:{uid}"),
                     now,
-                    &format!("bad request from uid {uid}: {}", audit::text(&e.to_string())),
+                    &format!(
+                        "bad request from uid {uid}: {}",
+                        audit::text(&e.to_string())
+                    ),
                 );
                 error(ErrorKind::BadRequest, e.to_string())
             }
@@ -900,7 +900,7 @@ impl Engine {
     fn store_failed(&self, op: &str, name: &str, e: &StoreError) -> ResponseBody {
         self.log
             .error(&format!("{op} user={} failed: {e}", audit::field(name)));
-        storage_error(e)
+        storage_error()
     }
 
     /// The check a login makes; also used when a user proves themselves to change settings.
@@ -1440,7 +1440,9 @@ impl Engine {
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hashes = codes
             .iter()
-            .map(|c| backup::normalize(c.expose()).and_then(|n| self.hash_backup(Lane::Bulk, &n, &salt)))
+            .map(|c| {
+                backup::normalize(c.expose()).and_then(|n| self.hash_backup(Lane::Bulk, &n, &salt))
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing backup codes failed")))?;
         Ok(FreshCodes {
@@ -1832,8 +1834,11 @@ impl Engine {
     }
 
     /// Mails a fresh code for `purpose` to `address` and stores its hash (and, for
-    /// verification, the address) once the relay has taken the message. Nothing is stored
-    /// when sending fails, so a code that never left cannot be used. `Err` is the reply.
+    /// verification, the address) once the relay has taken the message: a code that never
+    /// left cannot be used. The send is reserved first, in the writer: one mail per
+    /// email_resend_secs for each purpose (a verification mail does not hold up the first login
+    /// code), at most MAX_PER_HOUR of all kinds, failed sends included, however many requests
+    /// arrive at once. `Err` is the reply.
     fn mail_code(
         &self,
         name: &str,
@@ -1844,36 +1849,50 @@ impl Engine {
         now: u64,
     ) -> Result<(), Box<ResponseBody>> {
         let cfg = self.config();
-        // One mail per email_resend_secs (a minute) for each purpose (a verification mail does
-        // not hold up the first login code), at most MAX_PER_HOUR of all kinds.
-        let (previous, last_hour) = self
+        let mut salt = vec![0u8; backup::SALT_BYTES];
+        backup::random_bytes(&mut salt)
+            .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
+        let owned = name.to_string();
+        let reservation = MailedCode {
+            hash: vec![0; 32],
+            salt: salt.clone(),
+            sent_at: now,
+            expires: 0,
+            tries: 0,
+        };
+        let resend = cfg.email_resend_secs;
+        let reserved = self
             .store
-            .read(|tx| {
-                Ok((
-                    tx.mailed_code(name, purpose)?,
-                    tx.mails_sent_since(name, now.saturating_sub(3599))?,
-                ))
+            .write(move |tx| {
+                let previous = tx.mailed_code(&owned, purpose)?;
+                let too_soon = previous
+                    .is_some_and(|p| p.sent_at <= now && now < p.sent_at.saturating_add(resend));
+                if too_soon {
+                    return Ok(Err(
+                        "a code was mailed moments ago: use it, or wait a minute before asking again",
+                    ));
+                }
+                if tx.mails_sent_since(&owned, now.saturating_sub(3599))? >= email::MAX_PER_HOUR {
+                    return Ok(Err(
+                        "ten codes were mailed in the last hour: wait before asking again",
+                    ));
+                }
+                tx.put_mailed_code(&owned, purpose, &reservation)?;
+                Ok(Ok(()))
             })
             .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
-        let too_soon = previous.is_some_and(|p| {
-            p.sent_at <= now && now < p.sent_at.saturating_add(cfg.email_resend_secs)
-        });
-        if too_soon || last_hour >= email::MAX_PER_HOUR {
-            let why = if too_soon {
-                "a code was mailed moments ago: use it, or wait a minute before asking again"
-            } else {
-                "ten codes were mailed in the last hour: wait before asking again"
-            };
-            self.log.warn(&format!(
-                "email user={} caller_uid={uid} outcome=refused reason=rate-limit",
-                audit::field(name)
-            ));
+        if let Err(why) = reserved {
+            self.warn_repeated(
+                &format!("mail-limit:{name}"),
+                now,
+                &format!(
+                    "email user={} caller_uid={uid} outcome=refused reason=rate-limit",
+                    audit::field(name)
+                ),
+            );
             return Err(Box::new(error(ErrorKind::RateLimited, why)));
         }
         let code = email::generate_code()
-            .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
-        let mut salt = vec![0u8; backup::SALT_BYTES];
-        backup::random_bytes(&mut salt)
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hash = self
             .hash_backup(Lane::Login, &code, &salt)
@@ -1927,7 +1946,7 @@ impl Engine {
             }
             return Err(Box::new(error(
                 ErrorKind::MailFailed,
-                format!("the code could not be sent by email: {why}"),
+                "the code could not be sent by email (the reason is in twofoldd's log)",
             )));
         }
         let record = MailedCode {
@@ -1941,10 +1960,16 @@ impl Engine {
         let address = address.to_string();
         self.store
             .write(move |tx| {
-                if purpose == CodePurpose::Verify {
-                    tx.put_email(&owned, &address)?;
+                // Still our reservation (a later one replaced it only past the resend limit).
+                let ours = tx
+                    .mailed_code(&owned, purpose)?
+                    .is_some_and(|c| c.salt == record.salt);
+                if ours {
+                    if purpose == CodePurpose::Verify {
+                        tx.put_email(&owned, &address)?;
+                    }
+                    tx.put_mailed_code(&owned, purpose, &record)?;
                 }
-                tx.put_mailed_code(&owned, purpose, &record)?;
                 tx.audit(&entry)
             })
             .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
@@ -2077,8 +2102,8 @@ impl Engine {
                 "no address is waiting for its code (or the code expired): run 'twofold email set ADDRESS'",
             );
         };
-        let hash =
-            email::normalize_code(code.expose()).and_then(|c| self.hash_backup(Lane::Login, &c, &mailed.salt));
+        let hash = email::normalize_code(code.expose())
+            .and_then(|c| self.hash_backup(Lane::Login, &c, &mailed.salt));
         let owned = name.to_string();
         let salt = mailed.salt.clone();
         let mut entry = admin_entry(now, "email-confirm", name, "verified", uid);
@@ -2228,13 +2253,13 @@ impl Engine {
                     "seal rekey: the database writer did not answer; {} is kept",
                     pending.display()
                 ));
-                return storage_error(&StoreError::Unavailable);
+                return storage_error();
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&pending);
                 self.log
                     .error(&format!("seal rekey failed, the old key stays: {e}"));
-                return storage_error(&e);
+                return storage_error();
             }
         };
         if let Err(why) = seal::promote_pending(&path) {
@@ -3146,5 +3171,80 @@ mod tests {
             T0 + 5,
         );
         assert!(matches!(r, ResponseBody::Enrollment(_)), "{r:?}");
+    }
+
+    /// A relay that takes its time, so that parallel requests overlap while one is sending.
+    struct SlowRelay(Outbox);
+
+    impl Mailer for SlowRelay {
+        fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), String> {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            self.0.send(to, subject, body)
+        }
+    }
+
+    /// Finding 5 of the 2026-11 review: the resend limit was checked in a read snapshot and
+    /// the code stored after sending, so 8 parallel requests sent 8 mails; failed sends were
+    /// never counted.
+    #[test]
+    fn parallel_requests_send_one_mail_and_failed_sends_count() {
+        let (e, _dir) = engine("email_codes = true");
+        let relay = Arc::new(SlowRelay(Outbox::default()));
+        let e = e.with_mailer(relay.clone());
+        verified(&e, &relay.0, "root", T0);
+        let before = relay.0.count();
+        let replies: Vec<ResponseBody> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| send_code(&e, "root", T0 + 100)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(relay.0.count(), before + 1, "{replies:?}");
+        let sent = replies
+            .iter()
+            .filter(|r| matches!(r, ResponseBody::EmailSent { .. }))
+            .count();
+        assert_eq!(sent, 1, "{replies:?}");
+        assert!(replies.iter().all(|r| matches!(
+            r,
+            ResponseBody::EmailSent { .. }
+                | ResponseBody::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                }
+        )));
+        // The relay goes down: each failure counts against the hour's ten.
+        relay
+            .0
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut failed = 0;
+        for i in 1..=20u64 {
+            match send_code(&e, "root", T0 + 100 + i * 61) {
+                ResponseBody::Error {
+                    kind: ErrorKind::MailFailed,
+                    ..
+                } => failed += 1,
+                ResponseBody::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                } => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        // Two sent before (verification and the login code above), so eight failures fill it.
+        assert_eq!(failed, 8);
+        // And a failed send is refused again within the minute, like a sent one.
+        let r = send_code(&e, "root", T0 + 100 + 61 * 9 + 1);
+        assert!(
+            matches!(
+                r,
+                ResponseBody::Error {
+                    kind: ErrorKind::RateLimited,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
     }
 }

@@ -178,7 +178,11 @@ mod tests {
             })
         });
         wait_started.recv().unwrap();
-        assert_eq!(gate.run(Lane::Login, || 7), 7, "not blocked by the bulk lane");
+        assert_eq!(
+            gate.run(Lane::Login, || 7),
+            7,
+            "not blocked by the bulk lane"
+        );
         hold.send(()).unwrap();
         bulk.join().unwrap();
     }

@@ -182,7 +182,7 @@ pub trait Tx {
     fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()>;
     /// Forgets mailed codes sent before `before` (long expired or spent).
     fn prune_mailed_codes(&self, before: u64) -> Result<usize>;
-    /// Audit entries of mails sent to `name` since `since`.
+    /// Audit entries of mails sent (or tried: failures count) to `name` since `since`.
     fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32>;
     fn audit(&self, entry: &AuditEntry) -> Result<()>;
     /// Remembers a successful code of `name` for `service` from `origin` at `at`.
@@ -1330,7 +1330,7 @@ impl Tx for SqliteTx<'_> {
             .0
             .prepare_cached(
                 "SELECT COUNT(*) FROM audit WHERE event = 'email' AND user = ?1
-                 AND outcome = 'sent' AND time >= ?2",
+                 AND outcome IN ('sent', 'failed') AND time >= ?2",
             )?
             .query_row(params![name, to_i64(since)], |r| r.get(0))?;
         Ok(n.clamp(0, i64::from(u32::MAX)) as u32)

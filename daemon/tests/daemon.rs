@@ -1572,7 +1572,11 @@ fn an_email_only_user_adds_an_app_only_with_a_mailed_code() {
         "{}",
         no_code.stdout()
     );
-    let wrong = d.cli_as(Some(&me.name), &["enroll", "--json", "--code", "000-000"], None);
+    let wrong = d.cli_as(
+        Some(&me.name),
+        &["enroll", "--json", "--code", "000-000"],
+        None,
+    );
     assert_eq!(wrong.code(), 1, "{}", wrong.stdout());
     // A new code was mailed by the first attempt; the wrong try did not kill it.
     let e = d.cli_as(
@@ -1589,7 +1593,11 @@ fn an_email_only_user_adds_an_app_only_with_a_mailed_code() {
     assert_eq!(mailed.code(), 2, "{}", mailed.stdout());
     let v = d.cli(&["verify", &other.name, &last_mailed(&spool)]);
     assert_eq!(v.code(), 0, "{} {}", v.stdout(), v.stderr());
-    assert!(v.stdout().contains("Mailed code accepted"), "{}", v.stdout());
+    assert!(
+        v.stdout().contains("Mailed code accepted"),
+        "{}",
+        v.stdout()
+    );
     let again = d.cli(&["verify", &other.name, &last_mailed(&spool)]);
     assert_eq!(again.code(), 1, "spent: {}", again.stderr());
 }

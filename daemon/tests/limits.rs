@@ -93,7 +93,14 @@ fn four_thousand_requests_from_one_user_add_at_most_100_audit_rows_and_2_mb() {
     let (rows, bytes) = (audit_count(&d), stored_bytes(&d));
     let started = std::time::Instant::now();
     let out = Command::new("setpriv")
-        .args(["--reuid", &me.name, "--regid", &me.name, "--init-groups", "--"])
+        .args([
+            "--reuid",
+            &me.name,
+            "--regid",
+            &me.name,
+            "--init-groups",
+            "--",
+        ])
         .arg("/usr/bin/python3")
         .arg(&script)
         .arg(&d.socket)
@@ -101,7 +108,11 @@ fn four_thousand_requests_from_one_user_add_at_most_100_audit_rows_and_2_mb() {
         .arg("4000")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answered: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let added_rows = audit_count(&d) - rows;
     let added_bytes = stored_bytes(&d).saturating_sub(bytes);
@@ -109,7 +120,10 @@ fn four_thousand_requests_from_one_user_add_at_most_100_audit_rows_and_2_mb() {
         "flood: {answered} of 4000 requests answered in {:.1} s; audit rows +{added_rows}, database + WAL +{added_bytes} bytes",
         started.elapsed().as_secs_f64()
     );
-    assert!(answered >= 3_000, "the flood did not get through: {answered}");
+    assert!(
+        answered >= 3_000,
+        "the flood did not get through: {answered}"
+    );
     assert!(added_rows <= 100, "{added_rows} audit rows");
     assert!(added_bytes <= 2 << 20, "{added_bytes} bytes");
     // The log is bounded too: a few lines per kind and minute, not thousands.
