@@ -297,6 +297,13 @@ impl Config {
         if self.email.username.is_some() != self.email.password_file.is_some() {
             return fail("email.username and email.password_file go together".into());
         }
+        if self.email.username.is_some() && !self.email.starttls {
+            return fail(
+                "email.username with starttls = false would send the relay's password in clear: \
+                 keep starttls = true (or use the sendmail transport)"
+                    .into(),
+            );
+        }
         if self.email_codes
             && self.email.transport == Transport::Smtp
             && self.email.smtp_host.as_deref().unwrap_or("").is_empty()
@@ -404,6 +411,17 @@ mod tests {
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Finding 9 of the 2026-11 review: SMTP credentials were sent in clear with
+    /// `starttls = false`.
+    #[test]
+    fn refuses_smtp_credentials_without_starttls() {
+        let err = Config::parse(
+            "[email]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\nstarttls = false",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("in clear"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 /// Longest address accepted (RFC 5321's path limit).
 pub const MAX_ADDRESS: usize = 254;
 /// How long one delivery may take, relay or sendmail.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(twofold_shared::wire::MAIL_TIMEOUT_SECS);
 /// Wrong answers after which a mailed code is discarded.
 pub const MAX_TRIES: u32 = 5;
 /// Codes mailed per user: at most one per minute and this many per hour.

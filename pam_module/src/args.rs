@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DEFAULT_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_TIMEOUT_SECS: u64 = twofold_shared::wire::PAM_TIMEOUT_SECS;
 pub const MAX_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_PROMPT: &str = "Verification code: ";
 

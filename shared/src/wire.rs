@@ -22,6 +22,13 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_ITEM: usize = 256;
 /// Longest "remember this device" period a client may ask for: 7 days.
 pub const MAX_GRACE_SECS: u64 = 7 * 86_400;
+/// How long the PAM module waits for twofoldd by default (module argument `timeout=`).
+pub const PAM_TIMEOUT_SECS: u64 = 5;
+/// How long twofoldd waits for the mail relay (or sendmail). A login by mail waits for it, so
+/// it stays well inside the module's default wait: a slow relay fails the send ("Could not
+/// send the code by email."), not the whole login with "service unavailable".
+pub const MAIL_TIMEOUT_SECS: u64 = 3;
+const _: () = assert!(MAIL_TIMEOUT_SECS + 2 <= PAM_TIMEOUT_SECS);
 /// Longest code or backup code a client may send (bytes).
 pub const MAX_CODE: usize = 64;
 
