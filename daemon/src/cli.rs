@@ -972,11 +972,38 @@ pub fn qr_svg(data: &str) -> Option<String> {
     Some(code.render::<svg::Color>().min_dimensions(256, 256).build())
 }
 
-fn write_private(path: &PathBuf, contents: &str) -> std::io::Result<()> {
+/// Writes a new file only its owner can read. Root writes only into a directory root owns
+/// reached without a symbolic link: a user's directory (or a link planted there) would make
+/// root create files wherever that user points.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+    if nix::unistd::geteuid().is_root() {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let absolute = std::path::absolute(parent)?;
+        if std::fs::canonicalize(parent)? != absolute {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "its directory is reached through a symbolic link (or '..'); as root, name a \
+                 plain path",
+            ));
+        }
+        if std::fs::metadata(parent)?.uid() != 0 {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "its directory is not root's; as root, write into a directory root owns",
+            ));
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     f.write_all(contents.as_bytes())
 }
@@ -1256,6 +1283,14 @@ fn read_google_authenticator(user: &str, file: Option<PathBuf>) -> Result<String
     let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!("{shown} is not a regular file"));
+    }
+    // A second name for the file (where fs.protected_hardlinks is off, any user can link
+    // root's files) would make root read what the user points at.
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{shown} has {} names (hard links); refusing it",
+            meta.nlink()
+        ));
     }
     let owner_ok = meta.uid() == 0
         || account

@@ -1429,6 +1429,22 @@ fn import_reads_the_users_own_file_but_never_through_a_symlink() {
     ]);
     assert_eq!(r.code(), 2);
     assert!(r.stderr().contains("symbolic link"), "{}", r.stderr());
+    // Nor through a hard link (finding 10 of the 2026-11 review; possible for any user where
+    // fs.protected_hardlinks is off): a second name for a file is refused.
+    std::fs::remove_file(&own).unwrap();
+    write_own_file();
+    let second = home.join("second-name");
+    std::fs::hard_link(&own, &second).unwrap();
+    let r = d.cli(&[
+        "import",
+        "google-authenticator",
+        "--user",
+        &u.name,
+        "--force",
+    ]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains("hard links"), "{}", r.stderr());
+    std::fs::remove_file(&second).unwrap();
     // Users may not import, not even their own file: the daemon refuses (exit 5).
     std::fs::remove_file(&own).unwrap();
     write_own_file();
@@ -1600,6 +1616,50 @@ fn an_email_only_user_adds_an_app_only_with_a_mailed_code() {
     );
     let again = d.cli(&["verify", &other.name, &last_mailed(&spool)]);
     assert_eq!(again.code(), 1, "spent: {}", again.stderr());
+}
+
+/// Finding 10 of the 2026-11 review: root's `--qr-svg` followed a user's directory symlinks and
+/// created a root-owned file wherever they pointed.
+#[test]
+fn root_writes_the_qr_image_only_into_a_directory_of_roots() {
+    if !is_root() {
+        eprintln!("SKIP root_writes_the_qr_image_only_into_a_directory_of_roots: needs root");
+        return;
+    }
+    let d = Daemon::start("");
+    let u = TempUser::create("tf-qr");
+    let home = std::path::PathBuf::from(format!("/home/{}", u.name));
+    let target = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(target.path(), home.join("link")).unwrap();
+    for (path, why) in [
+        (home.join("qr.svg"), "not root's"),
+        (home.join("link").join("qr.svg"), "symbolic link"),
+    ] {
+        let r = d.cli(&[
+            "enroll",
+            "--user",
+            &u.name,
+            "--qr-svg",
+            path_str(&path),
+            "--json",
+        ]);
+        assert_eq!(r.code(), 2, "{}", r.stdout());
+        assert!(r.stdout().contains(why), "{}", r.stdout());
+        assert!(!path.exists());
+    }
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+    let ok = target.path().join("qr.svg");
+    let r = d.cli(&[
+        "enroll",
+        "--user",
+        &u.name,
+        "--force",
+        "--qr-svg",
+        path_str(&ok),
+        "--json",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert!(std::fs::read_to_string(&ok).unwrap().starts_with("<?xml"));
 }
 
 #[test]
