@@ -130,7 +130,9 @@ PY
 done
 
 # The PostgreSQL store beside SQLite (store = "postgres"): a real server on 127.0.0.1, run as
-# the postgres account from a directory of its own, stopped by its pid at the end.
+# the postgres account from a directory of its own, stopped by its pid at the end. Reached as
+# a fleet reaches it: over TCP with TLS (sslmode=verify-full against its self-signed
+# certificate; twofoldd refuses plain TCP).
 echo "== PostgreSQL store: N = 100 logins, then capacity over two daemons" >&2
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pgwork=$(mktemp -d /tmp/twofold-bench-pg.XXXXXX)
@@ -138,6 +140,13 @@ chmod 755 "$pgwork"
 install -d -m 700 -o postgres -g postgres "$pgwork/data"
 as_postgres() { setpriv --reuid postgres --regid postgres --init-groups -- "$@"; }
 as_postgres "$pgbin/initdb" -A trust -U twofold -E UTF8 --no-sync -D "$pgwork/data" > /dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+  -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$pgwork/data/server.key" -out "$pgwork/data/server.crt" 2> /dev/null
+chown postgres:postgres "$pgwork/data/server.key" "$pgwork/data/server.crt"
+chmod 600 "$pgwork/data/server.key"
+install -m 644 "$pgwork/data/server.crt" "$pgwork/ca.pem"
+printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >> "$pgwork/data/postgresql.conf"
 pgport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # A simple command in the background, so that $! is the server itself (setpriv execs it).
 setpriv --reuid postgres --regid postgres --init-groups -- "$pgbin/postgres" -D "$pgwork/data" \
@@ -147,7 +156,7 @@ pg_pid=$!
 for _ in $(seq 300); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$pgport" -U twofold && break; sleep 0.1; done
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U twofold logins
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U twofold capacity
-pgurl="host=127.0.0.1 port=$pgport user=twofold"
+pgurl="host=127.0.0.1 port=$pgport user=twofold sslmode=verify-full sslrootcert=$pgwork/ca.pem"
 pgdir="$work/pg"
 mkdir -p "$pgdir"
 "$bench" seed "postgres:$pgurl dbname=logins" 100 "$pgdir/users.txt" > /dev/null

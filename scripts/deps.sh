@@ -9,6 +9,7 @@ packages=(
   oathtool                     # independent TOTP implementation the tests check against
   faketime                     # the fault tests run twofoldd with its clock set back an hour
   postgresql                   # a real PostgreSQL on 127.0.0.1 for the fleet tests (store = "postgres")
+  openssl                      # a self-signed certificate for PostgreSQL over TLS (fleet tests, benchmark)
   binutils                     # strings(1), to prove no backup code is stored in clear
   python3                      # a stand-in socket server run as nobody in the PAM tests
   libpam-google-authenticator  # its files are imported in the tests; the benchmark measures it

@@ -42,10 +42,12 @@ fn user_name(i: usize) -> String {
     format!("bench{i:06}")
 }
 
-/// The store a benchmark seeds: an SQLite file, or (`postgres:URL`) a PostgreSQL database.
+/// The store a benchmark seeds: an SQLite file, or (`postgres:URL`) an empty PostgreSQL
+/// database, whose schema it creates first as `twofold fleet init` does (twofoldd never does).
 fn open_store(target: &str) -> Result<Store, String> {
     match target.strip_prefix("postgres:") {
-        Some(url) => Store::open_postgres(url, None, Vec::new())
+        Some(url) => twofold_daemon::pg::init(url, None, None)
+            .and_then(|()| Store::open_postgres(url, None, Vec::new()))
             .map(|(s, _)| s)
             .map_err(|e| e.to_string()),
         None => Store::open(Path::new(target)).map_err(|e| e.to_string()),
