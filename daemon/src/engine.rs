@@ -279,17 +279,35 @@ fn record_login(tx: &dyn Tx, base: &LoginBase, outcome: Outcome) -> Result<(), S
     Ok(())
 }
 
-/// What "remember this device" is keyed by: the service, and the remote host or else the tty.
-/// Without either, nothing is remembered.
-fn grace_key(pam: &PamItems) -> Option<(String, String)> {
+/// What "remember this device" is keyed by (besides the user): the service, and where the
+/// login comes from: the remote host, or for a local login (su, sudo, a console) the caller's
+/// login session as the kernel numbers it (its audit session: a tty name is handed to the
+/// next user within minutes); and who asked (PAM_RUSER). A remote host that is this host's
+/// own name (sudo's `Defaults pam_rhost`) is no remote host. Without a remote host or a
+/// session, nothing is remembered.
+fn grace_key(pam: &PamItems, session: Option<u32>) -> Option<(String, String)> {
     let service = pam.service.clone().filter(|s| !s.is_empty())?;
-    let origin = match (&pam.rhost, &pam.tty) {
-        (Some(rhost), _) if !rhost.is_empty() => format!("rhost:{rhost}"),
-        (_, Some(tty)) if !tty.is_empty() => format!("tty:{tty}"),
-        _ => return None,
+    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let this_host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok());
+    let remote = nonempty(&pam.rhost).filter(|r| this_host.as_deref() != Some(r.as_str()));
+    let mut origin = match (remote, session) {
+        (Some(rhost), _) => format!("rhost:{rhost}"),
+        (None, Some(session)) => format!(
+            "session:{session} tty:{}",
+            nonempty(&pam.tty).unwrap_or_default()
+        ),
+        (None, None) => return None,
     };
+    if let Some(ruser) = nonempty(&pam.ruser) {
+        origin.push_str(&format!(" ruser:{ruser}"));
+    }
     Some((service, origin))
 }
+
+/// A device that logins are remembered by: see [`grace_key`].
+type Device = (String, String);
 
 /// After an accepted code, remembers the origin for later preflights (same transaction).
 fn remember_in_tx(
@@ -483,8 +501,15 @@ impl Engine {
         }
     }
 
-    /// Decodes one request frame and answers it.
-    pub fn handle_payload(&self, uid: u32, payload: &[u8], now: u64) -> ResponseBody {
+    /// Decodes one request frame and answers it. `session`: the caller's audit session (see
+    /// [`grace_key`]).
+    pub fn handle_payload(
+        &self,
+        uid: u32,
+        session: Option<u32>,
+        payload: &[u8],
+        now: u64,
+    ) -> ResponseBody {
         if let Some(v) = wire::peek_version(payload) {
             if v != PROTOCOL_VERSION {
                 return error(
@@ -496,7 +521,7 @@ impl Engine {
             }
         }
         match wire::decode::<Request>(payload) {
-            Ok(request) => self.handle(uid, request.body, now),
+            Ok(request) => self.handle_from(uid, session, request.body, now),
             Err(e) => {
                 self.warn_repeated(
                     &format!("bad-request:{uid}"),
@@ -532,9 +557,20 @@ impl Engine {
     /// name-service miss, an enrolled one a database write, and the difference must not tell
     /// an attacker which names exist or are enrolled.
     pub fn handle(&self, uid: u32, body: RequestBody, now: u64) -> ResponseBody {
+        self.handle_from(uid, None, body, now)
+    }
+
+    /// [`Engine::handle`] for a caller in a known login session.
+    pub fn handle_from(
+        &self,
+        uid: u32,
+        session: Option<u32>,
+        body: RequestBody,
+        now: u64,
+    ) -> ResponseBody {
         let started = std::time::Instant::now();
         let login = matches!(body, RequestBody::Verify { .. });
-        let reply = self.answer(uid, body, now);
+        let reply = self.answer(uid, session, body, now);
         if login && !matches!(reply, ResponseBody::Accepted { .. }) {
             if let Some(rest) = REFUSAL_TIME.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
@@ -543,7 +579,7 @@ impl Engine {
         reply
     }
 
-    fn answer(&self, uid: u32, body: RequestBody, now: u64) -> ResponseBody {
+    fn answer(&self, uid: u32, session: Option<u32>, body: RequestBody, now: u64) -> ResponseBody {
         let caller = Caller {
             uid,
             admin: uid == 0 || uid == self.daemon_uid,
@@ -667,13 +703,25 @@ impl Engine {
             },
             RequestBody::Preflight {
                 pam, grace_secs, ..
-            } => self.preflight(&name, &pam, grace_secs.min(MAX_GRACE_SECS), uid, now),
+            } => {
+                let device = (grace_secs > 0).then(|| grace_key(&pam, session)).flatten();
+                self.preflight(
+                    &name,
+                    &pam,
+                    device.map(|d| (d, grace_secs.min(MAX_GRACE_SECS))),
+                    uid,
+                    now,
+                )
+            }
             RequestBody::Verify {
                 code,
                 pam,
                 grace_secs,
                 ..
-            } => self.verify(&name, &code, &pam, grace_secs > 0, uid, now),
+            } => {
+                let device = (grace_secs > 0).then(|| grace_key(&pam, session)).flatten();
+                self.verify(&name, &code, &pam, device, uid, now)
+            }
             RequestBody::Enroll {
                 force,
                 code,
@@ -789,11 +837,12 @@ impl Engine {
         &self,
         name: &str,
         pam: &PamItems,
-        grace_secs: u64,
+        (device, grace_secs): &(Device, u64),
         uid: u32,
         now: u64,
     ) -> Option<ResponseBody> {
-        let (service, origin) = grace_key(pam)?;
+        let (service, origin) = device;
+        let grace_secs = *grace_secs;
         let cfg = self.config().throttle;
         let (at, state) = self
             .store
@@ -851,11 +900,12 @@ impl Engine {
         })
     }
 
+    /// `grace`: the device and how long a login from it is remembered (module argument grace=).
     fn preflight(
         &self,
         name: &str,
         pam: &PamItems,
-        grace_secs: u64,
+        grace: Option<(Device, u64)>,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
@@ -863,8 +913,9 @@ impl Engine {
             return ResponseBody::Disabled;
         }
         match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
-            Ok(true) if grace_secs > 0 => self
-                .remembered(name, pam, grace_secs, uid, now)
+            Ok(true) if grace.is_some() => grace
+                .as_ref()
+                .and_then(|g| self.remembered(name, pam, g, uid, now))
                 .unwrap_or(ResponseBody::Prompt),
             Ok(true) => ResponseBody::Prompt,
             Ok(false) if users::uid_of(name).is_some() => {
@@ -909,7 +960,7 @@ impl Engine {
         name: &str,
         code: &SecretText,
         pam: &PamItems,
-        remember: bool,
+        remember: Option<Device>,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
@@ -925,7 +976,7 @@ impl Engine {
         name: &str,
         code: &SecretText,
         pam: &PamItems,
-        remember: bool,
+        grace: Option<Device>,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
@@ -939,7 +990,6 @@ impl Engine {
             caller_uid: Some(uid),
             ..Default::default()
         };
-        let grace = if remember { grace_key(pam) } else { None };
         let quiet = self.quiet.quiet(name, now);
         let login = LoginBase {
             entry: base.clone(),
@@ -1203,6 +1253,7 @@ impl Engine {
             service: Some("twofold".into()),
             rhost: None,
             tty: None,
+            ..Default::default()
         };
         let Some(code) = code else {
             // A user whose only factor is the address proves it with a mailed code: send one.
@@ -1228,7 +1279,7 @@ impl Engine {
             ));
         };
         // Not `verify`: proving possession works even while logins are switched off.
-        match self.verify_enabled(name, &code, &pam, false, uid, now) {
+        match self.verify_enabled(name, &code, &pam, None, uid, now) {
             ResponseBody::Accepted { .. } => None,
             other => Some(other),
         }
@@ -2702,6 +2753,7 @@ mod tests {
             service: Some("sshd".into()),
             rhost: Some("192.0.2.1".into()),
             tty: None,
+            ..Default::default()
         };
         let pre = |grace, now| {
             e.handle(
@@ -3245,6 +3297,47 @@ mod tests {
                 }
             ),
             "{r:?}"
+        );
+    }
+
+    /// Finding 8 of the 2026-11 review: a remembered device was a tty name (handed to the next
+    /// user within minutes) or whatever PAM_RHOST said (sudo's `Defaults pam_rhost`: this host).
+    #[test]
+    fn a_remembered_device_is_a_remote_host_or_a_login_session_and_who_asked() {
+        let items = |rhost: Option<&str>, tty: Option<&str>, ruser: Option<&str>| PamItems {
+            service: Some("sudo".into()),
+            rhost: rhost.map(Into::into),
+            tty: tty.map(Into::into),
+            ruser: ruser.map(Into::into),
+        };
+        let key = |p: &PamItems, session| grace_key(p, session).map(|(_, origin)| origin);
+        let pts = items(None, Some("/dev/pts/3"), Some("alice"));
+        assert_eq!(key(&pts, None), None, "a tty alone is no device");
+        assert_ne!(
+            key(&pts, Some(7)),
+            key(&pts, Some(8)),
+            "another login, same pts"
+        );
+        assert_eq!(key(&pts, Some(7)), key(&pts, Some(7)));
+        assert_ne!(
+            key(&pts, Some(7)),
+            key(&items(None, Some("/dev/pts/3"), Some("mallory")), Some(7)),
+            "another user asking"
+        );
+        let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert_eq!(
+            key(&items(Some(&host), Some("/dev/pts/3"), None), None),
+            None,
+            "this host's own name is no remote host"
+        );
+        let remote = items(Some("192.0.2.7"), None, None);
+        assert_eq!(key(&remote, None).as_deref(), Some("rhost:192.0.2.7"));
+        assert_eq!(key(&remote, Some(9)), key(&remote, None));
+        assert_eq!(
+            grace_key(&items(Some("192.0.2.7"), None, None), None)
+                .unwrap()
+                .0,
+            "sudo"
         );
     }
 }

@@ -5,6 +5,7 @@
 use crate::audit::Logger;
 use crate::clock;
 use crate::engine::Engine;
+use crate::users;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -249,8 +250,8 @@ impl Pool {
     }
 
     fn serve_one(&self, stream: UnixStream) {
-        let uid = match getsockopt(&stream, PeerCredentials) {
-            Ok(cred) => cred.uid(),
+        let (uid, pid) = match getsockopt(&stream, PeerCredentials) {
+            Ok(cred) => (cred.uid(), cred.pid()),
             Err(e) => {
                 self.log
                     .error(&format!("cannot read peer credentials: {e}"));
@@ -259,7 +260,7 @@ impl Pool {
         };
         let privileged = uid == 0 || uid == self.daemon_uid;
         match self.slots.take(uid, privileged) {
-            Some(_slot) => handle(stream, uid, &self.engine, self.timeout),
+            Some(_slot) => handle(stream, uid, pid, &self.engine, self.timeout),
             None => refuse_busy(stream),
         }
     }
@@ -299,10 +300,10 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
     Ok(())
 }
 
-fn handle(stream: UnixStream, uid: u32, engine: &Engine, timeout: Duration) {
+fn handle(stream: UnixStream, uid: u32, pid: i32, engine: &Engine, timeout: Duration) {
     let mut input = DeadlineStream::new(stream, Instant::now() + timeout);
     let reply = match wire::read_frame(&mut input) {
-        Ok(payload) => engine.handle_payload(uid, &payload, clock::now()),
+        Ok(payload) => engine.handle_payload(uid, users::session_of(pid), &payload, clock::now()),
         // Connected and left: nothing to answer (also what health checks do).
         Err(FrameError::Closed) => return,
         Err(e) => {

@@ -67,6 +67,17 @@ pub fn name_of(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
+/// The audit session of process `pid` (`/proc/PID/sessionid`), which the kernel numbers anew
+/// at each login (pam_loginuid) and every process of that login inherits. `None` where it is
+/// unset (system services, a kernel without audit).
+pub fn session_of(pid: i32) -> Option<u32> {
+    if pid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/sessionid")).ok()?;
+    text.trim().parse::<u32>().ok().filter(|&s| s != u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub enum ItemKind {
     Service,
     RHost,
     Tty,
+    RUser,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +236,7 @@ fn pam_items(pam: &mut impl Pam) -> PamItems {
         service: get(ItemKind::Service),
         rhost: get(ItemKind::RHost),
         tty: get(ItemKind::Tty),
+        ruser: get(ItemKind::RUser),
     }
 }
 

@@ -8,7 +8,7 @@ use pam::constants::{
     PAM_TEXT_INFO,
 };
 use pam::conv::Conv;
-use pam::items::{RHost, Service, Tty, User};
+use pam::items::{RHost, RUser, Service, Tty, User};
 use pam::module::PamHandle;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -154,6 +154,7 @@ impl Pam for Handle<'_> {
             ItemKind::Service => self.0.get_item::<Service>().ok()?.map(|s| s.0.to_bytes()),
             ItemKind::RHost => self.0.get_item::<RHost>().ok()?.map(|s| s.0.to_bytes()),
             ItemKind::Tty => self.0.get_item::<Tty>().ok()?.map(|s| s.0.to_bytes()),
+            ItemKind::RUser => self.0.get_item::<RUser>().ok()?.map(|s| s.0.to_bytes()),
         };
         bytes.map(<[u8]>::to_vec)
     }

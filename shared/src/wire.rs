@@ -247,6 +247,9 @@ pub struct PamItems {
     pub rhost: Option<String>,
     #[serde(default)]
     pub tty: Option<String>,
+    /// PAM_RUSER: who asked (sudo and su set it to the invoking user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruser: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -602,6 +605,7 @@ mod tests {
                 service: Some("sshd".into()),
                 rhost: None,
                 tty: None,
+                ..Default::default()
             },
             grace_secs: 0,
         }

@@ -75,17 +75,56 @@ fn without_grace_or_without_an_origin_every_login_is_asked() {
     );
 }
 
+/// Runs `f` on a thread in a login session of its own, as a new login would be: writing the
+/// login uid (root) makes the kernel number a new audit session, which the processes the
+/// thread starts inherit (twofoldd reads it from the PAM application it talks to).
+fn in_new_login_session<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::fs::write("/proc/thread-self/loginuid", "0")
+                .expect("a new audit session (root, a kernel with audit)");
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Finding 8 of the 2026-11 review: with no remote host (su, sudo) the device was the tty name,
+/// which the next login gets within minutes. Now it is the login session, and who asked.
 #[test]
-fn the_same_tty_is_remembered_when_there_is_no_remote_host() {
+fn a_local_login_is_remembered_in_its_own_session_only() {
+    if skip_unless_root(
+        "a_local_login_is_remembered_in_its_own_session_only",
+        "start audit sessions",
+    ) {
+        return;
+    }
     let (_daemon, pam, user, e) = setup("grace=600");
     ensure_step_time(5);
     let code = oathtool_at(&e.secret, unix_now() + 30);
-    let first = pam.authenticate_with(&user, &["tty=/dev/pts/7"], Some(&format!("{code}\n")));
-    assert!(first.success, "{}", first.text());
-    assert!(
-        pam.authenticate_with(&user, &["tty=/dev/pts/7"], None)
-            .success
-    );
-    let other = pam.authenticate_with(&user, &["tty=/dev/pts/8"], None);
-    assert!(!other.success, "{}", other.text());
+    let pts = ["tty=/dev/pts/7", "ruser=alice"];
+    in_new_login_session(|| {
+        let first = pam.authenticate_with(&user, &pts, Some(&format!("{code}\n")));
+        assert!(first.success, "{}", first.text());
+        // The same session, tty and asking user: remembered.
+        let again = pam.authenticate_with(&user, &pts, None);
+        assert!(again.success, "{}", again.text());
+        // Someone else asking from the same session: asked.
+        let other = pam.authenticate_with(&user, &["tty=/dev/pts/7", "ruser=mallory"], None);
+        assert!(
+            !other.success && other.text().contains(PROMPT),
+            "{}",
+            other.text()
+        );
+    });
+    // The same tty name in another login: asked.
+    in_new_login_session(|| {
+        let next = pam.authenticate_with(&user, &pts, None);
+        assert!(
+            !next.success && next.text().contains(PROMPT),
+            "{}",
+            next.text()
+        );
+    });
 }

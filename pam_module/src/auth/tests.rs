@@ -105,6 +105,7 @@ impl Pam for Script {
             ItemKind::Service => self.service.clone(),
             ItemKind::RHost => self.rhost.clone(),
             ItemKind::Tty => self.tty.clone(),
+            ItemKind::RUser => None,
         }
     }
 
@@ -292,6 +293,7 @@ fn right_code_is_accepted_with_two_separate_requests() {
         service: Some("sshd".into()),
         rhost: Some("192.0.2.7".into()),
         tty: Some("pts/3".into()),
+        ..Default::default()
     };
     match &requests[0].body {
         RequestBody::Preflight {
