@@ -72,6 +72,7 @@ fn seed(target: &str, n: usize) -> Result<(), String> {
                         last_success: None,
                         backup_salt: vec![0; 16],
                         window: None,
+                        uid: None,
                     };
                     tx.activate(&record, &[])?;
                 }

@@ -544,12 +544,53 @@ impl Engine {
         }
     }
 
-    /// Whether an enrollment (active) is stored under exactly `name`. A store error says no:
-    /// the caller then asks the name service and meets the error again where it is reported.
-    fn enrolled_as_is(&self, name: &str) -> bool {
-        self.store
-            .read(|tx| Ok(tx.user(name)?.is_some()))
-            .unwrap_or(false)
+    /// Whether the enrollments stored under `name` (an account's own name) or for its uid are
+    /// that account's: `None` if so, else the refusal, with a log line saying what to do. An
+    /// enrollment made before uids were recorded is taken as the account's (and recorded).
+    fn check_owner(&self, name: &str, uid: u32, now: u64) -> Option<ResponseBody> {
+        let found = match self.store.read(|tx| tx.enrollments_for(name, uid)) {
+            Ok(f) => f,
+            Err(e) => return Some(self.store_failed("enrollment owner", name, &e)),
+        };
+        let mut legacy = false;
+        for (enrolled, recorded) in &found {
+            let why = match (enrolled == name, recorded) {
+                (true, None) => {
+                    legacy = true;
+                    continue;
+                }
+                (true, Some(r)) if *r == uid => continue,
+                (true, Some(r)) => format!(
+                    "was made for uid {r}, and the account now has uid {uid} (deleted and made again?)"
+                ),
+                (false, _) => format!(
+                    "is stored under the name {} (the account's name changed, or fully \
+                     qualified names were switched on)",
+                    audit::field(enrolled)
+                ),
+            };
+            self.warn_repeated(
+                &format!("owner:{name}"),
+                now,
+                &format!(
+                    "user={} uid={uid}: refused: the enrollment {why}; if it is this account's, \
+                     'twofold disable --user {}' and enroll again",
+                    audit::field(name),
+                    audit::field(enrolled)
+                ),
+            );
+            return Some(error(
+                ErrorKind::Internal,
+                "this account's two-factor enrollment does not match the account; ask an administrator",
+            ));
+        }
+        if legacy {
+            let owned = name.to_string();
+            if let Err(e) = self.store.write(move |tx| tx.set_user_uid(&owned, uid)) {
+                return Some(self.store_failed("enrollment owner", name, &e));
+            }
+        }
+        None
     }
 
     /// Answers one request. A login that is refused is answered no sooner than
@@ -630,36 +671,23 @@ impl Engine {
             }
         }
         // Resolve who the request is about: named, or the caller's own account. A name with an
-        // account is replaced by the account's own spelling, so that every spelling the name
-        // service accepts (ALICE, alice@DOMAIN) meets the same enrollment and throttle.
-        // One name-service lookup per request gives both the spelling and the uid. A login
-        // (preflight, verify) asked by PAM for a name enrolled under exactly that spelling needs
-        // neither: enrollments are stored under the canonical spelling, and the uid only matters
-        // for unprivileged callers. That spares every login of an enrolled user the name
-        // service (an open and scan of /etc/passwd, or a round trip to sssd or LDAP).
+        // account is replaced by the account's own name for its uid (see users::canonical), so
+        // that every name of one account meets the same enrollment and throttle.
         let (name, target_uid) = match target {
             None => (String::new(), None),
             Some(Some(name)) => {
                 if let Err(why) = users::validate_name(&name) {
                     return error(ErrorKind::BadRequest, why);
                 }
-                let login = matches!(operation, Operation::Preflight | Operation::Verify);
-                if caller.admin && login && self.enrolled_as_is(&name) {
-                    (name, None)
-                } else {
-                    match users::canonical(&name) {
-                        Ok(Some((canonical, account_uid))) => (canonical, Some(account_uid)),
-                        Ok(None) => (name, None),
-                        Err(why) => {
-                            self.log.error(&format!(
-                                "name service failed for user={}: {why}",
-                                audit::field(&name)
-                            ));
-                            return error(
-                                ErrorKind::Internal,
-                                "the name service failed; try again",
-                            );
-                        }
+                match users::canonical(&name) {
+                    Ok(Some((canonical, account_uid))) => (canonical, Some(account_uid)),
+                    Ok(None) => (name, None),
+                    Err(why) => {
+                        self.log.error(&format!(
+                            "name service failed for user={}: {why}",
+                            audit::field(&name)
+                        ));
+                        return error(ErrorKind::Internal, "the name service failed; try again");
                     }
                 }
             }
@@ -668,6 +696,15 @@ impl Engine {
                 None => return error(ErrorKind::NoSuchUser, format!("uid {uid} has no user name")),
             },
         };
+        // An enrollment belongs to the account it was made for. Logins, and everything a user
+        // asks about their own account, meet only that account's; root may still look at and
+        // clean up a stale one.
+        let login = matches!(operation, Operation::Preflight | Operation::Verify);
+        if let (Some(account_uid), true) = (target_uid, login || !caller.admin) {
+            if let Some(refusal) = self.check_owner(&name, account_uid, now) {
+                return refusal;
+            }
+        }
         let decision = policy::authorize(caller, operation, target_uid, self.config().self_enroll);
         if let Decision::Deny(why) = decision {
             self.warn_repeated(
@@ -728,7 +765,7 @@ impl Engine {
                 params,
                 ..
             } => self.enroll(&name, force, code, params, needs_code, uid, now),
-            RequestBody::Confirm { code, .. } => self.confirm(&name, &code, uid, now),
+            RequestBody::Confirm { code, .. } => self.confirm(&name, &code, target_uid, uid, now),
             RequestBody::Status { .. } => self.status(&name, now),
             RequestBody::BackupCodes { code, .. } => {
                 self.regenerate(&name, code, needs_code, uid, now)
@@ -770,6 +807,7 @@ impl Engine {
                     last_used_step,
                     force,
                 },
+                target_uid,
                 uid,
                 now,
             ),
@@ -1373,7 +1411,15 @@ impl Engine {
         ResponseBody::Enrollment(info)
     }
 
-    fn confirm(&self, name: &str, code: &SecretText, uid: u32, now: u64) -> ResponseBody {
+    /// `account`: the uid of the account `name` is, recorded with the enrollment.
+    fn confirm(
+        &self,
+        name: &str,
+        code: &SecretText,
+        account: Option<u32>,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
         let pending = match self.store.read(|tx| tx.pending(name)) {
             Ok(Some(p)) => p,
             Ok(None) => {
@@ -1452,6 +1498,7 @@ impl Engine {
             last_success: None,
             backup_salt: salt,
             window: None,
+            uid: account,
         };
         let expected = pending.secret;
         let entry = admin_entry(now, "confirm", name, "enrolled", uid);
@@ -1679,7 +1726,14 @@ impl Engine {
 
     /// Makes an enrollment from elsewhere active at once (no pending step: the user's app
     /// already has the key). Replaces an existing one only with `force`.
-    fn import(&self, name: &str, import: Imported, uid: u32, now: u64) -> ResponseBody {
+    fn import(
+        &self,
+        name: &str,
+        import: Imported,
+        account: Option<u32>,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
         let secret = match Secret::from_base32(import.secret.expose()) {
             Ok(s) => s,
             Err(e) => {
@@ -1750,6 +1804,7 @@ impl Engine {
             last_success: None,
             backup_salt: salt,
             window: import.window,
+            uid: account,
         };
         let mut entry = admin_entry(now, "import", name, "enrolled", uid);
         entry.detail = Some(format!(

@@ -23,6 +23,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "last_success",
             "backup_salt",
             "window",
+            "uid",
         ],
     ),
     ("backup_codes", &["name", "hash"]),

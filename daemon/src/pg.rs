@@ -40,7 +40,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 const MIGRATION_LOCK: i64 = 0x7477_6f66_6f6c_6473;
 
 /// Schema versions, in order (the table `twofold_schema` records how many have run).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
         secret BYTEA NOT NULL,
@@ -118,7 +119,11 @@ const MIGRATIONS: &[&str] = &["
     CREATE TABLE meta (
         key TEXT PRIMARY KEY,
         value BYTEA NOT NULL
-    );"];
+    );",
+    // 2: an enrollment belongs to an account: its uid
+    "ALTER TABLE users ADD COLUMN uid BIGINT;
+    CREATE INDEX users_by_uid ON users (uid);",
+];
 
 fn pg_error(e: postgres::Error) -> StoreError {
     // The cause (a refused certificate, a reset connection) is what an administrator needs.
@@ -871,7 +876,7 @@ impl Tx for PgTx<'_> {
         let Some(r) = self.one(
             Some(name),
             "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success,
-                    backup_salt, \"window\" FROM users WHERE name = $1",
+                    backup_salt, \"window\", uid FROM users WHERE name = $1",
             &[&name],
         )?
         else {
@@ -886,6 +891,9 @@ impl Tx for PgTx<'_> {
             last_success: r.get::<_, Option<i64>>(6).map(|t| t.max(0) as u64),
             backup_salt: r.get(7),
             window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
+            uid: r
+                .get::<_, Option<i64>>(9)
+                .and_then(|u| u32::try_from(u).ok()),
         }))
     }
 
@@ -895,6 +903,29 @@ impl Tx for PgTx<'_> {
             .iter()
             .map(|r| r.get(0))
             .collect())
+    }
+
+    fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>> {
+        Ok(self
+            .all(
+                "SELECT name, uid FROM users WHERE name = $1 OR uid = $2",
+                &[&name, &i64::from(uid)],
+            )?
+            .iter()
+            .map(|r| {
+                let uid: Option<i64> = r.get(1);
+                (r.get(0), uid.and_then(|u| u32::try_from(u).ok()))
+            })
+            .collect())
+    }
+
+    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE users SET uid = $2 WHERE name = $1",
+            &[&name, &i64::from(uid)],
+        )?;
+        Ok(())
     }
 
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>> {
@@ -1043,13 +1074,13 @@ impl Tx for PgTx<'_> {
         self.exec(
             Some(name),
             "INSERT INTO users (name, secret, algorithm, digits, period, enrolled_at, last_step,
-               last_success, backup_salt, \"window\")
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               last_success, backup_salt, \"window\", uid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
                algorithm = excluded.algorithm, digits = excluded.digits, period = excluded.period,
                enrolled_at = excluded.enrolled_at, last_step = excluded.last_step,
                last_success = excluded.last_success, backup_salt = excluded.backup_salt,
-               \"window\" = excluded.\"window\"",
+               \"window\" = excluded.\"window\", uid = excluded.uid",
             &[
                 &name,
                 &secret.as_slice(),
@@ -1061,6 +1092,7 @@ impl Tx for PgTx<'_> {
                 &u.last_success.map(to_i64),
                 &u.backup_salt,
                 &u.window.map(i64::from),
+                &u.uid.map(i64::from),
             ],
         )?;
         self.replace_backup_codes(name, &u.backup_salt, codes)?;

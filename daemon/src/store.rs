@@ -87,6 +87,10 @@ pub struct UserRecord {
     pub backup_salt: Vec<u8>,
     /// Steps accepted either side of now for this user (imported); `None`: the configured one.
     pub window: Option<u32>,
+    /// The account's uid when it was enrolled (`None`: a name with no account, or an
+    /// enrollment older than the record). A login whose name now resolves to another uid is
+    /// refused.
+    pub uid: Option<u32>,
 }
 
 /// An enrollment waiting for its first code.
@@ -146,6 +150,10 @@ pub trait Tx {
     /// The seal key's check value, if secrets are sealed.
     fn seal_check(&self) -> Result<Option<Vec<u8>>>;
     fn user_names(&self) -> Result<Vec<String>>;
+    /// The enrollments stored under `name` or recorded for `uid`: each name and its uid.
+    fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>>;
+    /// Records the uid of an enrollment made before uids were recorded.
+    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()>;
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;
     fn pending_names(&self) -> Result<Vec<String>>;
     fn throttle(&self, name: &str) -> Result<ThrottleRecord>;
@@ -298,6 +306,9 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY NOT NULL,
         value BLOB NOT NULL
     ) WITHOUT ROWID;",
+    // 7: an enrollment belongs to an account: its uid
+    "ALTER TABLE users ADD COLUMN uid INTEGER;
+    CREATE INDEX users_by_uid ON users (uid);",
 ];
 
 /// How long a write waits for a lock another process holds on the database (an administrator's
@@ -856,7 +867,7 @@ impl Tx for SqliteTx<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window
+                "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window, uid
                  FROM users WHERE name = ?1",
             )?
             .query_row([name], |r| {
@@ -870,11 +881,22 @@ impl Tx for SqliteTx<'_> {
                     r.get::<_, Option<i64>>(6)?,
                     r.get::<_, Vec<u8>>(7)?,
                     r.get::<_, Option<i64>>(8)?,
+                    r.get::<_, Option<i64>>(9)?,
                 ))
             })
             .optional()?;
-        let Some((secret, alg, digits, period, enrolled_at, last_step, last_success, salt, window)) =
-            row
+        let Some((
+            secret,
+            alg,
+            digits,
+            period,
+            enrolled_at,
+            last_step,
+            last_success,
+            salt,
+            window,
+            uid,
+        )) = row
         else {
             return Ok(None);
         };
@@ -887,6 +909,7 @@ impl Tx for SqliteTx<'_> {
             last_success: last_success.map(|t| t.max(0) as u64),
             backup_salt: salt,
             window: window.map(|w| w.clamp(0, 10) as u32),
+            uid: uid.and_then(|u| u32::try_from(u).ok()),
         }))
     }
 
@@ -898,6 +921,28 @@ impl Tx for SqliteTx<'_> {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(names)
+    }
+
+    fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT name, uid FROM users WHERE name = ?1 OR uid = ?2")?;
+        let rows = stmt
+            .query_map(params![name, uid], |r| {
+                Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<(String, Option<i64>)>>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(n, u)| (n, u.and_then(|u| u32::try_from(u).ok())))
+            .collect())
+    }
+
+    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE users SET uid = ?2 WHERE name = ?1")?
+            .execute(params![name, uid])?;
+        Ok(())
     }
 
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>> {
@@ -1048,8 +1093,8 @@ impl Tx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO users
-                 (name, secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 (name, secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window, uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 u.name,
@@ -1061,7 +1106,8 @@ impl Tx for SqliteTx<'_> {
                 u.last_step,
                 u.last_success.map(to_i64),
                 u.backup_salt,
-                u.window
+                u.window,
+                u.uid
             ])?;
         self.replace_backup_codes(&u.name, &u.backup_salt, codes)?;
         // A new secret: devices remembered under the old one are asked again.

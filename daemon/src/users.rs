@@ -41,12 +41,20 @@ pub fn check_groups(groups: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The account's own spelling of `name`, if the name service knows the account. An error of
-/// the name service (as opposed to "no such account") is an error, never "unknown".
+/// The account `name` belongs to: its uid, and the account's own name for that uid (the
+/// first entry the name service gives for it), so that every name of one account meets one
+/// enrollment and one throttle: `ALICE` and `alice@DOMAIN` meet `alice`, and a uid-0 alias
+/// such as `toor` meets `root`. An error of the name service (as opposed to "no such
+/// account") is an error, never "unknown".
 pub fn canonical(name: &str) -> Result<Option<(String, u32)>, String> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) => Ok(Some((user.name, user.uid.as_raw()))),
-        Ok(None) => Ok(None),
+    let Some(user) = nix::unistd::User::from_name(name).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let uid = user.uid.as_raw();
+    match nix::unistd::User::from_uid(user.uid) {
+        Ok(Some(owner)) => Ok(Some((owner.name, uid))),
+        // A name service that finds the name but not its uid: the name as it found it.
+        Ok(None) => Ok(Some((user.name, uid))),
         Err(e) => Err(e.to_string()),
     }
 }

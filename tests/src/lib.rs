@@ -410,7 +410,7 @@ pub fn skip_unless_root(test: &str, why: &str) -> bool {
 /// threads take turns here (and retry when another process holds the lock).
 static ACCOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run_account_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+pub fn run_account_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let _turn = ACCOUNTS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -459,11 +459,19 @@ pub struct TestUser {
 impl TestUser {
     /// Creates `name` (a leftover account of that name from a crashed run is removed first).
     pub fn create(name: &str) -> TestUser {
+        TestUser::create_with(name, &[])
+    }
+
+    /// `create` with more `useradd` options (e.g. `-u UID`).
+    pub fn create_with(name: &str, options: &[&str]) -> TestUser {
         assert!(name.len() <= 32, "user name too long: {name}");
         if nix::unistd::User::from_name(name).ok().flatten().is_some() {
             remove_account(name);
         }
-        let out = run_account_tool("useradd", &["-m", "-s", "/bin/sh", name], None);
+        let mut args = vec!["-m", "-s", "/bin/sh"];
+        args.extend_from_slice(options);
+        args.push(name);
+        let out = run_account_tool("useradd", &args, None);
         assert!(
             out.status.success(),
             "useradd {name}: {}",
