@@ -713,14 +713,17 @@ fn run_doctor(named_socket: Option<PathBuf>, config_path: Option<PathBuf>, json_
                 .map(|u| u.user.clone())
                 .collect();
             let locked = users.iter().filter(|u| u.locked).count();
-            let accounts =
-                doctor::local_accounts(&std::fs::read_to_string("/etc/passwd").unwrap_or_default());
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let accounts = doctor::local_accounts(&passwd);
             findings.extend(doctor::check_users(
                 &accounts,
                 &enrolled,
                 locked,
                 config.unenrolled,
             ));
+            findings.extend(doctor::check_identities(&passwd, &enrolled, &|name| {
+                crate::users::uid_of(name).is_some()
+            }));
         }
         Ok(ResponseBody::Error {
             kind: ErrorKind::PermissionDenied,

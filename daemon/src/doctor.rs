@@ -395,6 +395,54 @@ pub fn check_users(
     out
 }
 
+/// Names that share a uid in /etc/passwd (a uid-0 `toor`, a copied entry) meet one
+/// enrollment, the first name's; enrollments of names that are no account are leftovers (a
+/// later account of that name is refused by them until root removes them).
+/// `is_account`: whether the name service knows the name.
+pub fn check_identities(
+    passwd: &str,
+    enrolled: &BTreeSet<String>,
+    is_account: &dyn Fn(&str) -> bool,
+) -> Vec<Finding> {
+    let mut by_uid: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if let (Some(name), Some(Ok(uid))) = (f.first(), f.get(2).map(|u| u.parse::<u32>())) {
+            by_uid.entry(uid).or_default().push(name);
+        }
+    }
+    let mut out = Vec::new();
+    for (uid, names) in by_uid.iter().filter(|(_, n)| n.len() > 1) {
+        out.push(warn(
+            "users",
+            format!(
+                "uid {uid} has several names ({}): all of them log in with {}'s enrollment",
+                names.join(", "),
+                names[0]
+            ),
+            "remove the extra passwd entries unless that is what you want",
+        ));
+    }
+    let orphans: Vec<&str> = enrolled
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !is_account(n))
+        .collect();
+    if !orphans.is_empty() {
+        out.push(warn(
+            "users",
+            format!(
+                "{} enrollment(s) of names that are no account here: {}",
+                orphans.len(),
+                orphans.join(", ")
+            ),
+            "'twofold disable --user NAME' for each that is a leftover (an account made later \
+             under that name is refused until then)",
+        ));
+    }
+    out
+}
+
 /// Login accounts from /etc/passwd: uid at or above UID_MIN (1000) and below 60000, with a
 /// shell that is not nologin/false, plus root.
 pub fn local_accounts(passwd: &str) -> Vec<String> {
@@ -593,5 +641,25 @@ mod tests {
         assert!(check_users(&accounts, &all, 0, Unenrolled::Allow)
             .iter()
             .all(|f| f.level == Level::Ok));
+    }
+
+    #[test]
+    fn uid_aliases_and_enrollments_of_no_account() {
+        let passwd = "root:x:0:0::/root:/bin/bash\ntoor:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        let enrolled: BTreeSet<String> = ["root", "alice", "gone"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let found = check_identities(passwd, &enrolled, &|n| n != "gone");
+        let text = format!("{found:?}");
+        assert_eq!(found.len(), 2, "{text}");
+        assert!(
+            text.contains("uid 0 has several names (root, toor)"),
+            "{text}"
+        );
+        assert!(text.contains("no account here: gone"), "{text}");
+        assert!(
+            check_identities("root:x:0:0::/root:/bin/sh\n", &BTreeSet::new(), &|_| true).is_empty()
+        );
     }
 }

@@ -75,6 +75,14 @@ fn a_second_name_for_uid_0_meets_roots_enrollment() {
     let status = daemon.cli(&["status", "--user", &alias.0, "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(s["user"], "root");
+    // doctor says so.
+    let config = daemon.dir.path().join("twofold.toml");
+    let doctor = daemon.cli(&["doctor", "--config", config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains(&format!("uid 0 has several names (root, {})", alias.0)),
+        "{text}"
+    );
 }
 
 #[test]
