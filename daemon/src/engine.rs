@@ -886,7 +886,7 @@ impl Engine {
             .store
             .read(|tx| {
                 Ok((
-                    tx.remembered_at(name, &service, &origin)?,
+                    tx.remembered_at(name, service, origin)?,
                     tx.throttle(name)?,
                 ))
             })
