@@ -884,12 +884,7 @@ impl Engine {
         let cfg = self.config().throttle;
         let (at, state) = self
             .store
-            .read(|tx| {
-                Ok((
-                    tx.remembered_at(name, service, origin)?,
-                    tx.throttle(name)?,
-                ))
-            })
+            .read(|tx| Ok((tx.remembered_at(name, service, origin)?, tx.throttle(name)?)))
             .ok()?;
         let at = at?;
         let fresh = at <= now && now < at.saturating_add(grace_secs);
@@ -3393,6 +3388,48 @@ mod tests {
                 .unwrap()
                 .0,
             "sudo"
+        );
+    }
+
+    /// From the review's notes: a new address un-verified the old one as soon as its code was
+    /// mailed, so under email_auto a user who mistyped it was left without that factor.
+    #[test]
+    fn a_verified_address_stays_until_the_new_one_is_verified() {
+        let (e, outbox, _dir) = email_engine("email_auto = true\nemail_resend_secs = 0");
+        verified(&e, &outbox, "root", T0);
+        let r = email_set(&e, "root", "new@example.org", T0 + 10);
+        assert!(matches!(r, ResponseBody::EmailSent { .. }), "{r:?}");
+        let new_code = outbox.last_code();
+        let status = |now| match e.handle(
+            0,
+            RequestBody::Status {
+                user: Some("root".into()),
+            },
+            now,
+        ) {
+            ResponseBody::Status(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let s = status(T0 + 11);
+        assert_eq!(
+            (s.email.as_deref(), s.email_verified),
+            (Some("r***@example.org"), true)
+        );
+        let r = send_code(&e, "root", T0 + 12);
+        assert!(
+            matches!(r, ResponseBody::EmailSent { ref masked } if masked == "r***@example.org"),
+            "{r:?}"
+        );
+        assert_eq!(
+            outbox.sent.lock().unwrap().last().unwrap().0,
+            "root@example.org"
+        );
+        let r = email_confirm(&e, "root", &new_code, T0 + 13);
+        assert!(matches!(r, ResponseBody::Done { .. }), "{r:?}");
+        let s = status(T0 + 14);
+        assert_eq!(
+            (s.email.as_deref(), s.email_verified),
+            (Some("n***@example.org"), true)
         );
     }
 }

@@ -56,7 +56,7 @@ const TABLES: &[(&str, &[&str])] = &[
         ],
     ),
     ("grace", &["name", "service", "origin", "at"]),
-    ("emails", &["name", "address", "verified"]),
+    ("emails", &["name", "address", "verified", "pending"]),
     (
         "email_codes",
         &[

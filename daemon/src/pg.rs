@@ -123,6 +123,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: an enrollment belongs to an account: its uid
     "ALTER TABLE users ADD COLUMN uid BIGINT;
     CREATE INDEX users_by_uid ON users (uid);",
+    // 3: a new address waits beside the verified one until it is verified itself
+    "ALTER TABLE emails ADD COLUMN pending TEXT;",
 ];
 
 fn pg_error(e: postgres::Error) -> StoreError {
@@ -1151,7 +1153,10 @@ impl Tx for PgTx<'_> {
         self.exec(
             Some(name),
             "INSERT INTO emails (name, address, verified) VALUES ($1, $2, 0)
-             ON CONFLICT (name) DO UPDATE SET address = excluded.address, verified = 0",
+             ON CONFLICT (name) DO UPDATE SET
+               pending = CASE WHEN emails.verified = 1 THEN excluded.address ELSE NULL END,
+               address = CASE WHEN emails.verified = 1 THEN emails.address
+                              ELSE excluded.address END",
             &[&name, &address],
         )?;
         self.delete_mailed_code(name, CodePurpose::Login)
@@ -1160,7 +1165,8 @@ impl Tx for PgTx<'_> {
     fn set_email_verified(&self, name: &str) -> Result<()> {
         self.exec(
             Some(name),
-            "UPDATE emails SET verified = 1 WHERE name = $1",
+            "UPDATE emails SET address = COALESCE(pending, address), pending = NULL,
+             verified = 1 WHERE name = $1",
             &[&name],
         )?;
         self.kill_mailed_code(name, CodePurpose::Verify)

@@ -177,8 +177,10 @@ pub trait Tx {
     /// Removes the enrollment, its backup codes and any pending enrollment. True if enrolled.
     fn delete_user(&self, name: &str) -> Result<bool>;
     fn email(&self, name: &str) -> Result<Option<EmailRecord>>;
-    /// Registers `address` (unverified), replacing any other.
+    /// Registers `address`, unverified. A verified address stays in force until the new one
+    /// is verified (a mistyped one must not leave the user without that factor).
     fn put_email(&self, name: &str, address: &str) -> Result<()>;
+    /// The registered address (a new one waiting for its code, if any) is now verified.
     fn set_email_verified(&self, name: &str) -> Result<()>;
     /// Forgets the address and every mailed code.
     fn delete_email(&self, name: &str) -> Result<bool>;
@@ -309,6 +311,8 @@ const MIGRATIONS: &[&str] = &[
     // 7: an enrollment belongs to an account: its uid
     "ALTER TABLE users ADD COLUMN uid INTEGER;
     CREATE INDEX users_by_uid ON users (uid);",
+    // 8: a new address waits beside the verified one until it is verified itself
+    "ALTER TABLE emails ADD COLUMN pending TEXT;",
 ];
 
 /// How long a write waits for a lock another process holds on the database (an administrator's
@@ -1274,7 +1278,9 @@ impl Tx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO emails (name, address, verified) VALUES (?1, ?2, 0)
-                 ON CONFLICT (name) DO UPDATE SET address = excluded.address, verified = 0",
+                 ON CONFLICT (name) DO UPDATE SET
+                   pending = CASE WHEN verified = 1 THEN excluded.address ELSE NULL END,
+                   address = CASE WHEN verified = 1 THEN address ELSE excluded.address END",
             )?
             .execute(params![name, address])?;
         self.delete_mailed_code(name, CodePurpose::Login)
@@ -1282,7 +1288,10 @@ impl Tx for SqliteTx<'_> {
 
     fn set_email_verified(&self, name: &str) -> Result<()> {
         self.0
-            .prepare_cached("UPDATE emails SET verified = 1 WHERE name = ?1")?
+            .prepare_cached(
+                "UPDATE emails SET address = COALESCE(pending, address), pending = NULL,
+                 verified = 1 WHERE name = ?1",
+            )?
             .execute([name])?;
         // Spent, but its time still counts for the resend limit.
         self.kill_mailed_code(name, CodePurpose::Verify)
