@@ -6,6 +6,8 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(test)]
+mod conformance;
 pub mod doctor;
 pub mod email;
 pub mod engine;

@@ -1,0 +1,460 @@
+//! The store contract as one behavioural spec, run on every backend: SQLite (plain and
+//! sealed) always, a real PostgreSQL (plain and sealed) when root. Every rule the engine
+//! relies on inside a transaction is stated here once; a backend that passes it may be
+//! swapped for another without touching the verification rules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::backup::{self, BackupHash};
+use crate::seal::Sealer;
+use crate::store::{
+    CodePurpose, EmailRecord, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord,
+    UserRecord,
+};
+use twofold_shared::otp::{Algorithm, TotpParams};
+use twofold_shared::secret::Secret;
+use twofold_shared::wire::AuditEntry;
+
+const T: u64 = 1_800_000_000;
+
+fn code_hash(code: &str) -> BackupHash {
+    backup::hash(code, &[7; backup::SALT_BYTES]).unwrap()
+}
+
+fn user(name: &str, uid: Option<u32>) -> UserRecord {
+    UserRecord {
+        name: name.into(),
+        secret: Secret::from_bytes((0..32).collect()),
+        params: TotpParams {
+            algorithm: Algorithm::Sha256,
+            digits: 8,
+            period: 60,
+        },
+        enrolled_at: T,
+        last_step: -1,
+        last_success: None,
+        backup_salt: vec![7; backup::SALT_BYTES],
+        window: Some(2),
+        uid,
+    }
+}
+
+fn pending(at: u64) -> PendingRecord {
+    PendingRecord {
+        secret: Secret::from_bytes(vec![9; 20]),
+        params: TotpParams::default(),
+        created_at: at,
+        failed_confirms: 0,
+    }
+}
+
+fn mailed(sent_at: u64) -> MailedCode {
+    MailedCode {
+        hash: vec![1; 32],
+        salt: vec![2; 16],
+        sent_at,
+        expires: sent_at + 600,
+        tries: 0,
+    }
+}
+
+fn entry(time: u64, event: &str, user: &str, outcome: &str) -> AuditEntry {
+    AuditEntry {
+        time,
+        event: event.into(),
+        user: Some(user.into()),
+        outcome: outcome.into(),
+        ..Default::default()
+    }
+}
+
+/// Runs `f` in one write transaction of `store`.
+fn w<R: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&dyn crate::store::Tx) -> crate::store::Result<R> + Send + 'static,
+) -> R {
+    store.write(f).unwrap()
+}
+
+/// The whole spec, on an empty store.
+pub fn run(store: &Store) {
+    enrollments(store);
+    high_water_mark(store);
+    backup_codes(store);
+    pending_and_devices(store);
+    throttle(store);
+    email(store);
+    mailed_codes(store);
+    audit(store);
+    rollback(store);
+}
+
+fn enrollments(s: &Store) {
+    assert!(w(s, |tx| tx.user("alice")).is_none());
+    w(s, |tx| {
+        tx.activate(&user("alice", Some(1000)), &[code_hash("a1")])
+    });
+    let got = w(s, |tx| tx.user("alice")).unwrap();
+    let want = user("alice", Some(1000));
+    assert_eq!(
+        got.secret, want.secret,
+        "the secret round-trips (sealed or not)"
+    );
+    assert_eq!(got.params, want.params);
+    assert_eq!(
+        (
+            got.enrolled_at,
+            got.last_step,
+            got.last_success,
+            got.window,
+            got.uid
+        ),
+        (T, -1, None, Some(2), Some(1000))
+    );
+    assert_eq!(got.backup_salt, want.backup_salt);
+    w(s, |tx| tx.activate(&user("bob", None), &[]));
+    assert_eq!(w(s, |tx| tx.user_names()), ["alice", "bob"]);
+    // Who is enrolled for an account: by its name or by its uid.
+    assert_eq!(
+        w(s, |tx| tx.enrollments_for("alice", 1000)),
+        [("alice".to_string(), Some(1000))]
+    );
+    assert_eq!(
+        w(s, |tx| tx.enrollments_for("alice@dom", 1000)),
+        [("alice".to_string(), Some(1000))]
+    );
+    assert_eq!(
+        w(s, |tx| tx.enrollments_for("bob", 2000)),
+        [("bob".to_string(), None)]
+    );
+    w(s, |tx| tx.set_user_uid("bob", 2000));
+    assert_eq!(w(s, |tx| tx.user("bob")).unwrap().uid, Some(2000));
+    // Re-activation replaces the row whole.
+    w(s, |tx| tx.activate(&user("bob", Some(2001)), &[]));
+    assert_eq!(w(s, |tx| tx.user("bob")).unwrap().uid, Some(2001));
+    // delete_user cascades: backup codes, devices, pending; true only when enrolled.
+    w(s, |tx| {
+        tx.remember("bob", "sshd", "rhost:x", T)?;
+        tx.put_pending("bob", &pending(T))
+    });
+    assert!(w(s, |tx| tx.delete_user("bob")));
+    assert!(!w(s, |tx| tx.delete_user("bob")));
+    assert!(w(s, |tx| tx.user("bob")).is_none());
+    assert!(w(s, |tx| tx.pending("bob")).is_none());
+    assert!(w(s, |tx| tx.remembered_at("bob", "sshd", "rhost:x")).is_none());
+    assert_eq!(w(s, |tx| tx.user_names()), ["alice"]);
+}
+
+fn high_water_mark(s: &Store) {
+    assert!(w(s, |tx| tx.advance_step("alice", 5, T + 1)));
+    assert!(
+        !w(s, |tx| tx.advance_step("alice", 5, T + 2)),
+        "the same step twice"
+    );
+    assert!(
+        !w(s, |tx| tx.advance_step("alice", 4, T + 3)),
+        "a step below"
+    );
+    assert!(w(s, |tx| tx.advance_step("alice", 7, T + 4)));
+    let u = w(s, |tx| tx.user("alice")).unwrap();
+    assert_eq!((u.last_step, u.last_success), (7, Some(T + 4)));
+    assert!(!w(s, |tx| tx.advance_step("nobody", 9, T)), "no such user");
+}
+
+fn backup_codes(s: &Store) {
+    w(s, |tx| {
+        tx.replace_backup_codes("alice", &[8; 16], &[code_hash("b1"), code_hash("b2")])
+    });
+    assert_eq!(
+        w(s, |tx| tx.user("alice")).unwrap().backup_salt,
+        vec![8; 16]
+    );
+    assert_eq!(w(s, |tx| tx.backup_codes_left("alice")), 2);
+    assert!(
+        !w(s, |tx| tx.consume_backup_code("alice", &code_hash("a1"), T)),
+        "replaced"
+    );
+    assert!(w(s, |tx| tx.consume_backup_code(
+        "alice",
+        &code_hash("b1"),
+        T + 10
+    )));
+    assert!(
+        !w(s, |tx| tx.consume_backup_code(
+            "alice",
+            &code_hash("b1"),
+            T + 11
+        )),
+        "once"
+    );
+    assert_eq!(w(s, |tx| tx.backup_codes_left("alice")), 1);
+    assert_eq!(
+        w(s, |tx| tx.user("alice")).unwrap().last_success,
+        Some(T + 10)
+    );
+    assert_eq!(w(s, |tx| tx.backup_codes_left("nobody")), 0);
+}
+
+fn pending_and_devices(s: &Store) {
+    w(s, |tx| tx.put_pending("carol", &pending(T)));
+    w(s, |tx| tx.count_failed_confirm("carol"));
+    let p = w(s, |tx| tx.pending("carol")).unwrap();
+    assert_eq!((p.failed_confirms, p.created_at), (1, T));
+    assert_eq!(p.secret, pending(T).secret);
+    assert_eq!(w(s, |tx| tx.pending_names()), ["carol"]);
+    // A new pending enrollment starts afresh.
+    w(s, |tx| tx.put_pending("carol", &pending(T + 5)));
+    assert_eq!(w(s, |tx| tx.pending("carol")).unwrap().failed_confirms, 0);
+    // Activating spends the pending enrollment and forgets remembered devices.
+    w(s, |tx| {
+        tx.remember("carol", "sshd", "rhost:a", T)?;
+        tx.remember("carol", "sshd", "rhost:a", T + 1)
+    });
+    assert_eq!(
+        w(s, |tx| tx.remembered_at("carol", "sshd", "rhost:a")),
+        Some(T + 1)
+    );
+    assert!(w(s, |tx| tx.remembered_at("carol", "sudo", "rhost:a")).is_none());
+    w(s, |tx| tx.activate(&user("carol", None), &[]));
+    assert!(w(s, |tx| tx.pending("carol")).is_none());
+    assert!(w(s, |tx| tx.remembered_at("carol", "sshd", "rhost:a")).is_none());
+    // Housekeeping.
+    w(s, |tx| {
+        tx.put_pending("dave", &pending(T))?;
+        tx.remember("carol", "sshd", "rhost:b", T)
+    });
+    assert_eq!(w(s, |tx| tx.prune_pending(T + 1)), 1);
+    assert_eq!(w(s, |tx| tx.prune_grace(T + 1)), 1);
+    w(s, |tx| tx.delete_pending("nobody"));
+}
+
+fn throttle(s: &Store) {
+    assert_eq!(w(s, |tx| tx.throttle("alice")), ThrottleRecord::default());
+    let three = ThrottleRecord {
+        failures: 3,
+        last_failure: T,
+    };
+    w(s, move |tx| tx.set_throttle("alice", three));
+    assert_eq!(w(s, |tx| tx.throttle("alice")), three);
+    w(s, |tx| tx.clear_throttle("alice"));
+    assert_eq!(w(s, |tx| tx.throttle("alice")), ThrottleRecord::default());
+    // Stale counts of names without enrollment go; enrolled names and locks stay.
+    let locked = ThrottleRecord {
+        failures: 100,
+        last_failure: T,
+    };
+    w(s, move |tx| {
+        tx.set_throttle("alice", three)?;
+        tx.set_throttle("ghost", three)?;
+        tx.set_throttle("locked-ghost", locked)?;
+        tx.count_unknown_rejection()
+    });
+    assert_eq!(w(s, |tx| tx.prune_throttle(T + 1, 100)), 1);
+    assert_eq!(w(s, |tx| tx.throttle("alice")), three);
+    assert_eq!(w(s, |tx| tx.throttle("ghost")), ThrottleRecord::default());
+    assert_eq!(w(s, |tx| tx.throttle("locked-ghost")), locked);
+    // With no lockout, every stale count of nobody goes.
+    assert_eq!(w(s, |tx| tx.prune_throttle(T + 1, 0)), 1);
+    w(s, |tx| tx.clear_throttle("alice"));
+}
+
+fn email(s: &Store) {
+    let record = |a: &str, v| {
+        Some(EmailRecord {
+            address: a.into(),
+            verified: v,
+        })
+    };
+    assert!(w(s, |tx| tx.email("alice")).is_none());
+    w(s, |tx| tx.put_email("alice", "a@example.org"));
+    assert_eq!(w(s, |tx| tx.email("alice")), record("a@example.org", false));
+    // Unverified: a new address replaces it.
+    w(s, |tx| tx.put_email("alice", "b@example.org"));
+    assert_eq!(w(s, |tx| tx.email("alice")), record("b@example.org", false));
+    w(s, |tx| {
+        tx.put_mailed_code("alice", CodePurpose::Verify, &mailed(T))?;
+        tx.set_email_verified("alice")
+    });
+    assert_eq!(w(s, |tx| tx.email("alice")), record("b@example.org", true));
+    // Verifying spends the verification code but keeps when it was sent.
+    let code = w(s, |tx| tx.mailed_code("alice", CodePurpose::Verify)).unwrap();
+    assert_eq!((code.sent_at, code.expires), (T, 0));
+    // Verified: a new address waits beside it, and a live login code dies.
+    w(s, |tx| {
+        tx.put_mailed_code("alice", CodePurpose::Login, &mailed(T))?;
+        tx.put_email("alice", "c@example.org")
+    });
+    assert_eq!(w(s, |tx| tx.email("alice")), record("b@example.org", true));
+    assert!(w(s, |tx| tx.mailed_code("alice", CodePurpose::Login)).is_none());
+    w(s, |tx| tx.set_email_verified("alice"));
+    assert_eq!(w(s, |tx| tx.email("alice")), record("c@example.org", true));
+    // delete_email forgets the address and every mailed code.
+    w(s, |tx| {
+        tx.put_mailed_code("alice", CodePurpose::Login, &mailed(T))
+    });
+    assert!(w(s, |tx| tx.delete_email("alice")));
+    assert!(!w(s, |tx| tx.delete_email("alice")));
+    assert!(w(s, |tx| tx.email("alice")).is_none());
+    assert!(w(s, |tx| tx.mailed_code("alice", CodePurpose::Login)).is_none());
+    assert!(w(s, |tx| tx.mailed_code("alice", CodePurpose::Verify)).is_none());
+}
+
+fn mailed_codes(s: &Store) {
+    w(s, |tx| {
+        tx.put_mailed_code("erin", CodePurpose::Login, &mailed(T))?;
+        tx.put_mailed_code("erin", CodePurpose::Verify, &mailed(T + 1))
+    });
+    assert_eq!(
+        w(s, |tx| tx.mailed_code("erin", CodePurpose::Login)),
+        Some(mailed(T))
+    );
+    w(s, |tx| tx.count_mailed_code_try("erin", CodePurpose::Login));
+    assert_eq!(
+        w(s, |tx| tx.mailed_code("erin", CodePurpose::Login))
+            .unwrap()
+            .tries,
+        1
+    );
+    // Replacing resets it.
+    w(s, |tx| {
+        tx.put_mailed_code("erin", CodePurpose::Login, &mailed(T + 2))
+    });
+    assert_eq!(
+        w(s, |tx| tx.mailed_code("erin", CodePurpose::Login)),
+        Some(mailed(T + 2))
+    );
+    // Killed: unusable, its send time kept (the resend limit counts from it).
+    w(s, |tx| tx.kill_mailed_code("erin", CodePurpose::Login));
+    let killed = w(s, |tx| tx.mailed_code("erin", CodePurpose::Login)).unwrap();
+    assert_eq!((killed.sent_at, killed.expires), (T + 2, 0));
+    assert_ne!(killed.hash, mailed(T).hash);
+    assert_eq!(
+        w(s, |tx| tx.mailed_code("erin", CodePurpose::Verify)),
+        Some(mailed(T + 1)),
+        "each purpose apart"
+    );
+    w(s, |tx| tx.delete_mailed_code("erin", CodePurpose::Verify));
+    assert!(w(s, |tx| tx.mailed_code("erin", CodePurpose::Verify)).is_none());
+    // Pruned once sent and expired before the cut.
+    assert_eq!(w(s, |tx| tx.prune_mailed_codes(T + 1)), 0);
+    assert_eq!(w(s, |tx| tx.prune_mailed_codes(T + 3)), 1);
+    // The hour's count: mails sent and sends that failed, of this user, since then.
+    w(s, |tx| {
+        for (t, outcome) in [
+            (T, "sent"),
+            (T + 5, "failed"),
+            (T + 6, "refused"),
+            (T - 1, "sent"),
+        ] {
+            tx.audit(&entry(t, "email", "erin", outcome))?;
+        }
+        tx.audit(&entry(T, "login", "erin", "sent"))?;
+        tx.audit(&entry(T, "email", "frank", "sent"))
+    });
+    assert_eq!(w(s, |tx| tx.mails_sent_since("erin", T)), 2);
+}
+
+fn audit(s: &Store) {
+    w(s, |tx| tx.prune_audit(u64::MAX));
+    w(s, |tx| {
+        for i in 0..5 {
+            tx.audit(&AuditEntry {
+                method: Some("totp".into()),
+                service: Some("sshd".into()),
+                rhost: Some("192.0.2.1".into()),
+                tty: Some("pts/1".into()),
+                caller_uid: Some(0),
+                detail: Some(format!("n{i}")),
+                ..entry(
+                    T + i,
+                    "login",
+                    if i % 2 == 0 { "alice" } else { "bob" },
+                    "accepted",
+                )
+            })?;
+        }
+        Ok(())
+    });
+    let (all, omitted) = w(s, |tx| tx.audit_entries(None, 0, 100));
+    assert_eq!((all.len(), omitted), (5, 0));
+    assert_eq!(all[0].detail.as_deref(), Some("n0"), "oldest first");
+    assert_eq!(all[4].caller_uid, Some(0));
+    assert_eq!(all[4].tty.as_deref(), Some("pts/1"));
+    let (newest, omitted) = w(s, |tx| tx.audit_entries(None, 0, 2));
+    assert_eq!(omitted, 3);
+    assert_eq!(
+        newest.iter().map(|e| e.time).collect::<Vec<_>>(),
+        [T + 3, T + 4],
+        "the newest, oldest first"
+    );
+    let (alice, _) = w(s, |tx| tx.audit_entries(Some("alice"), T + 1, 100));
+    assert_eq!(
+        alice.iter().map(|e| e.time).collect::<Vec<_>>(),
+        [T + 2, T + 4]
+    );
+    assert_eq!(w(s, |tx| tx.prune_audit(T + 1)), 1);
+    assert_eq!(w(s, |tx| tx.prune_audit_beyond(2)), 2);
+    let (left, _) = w(s, |tx| tx.audit_entries(None, 0, 100));
+    assert_eq!(
+        left.iter().map(|e| e.time).collect::<Vec<_>>(),
+        [T + 3, T + 4]
+    );
+}
+
+fn rollback(s: &Store) {
+    let failed = s.write(|tx| {
+        tx.activate(&user("ghost", None), &[])?;
+        tx.audit(&entry(T, "x", "ghost", "y"))?;
+        Err::<(), _>(StoreError::Corrupt("the caller gave up".into()))
+    });
+    assert!(failed.is_err());
+    assert!(
+        w(s, |tx| tx.user("ghost")).is_none(),
+        "nothing of a failed write is kept"
+    );
+    let (trail, _) = w(s, |tx| tx.audit_entries(Some("ghost"), 0, 10));
+    assert!(trail.is_empty());
+    // Reads see what writes committed.
+    assert!(s.read(|tx| tx.user("alice")).unwrap().is_some());
+}
+
+fn sealer() -> Sealer {
+    Sealer::from_key(&Sealer::generate_key().unwrap())
+}
+
+#[test]
+fn sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&Store::open(&dir.path().join("plain.db")).unwrap());
+}
+
+#[test]
+fn sqlite_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, which) = Store::open_sealed(&dir.path().join("sealed.db"), vec![sealer()]).unwrap();
+    assert_eq!(which, Some(0));
+    run(&store);
+}
+
+#[test]
+fn postgres() {
+    let Some(server) = twofold_tests::Postgres::start("conformance::postgres") else {
+        return;
+    };
+    let url = server.socket_url();
+    crate::pg::init(&url, None, None).unwrap();
+    let (store, _) = Store::open_postgres(&url, None, Vec::new()).unwrap();
+    run(&store);
+}
+
+#[test]
+fn postgres_sealed() {
+    let Some(server) = twofold_tests::Postgres::start("conformance::postgres_sealed") else {
+        return;
+    };
+    let url = server.socket_url();
+    let key = sealer();
+    crate::pg::init(&url, None, Some(&key)).unwrap();
+    let (store, which) = Store::open_postgres(&url, None, vec![key]).unwrap();
+    assert_eq!(which, Some(0));
+    run(&store);
+}
