@@ -21,4 +21,6 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod throttle;
+#[cfg(test)]
+mod transcript;
 pub mod users;
