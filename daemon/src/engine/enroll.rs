@@ -1,0 +1,343 @@
+//! Enrollment: a pending secret, its confirmation by a first code, and imports from elsewhere.
+
+use super::*;
+
+/// Wrong first codes after which a pending enrollment is discarded.
+pub(super) const MAX_FAILED_CONFIRMS: u32 = 5;
+
+/// What an import brings, as sent by the CLI.
+pub(super) struct Imported {
+    pub(super) secret: SecretText,
+    pub(super) params: TotpParams,
+    pub(super) window: Option<u32>,
+    pub(super) backup_codes: Vec<SecretText>,
+    pub(super) last_used_step: Option<u64>,
+    pub(super) force: bool,
+}
+
+/// What an enrollment may ask for: 6 or 8 digits (what apps show), a step of 15 s to 5 min.
+pub(super) fn enrollable(params: &TotpParams) -> Result<(), String> {
+    params.validate()?;
+    if params.digits != 6 && params.digits != 8 {
+        return Err(format!(
+            "digits must be 6 or 8 (what authenticator apps show), not {}",
+            params.digits
+        ));
+    }
+    if !(15..=300).contains(&params.period) {
+        return Err(format!(
+            "the step must be 15 to 300 seconds, not {}",
+            params.period
+        ));
+    }
+    Ok(())
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn enroll(
+        &self,
+        name: &str,
+        force: bool,
+        code: Option<SecretText>,
+        params: Option<TotpParams>,
+        needs_code: bool,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let params = params.unwrap_or_default();
+        if let Err(why) = enrollable(&params) {
+            return error(ErrorKind::BadRequest, why);
+        }
+        let (enrolled, guarded) = match self.store.read(|tx| {
+            let enrolled = tx.user(name)?.is_some();
+            Ok((enrolled, enrolled || self.email_factor(tx, name)?))
+        }) {
+            Ok(x) => x,
+            Err(e) => return self.store_failed("enroll", name, &e),
+        };
+        if enrolled && !force {
+            return error(
+                ErrorKind::AlreadyEnrolled,
+                format!("{name} is already enrolled; use --force to replace the enrollment"),
+            );
+        }
+        // Adding an app to a verified address is adding a factor: it needs the one there is.
+        if guarded && needs_code {
+            if let Some(refusal) = self.prove(name, code, uid, now) {
+                return refusal;
+            }
+        }
+        // A key as long as the hash's output (RFC 6238 §5.1's test keys): 20, 32 or 64 bytes.
+        let key_bytes = match params.algorithm {
+            Algorithm::Sha1 => GENERATED_SECRET_BYTES,
+            Algorithm::Sha256 => 32,
+            Algorithm::Sha512 => 64,
+        };
+        let mut bytes = vec![0u8; key_bytes];
+        if backup::random_bytes(&mut bytes).is_err() {
+            return error(
+                ErrorKind::Internal,
+                "the system random number generator failed",
+            );
+        }
+        let pending = PendingRecord {
+            secret: Secret::from_bytes(bytes),
+            params,
+            created_at: now,
+            failed_confirms: 0,
+        };
+        let issuer = self.config().issuer_or_hostname();
+        let uri = OtpAuthUri {
+            issuer: Some(issuer.clone()),
+            account: name.to_string(),
+            secret: pending.secret.clone(),
+            params: pending.params,
+        };
+        let info = EnrollmentInfo {
+            user: name.to_string(),
+            label: format!("{issuer}:{name}"),
+            issuer,
+            secret: SecretText::new(pending.secret.to_base32()),
+            otpauth_uri: SecretText::new(uri.to_uri()),
+            algorithm: pending.params.algorithm,
+            digits: pending.params.digits,
+            period: pending.params.period,
+        };
+        let owned = name.to_string();
+        let mut entry = admin_entry(now, "enroll", name, "pending", uid);
+        entry.detail =
+            enrolled.then(|| "replaces the active enrollment once confirmed".to_string());
+        if let Err(e) = self.store.write(move |tx| {
+            tx.put_pending(&owned, &pending)?;
+            tx.audit(&entry)
+        }) {
+            return self.store_failed("enroll", name, &e);
+        }
+        self.log.info(&format!(
+            "enroll user={} caller_uid={uid} outcome=pending replacing={}",
+            audit::field(name),
+            if enrolled { "yes" } else { "no" }
+        ));
+        ResponseBody::Enrollment(info)
+    }
+
+    /// `account`: the uid of the account `name` is, recorded with the enrollment.
+    pub(super) fn confirm(
+        &self,
+        name: &str,
+        code: &SecretText,
+        account: Option<u32>,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let pending = match self.store.read(|tx| tx.pending(name)) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return error(
+                    ErrorKind::NoPendingEnrollment,
+                    "no enrollment is waiting for confirmation; run 'twofold enroll' first",
+                )
+            }
+            Err(e) => return self.store_failed("confirm", name, &e),
+        };
+        let owned = name.to_string();
+        if now > pending.created_at.saturating_add(self.config().pending_ttl) {
+            let _ = self.store.write(move |tx| tx.delete_pending(&owned));
+            return error(
+                ErrorKind::NoPendingEnrollment,
+                "the pending enrollment expired; run 'twofold enroll' again",
+            );
+        }
+        let steps = match otp::normalize_code(code.expose(), pending.params.digits) {
+            Some(c) => otp::matching_steps(
+                &pending.secret,
+                &pending.params,
+                &c,
+                pending.params.step(now),
+                self.config().window,
+            ),
+            None => Vec::new(),
+        };
+        let Some(step) = steps.into_iter().max() else {
+            let last_try = pending.failed_confirms + 1 >= MAX_FAILED_CONFIRMS;
+            let entry = admin_entry(
+                now,
+                "confirm",
+                name,
+                if last_try { "discarded" } else { "rejected" },
+                uid,
+            );
+            let result = self.store.write(move |tx| {
+                if last_try {
+                    tx.delete_pending(&owned)?;
+                } else {
+                    tx.count_failed_confirm(&owned)?;
+                }
+                tx.audit(&entry)
+            });
+            if let Err(e) = result {
+                return self.store_failed("confirm", name, &e);
+            }
+            self.log.warn(&format!(
+                "confirm user={} caller_uid={uid} outcome=rejected",
+                audit::field(name)
+            ));
+            if last_try {
+                return error(
+                    ErrorKind::NoPendingEnrollment,
+                    "too many wrong codes; the pending enrollment was discarded: run 'twofold enroll' again",
+                );
+            }
+            return ResponseBody::Rejected;
+        };
+        let FreshCodes {
+            codes,
+            hashes,
+            salt,
+        } = match self.fresh_backup_codes() {
+            Ok(x) => x,
+            Err(reply) => return *reply,
+        };
+        let record = UserRecord {
+            name: name.to_string(),
+            secret: pending.secret.clone(),
+            params: pending.params,
+            enrolled_at: now,
+            // The confirming code is spent: it cannot also open a login.
+            last_step: i64::try_from(step).unwrap_or(i64::MAX),
+            last_success: None,
+            backup_salt: salt,
+            window: None,
+            uid: account,
+        };
+        let expected = pending.secret;
+        let entry = admin_entry(now, "confirm", name, "enrolled", uid);
+        let activated = self.store.write(move |tx| {
+            // A second confirm racing this one finds the pending enrollment gone.
+            match tx.pending(&record.name)? {
+                Some(p) if p.secret == expected => {
+                    tx.activate(&record, &hashes)?;
+                    tx.audit(&entry)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        });
+        match activated {
+            Ok(true) => {
+                self.log.info(&format!(
+                    "confirm user={} caller_uid={uid} outcome=enrolled",
+                    audit::field(name)
+                ));
+                ResponseBody::BackupCodes {
+                    user: name.to_string(),
+                    codes,
+                }
+            }
+            Ok(false) => error(
+                ErrorKind::NoPendingEnrollment,
+                "the pending enrollment changed meanwhile; run 'twofold enroll' again",
+            ),
+            Err(e) => self.store_failed("confirm", name, &e),
+        }
+    }
+
+    /// Makes an enrollment from elsewhere active at once (no pending step: the user's app
+    /// already has the key). Replaces an existing one only with `force`.
+    pub(super) fn import(
+        &self,
+        name: &str,
+        import: Imported,
+        account: Option<u32>,
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let secret = match Secret::from_base32(import.secret.expose()) {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!("the imported key is refused: {e}"),
+                )
+            }
+        };
+        if let Err(why) = import.params.validate() {
+            return error(ErrorKind::BadRequest, why);
+        }
+        if import.window.is_some_and(|w| w > crate::import::MAX_WINDOW) {
+            return error(
+                ErrorKind::BadRequest,
+                format!("window must be 0 to {}", crate::import::MAX_WINDOW),
+            );
+        }
+        if import.backup_codes.len() > 100 {
+            return error(ErrorKind::BadRequest, "more than 100 backup codes");
+        }
+        let normalized = match import
+            .backup_codes
+            .iter()
+            .map(|c| backup::normalize(c.expose()))
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(n) => n,
+            None => {
+                return error(
+                    ErrorKind::BadRequest,
+                    "a backup code is neither 8 digits nor 16 base32 characters",
+                )
+            }
+        };
+        match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+            Ok(true) if !import.force => {
+                return error(
+                    ErrorKind::AlreadyEnrolled,
+                    format!("{name} is already enrolled; use --force to replace the enrollment"),
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return self.store_failed("import", name, &e),
+        }
+        let mut salt = vec![0u8; backup::SALT_BYTES];
+        if backup::random_bytes(&mut salt).is_err() {
+            return error(
+                ErrorKind::Internal,
+                "the system random number generator failed",
+            );
+        }
+        let Some(hashes) = normalized
+            .iter()
+            .map(|c| self.hash_backup(Lane::Bulk, c, &salt))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return error(ErrorKind::Internal, "hashing backup codes failed");
+        };
+        let record = UserRecord {
+            name: name.to_string(),
+            secret,
+            params: import.params,
+            enrolled_at: now,
+            last_step: import
+                .last_used_step
+                .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            last_success: None,
+            backup_salt: salt,
+            window: import.window,
+            uid: account,
+        };
+        let mut entry = admin_entry(now, "import", name, "enrolled", uid);
+        entry.detail = Some(format!(
+            "{} {} digits {} s window {} backup codes {}",
+            record.params.algorithm,
+            record.params.digits,
+            record.params.period,
+            record.window.map_or("default".into(), |w| format!("±{w}")),
+            hashes.len()
+        ));
+        let message = format!(
+            "{name} imported: {}",
+            entry.detail.as_deref().unwrap_or_default()
+        );
+        self.apply_admin(entry, move |tx| tx.activate(&record, &hashes), message)
+    }
+}

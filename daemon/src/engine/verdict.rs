@@ -1,0 +1,483 @@
+//! The verification rules that run inside the deciding transaction (DESIGN §3): the throttle
+//! gate, the window and the high-water mark, backup and mailed codes, failure accounting,
+//! the audit row and the remembered device, so that parallel submissions succeed exactly once.
+
+use super::*;
+
+/// A typed answer checked against a mailed login code: its hash under that code's salt.
+pub(super) struct EmailTry {
+    pub(super) salt: Vec<u8>,
+    pub(super) hash: Option<backup::BackupHash>,
+}
+
+/// Inside the writer: does the answer match the live mailed code? A match consumes the code;
+/// a miss counts a try, and the fifth kills it.
+pub(super) fn email_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    attempt: &EmailTry,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let Some(code) = tx.mailed_code(name, CodePurpose::Login)? else {
+        return Ok(false);
+    };
+    if now >= code.expires || code.salt != attempt.salt {
+        return Ok(false);
+    }
+    let matches = attempt.hash.as_ref().is_some_and(|h| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            h.as_bytes(),
+            code.hash.as_slice(),
+        ))
+    });
+    if matches {
+        tx.kill_mailed_code(name, CodePurpose::Login)?;
+        return Ok(true);
+    }
+    if code.tries + 1 >= email::MAX_TRIES {
+        tx.kill_mailed_code(name, CodePurpose::Login)?;
+    } else {
+        tx.count_mailed_code_try(name, CodePurpose::Login)?;
+    }
+    Ok(false)
+}
+
+/// The mailed-code-only check (no TOTP involved): gate, code, failure accounting.
+pub(super) fn verify_email_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    attempt: &EmailTry,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+) -> Result<Outcome, StoreError> {
+    let state = tx.throttle(name)?;
+    if let Some(blocked) = gate_outcome(cfg, state, now) {
+        return Ok(blocked);
+    }
+    if email_in_tx(tx, name, attempt, now)? {
+        tx.clear_throttle(name)?;
+        return Ok(Outcome::Accepted {
+            method: Method::Email,
+            left: None,
+        });
+    }
+    fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong)
+}
+
+/// What a verification came to, before it is turned into a reply and an audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Accepted {
+        method: Method,
+        left: Option<u32>,
+    },
+    Wrong,
+    Replayed,
+    Throttled {
+        until: u64,
+    },
+    Locked,
+    /// This failure reached the lockout limit.
+    NowLocked,
+}
+
+/// What a typed code looks like.
+pub(super) enum Input {
+    Totp(String),
+    Backup(zeroize::Zeroizing<String>),
+    Garbage,
+}
+
+/// A TOTP code has exactly the user's number of digits; anything else that can be a backup
+/// code (including the 8-digit scratch codes of an imported google-authenticator file) is one.
+pub(super) fn classify(code: &str, digits: u32) -> Input {
+    if code.len() > MAX_CODE {
+        return Input::Garbage;
+    }
+    if let Some(c) = otp::normalize_code(code, digits) {
+        return Input::Totp(c);
+    }
+    match backup::normalize(code) {
+        Some(c) => Input::Backup(c),
+        None => Input::Garbage,
+    }
+}
+
+/// A dummy secret used to spend the same work on unknown users as on real ones.
+pub(super) fn decoy_secret() -> Secret {
+    Secret::from_bytes(vec![0x5a; GENERATED_SECRET_BYTES])
+}
+
+/// Stores a login's outcome in the audit trail, in the transaction that decided it; a failure
+/// that reached the lockout limit also records the lockout.
+/// A login's audit entry, and whether a refusal by the throttle goes unrecorded because one
+/// was recorded for the same user less than [`limits::QUIET_SECS`] ago: a flood of guesses at a
+/// throttled account (a local user can send thousands a second at their own) must not fill
+/// the disk and the log. Every refusal that changes something (a wrong code, a lockout) is
+/// always recorded.
+#[derive(Clone)]
+pub(super) struct LoginBase {
+    pub(super) entry: AuditEntry,
+    pub(super) quiet: bool,
+}
+
+pub(super) fn record_login(
+    tx: &dyn Tx,
+    base: &LoginBase,
+    outcome: Outcome,
+) -> Result<(), StoreError> {
+    if base.quiet && matches!(outcome, Outcome::Throttled { .. } | Outcome::Locked) {
+        return Ok(());
+    }
+    let base = &base.entry;
+    let (result, method, detail) = match outcome {
+        Outcome::Accepted {
+            method: Method::Totp,
+            ..
+        } => ("accepted", Some("totp"), None),
+        Outcome::Accepted {
+            method: Method::Remembered,
+            ..
+        } => ("accepted", Some("remembered"), None),
+        Outcome::Accepted {
+            method: Method::Email,
+            ..
+        } => ("accepted", Some("email"), None),
+        Outcome::Accepted {
+            method: Method::BackupCode,
+            left,
+        } => (
+            "accepted",
+            Some("backup-code"),
+            Some(format!("{} left", left.unwrap_or(0))),
+        ),
+        Outcome::Wrong => ("rejected", None, Some("wrong code".to_string())),
+        Outcome::Replayed => ("rejected", None, Some("replayed".to_string())),
+        Outcome::NowLocked => ("rejected", None, Some("wrong code; now locked".to_string())),
+        Outcome::Throttled { until } => ("throttled", None, Some(format!("until {until}"))),
+        Outcome::Locked => ("locked", None, None),
+    };
+    tx.audit(&AuditEntry {
+        outcome: result.into(),
+        method: method.map(Into::into),
+        detail,
+        ..base.clone()
+    })?;
+    if outcome == Outcome::NowLocked {
+        tx.audit(&AuditEntry {
+            event: "lockout".into(),
+            outcome: "locked".into(),
+            ..base.clone()
+        })?;
+    }
+    Ok(())
+}
+
+/// What "remember this device" is keyed by (besides the user): the service, and where the
+/// login comes from: the remote host, or for a local login (su, sudo, a console) the caller's
+/// login session as the kernel numbers it (its audit session: a tty name is handed to the
+/// next user within minutes); and who asked (PAM_RUSER). A remote host that is this host's
+/// own name (sudo's `Defaults pam_rhost`) is no remote host. Without a remote host or a
+/// session, nothing is remembered.
+pub(super) fn grace_key(pam: &PamItems, session: Option<u32>) -> Option<(String, String)> {
+    let service = pam.service.clone().filter(|s| !s.is_empty())?;
+    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let this_host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok());
+    let remote = nonempty(&pam.rhost).filter(|r| this_host.as_deref() != Some(r.as_str()));
+    let mut origin = match (remote, session) {
+        (Some(rhost), _) => format!("rhost:{rhost}"),
+        (None, Some(session)) => format!(
+            "session:{session} tty:{}",
+            nonempty(&pam.tty).unwrap_or_default()
+        ),
+        (None, None) => return None,
+    };
+    if let Some(ruser) = nonempty(&pam.ruser) {
+        origin.push_str(&format!(" ruser:{ruser}"));
+    }
+    Some((service, origin))
+}
+
+/// A device that logins are remembered by: see [`grace_key`].
+pub(super) type Device = (String, String);
+
+/// After an accepted code, remembers the origin for later preflights (same transaction).
+pub(super) fn remember_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    outcome: Outcome,
+    grace: Option<&(String, String)>,
+    now: u64,
+) -> Result<(), StoreError> {
+    match (outcome, grace) {
+        (Outcome::Accepted { .. }, Some((service, origin))) => {
+            tx.remember(name, service, origin, now)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Evaluates a TOTP code inside the writer: throttle gate, window, high-water mark, failure
+/// accounting — one transaction, so parallel submissions of one code succeed exactly once.
+pub(super) fn verify_totp_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    code: &str,
+    now: u64,
+    window: u32,
+    cfg: &throttle::ThrottleConfig,
+    email_try: Option<&EmailTry>,
+) -> Result<Outcome, StoreError> {
+    let state = tx.throttle(name)?;
+    if let Some(blocked) = gate_outcome(cfg, state, now) {
+        return Ok(blocked);
+    }
+    let Some(user) = tx.user(name)? else {
+        // Disabled between the snapshot and now: a plain failure.
+        return fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong);
+    };
+    let steps = otp::matching_steps(
+        &user.secret,
+        &user.params,
+        code,
+        user.params.step(now),
+        user.window.unwrap_or(window),
+    );
+    let fresh = steps
+        .iter()
+        .copied()
+        .filter(|&s| (s as i128) > i128::from(user.last_step))
+        .max();
+    match fresh {
+        Some(step) if tx.advance_step(name, i64::try_from(step).unwrap_or(i64::MAX), now)? => {
+            tx.clear_throttle(name)?;
+            Ok(Outcome::Accepted {
+                method: Method::Totp,
+                left: None,
+            })
+        }
+        _ if email_try.is_some_and(|t| email_in_tx(tx, name, t, now).unwrap_or(false)) => {
+            tx.clear_throttle(name)?;
+            Ok(Outcome::Accepted {
+                method: Method::Email,
+                left: None,
+            })
+        }
+        _ => {
+            let why = if steps.is_empty() {
+                Outcome::Wrong
+            } else {
+                Outcome::Replayed
+            };
+            fail_in_tx(tx, name, state, now, cfg, why)
+        }
+    }
+}
+
+pub(super) fn gate_outcome(
+    cfg: &throttle::ThrottleConfig,
+    state: ThrottleRecord,
+    now: u64,
+) -> Option<Outcome> {
+    match throttle::gate(cfg, state, now) {
+        Gate::Open => None,
+        Gate::Wait { until } => Some(Outcome::Throttled { until }),
+        Gate::Locked => Some(Outcome::Locked),
+    }
+}
+
+pub(super) fn fail_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    state: ThrottleRecord,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+    why: Outcome,
+) -> Result<Outcome, StoreError> {
+    let next = throttle::record_failure(state, now);
+    tx.set_throttle(name, next)?;
+    if cfg.lockout_after > 0 && next.failures == cfg.lockout_after {
+        return Ok(Outcome::NowLocked);
+    }
+    Ok(why)
+}
+
+impl Engine {
+    /// `Ok(None)`: a known account without enrollment. Unknown names are evaluated against a
+    /// decoy and rejected, at the same cost as a wrong code.
+    pub(super) fn evaluate(
+        &self,
+        name: &str,
+        code: &str,
+        now: u64,
+        base: LoginBase,
+        grace: Option<(String, String)>,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let snapshot = self.store.read(|tx| {
+            Ok((
+                tx.user(name)?,
+                tx.throttle(name)?,
+                tx.mailed_code(name, CodePurpose::Login)?,
+                tx.email(name)?.is_some_and(|a| a.verified),
+            ))
+        })?;
+        let (user, state, mailed, verified_address) = snapshot;
+        if let Some(u) = &user {
+            let current = (now / u.params.period.max(1)) as i64;
+            let window = i64::from(u.window.unwrap_or(self.config().window));
+            // Once a minute per user: a refused flood must not become a flood of log lines.
+            if u.last_step > current + window && !self.clock_warned.quiet(name, now) {
+                self.clock_warned.note(name, now, false);
+                self.log.warn(&format!(
+                    "clock: the system clock is {} s behind the last code accepted for user={}; \
+                     that user's codes are refused until it catches up (check time \
+                     synchronisation)",
+                    (u.last_step - current) as u64 * u.params.period,
+                    audit::field(name)
+                ));
+            }
+        }
+        let cfg_now = self.config();
+        let live_mail = mailed.as_ref().is_some_and(|m| now < m.expires);
+        // Enrolled by email: a verified address is this user's factor (email_auto), or a code
+        // was mailed and is still live. Every answer then goes through the mailed-code check
+        // (gate, failure counted): whatever is typed, it is never "not enrolled".
+        let by_email = user.is_none()
+            && cfg_now.email_codes
+            && (live_mail || (cfg_now.email_auto && verified_address));
+        // A live mailed code: a six-digit answer is also checked against it (one hash).
+        let email_try = match (mailed, email::normalize_code(code)) {
+            (Some(m), Some(typed))
+                if cfg_now.email_codes
+                    && live_mail
+                    && gate_outcome(&cfg_now.throttle, state, now).is_none() =>
+            {
+                Some(EmailTry {
+                    hash: self.hash_backup(Lane::Login, &typed, &m.salt),
+                    salt: m.salt,
+                })
+            }
+            // No hash to compare: the answer cannot match, but it still counts as a try.
+            (Some(m), _) if by_email => Some(EmailTry {
+                hash: None,
+                salt: m.salt,
+            }),
+            (None, _) if by_email => Some(EmailTry {
+                hash: None,
+                salt: Vec::new(),
+            }),
+            _ => None,
+        };
+        let digits = user
+            .as_ref()
+            .map_or(TotpParams::default().digits, |u| u.params.digits);
+        let input = classify(code, digits);
+        let window = self.config().window;
+        let cfg = self.config().throttle;
+        let owned = name.to_string();
+        let not_totp = user
+            .as_ref()
+            .is_none_or(|_| !matches!(input, Input::Totp(_)));
+        if let (Some(attempt), true) = (&email_try, not_totp || by_email) {
+            // Only the mailed code can match (no enrollment, or not a TOTP-shaped answer).
+            let attempt = EmailTry {
+                salt: attempt.salt.clone(),
+                hash: attempt.hash.clone(),
+            };
+            let outcome = self.store.write(move |tx| {
+                let outcome = verify_email_in_tx(tx, &owned, &attempt, now, &cfg)?;
+                record_login(tx, &base, outcome)?;
+                remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
+                Ok(outcome)
+            })?;
+            return Ok(Some(outcome));
+        }
+        let Some(user) = user else {
+            if users::uid_of(name).is_some() {
+                return Ok(None);
+            }
+            match &input {
+                Input::Totp(c) => {
+                    let _ = otp::matching_steps(
+                        &decoy_secret(),
+                        &TotpParams::default(),
+                        c,
+                        now / 30,
+                        window,
+                    );
+                }
+                Input::Backup(c) => {
+                    let _ = self.hash_backup(Lane::Login, c, &[0x5a; backup::SALT_BYTES]);
+                }
+                Input::Garbage => {}
+            }
+            // The same throttle as for enrolled users, so that the answers (rejected, then
+            // throttled, then locked) do not tell the two apart.
+            let owned = name.to_string();
+            let outcome = self.store.write(move |tx| {
+                let state = tx.throttle(&owned)?;
+                let outcome = match gate_outcome(&cfg, state, now) {
+                    Some(blocked) => blocked,
+                    None => {
+                        tx.count_unknown_rejection()?;
+                        fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)?
+                    }
+                };
+                record_login(tx, &base, outcome)?;
+                Ok(outcome)
+            })?;
+            return Ok(Some(outcome));
+        };
+        let outcome = match input {
+            Input::Totp(c) => self.store.write(move |tx| {
+                let outcome =
+                    verify_totp_in_tx(tx, &owned, &c, now, window, &cfg, email_try.as_ref())?;
+                record_login(tx, &base, outcome)?;
+                remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
+                Ok(outcome)
+            })?,
+            Input::Backup(c) => {
+                // Do not spend an Argon2id hash on an attempt the throttle refuses anyway.
+                if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                    self.store
+                        .write(move |tx| record_login(tx, &base, blocked))?;
+                    return Ok(Some(blocked));
+                }
+                let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
+                self.store.write(move |tx| {
+                    let state = tx.throttle(&owned)?;
+                    if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                        record_login(tx, &base, blocked)?;
+                        return Ok(blocked);
+                    }
+                    let outcome = match hash {
+                        Some(h) if tx.consume_backup_code(&owned, &h, now)? => {
+                            tx.clear_throttle(&owned)?;
+                            let left = tx.backup_codes_left(&owned)?;
+                            Ok(Outcome::Accepted {
+                                method: Method::BackupCode,
+                                left: Some(left),
+                            })
+                        }
+                        _ => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong),
+                    }?;
+                    record_login(tx, &base, outcome)?;
+                    remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
+                    Ok(outcome)
+                })?
+            }
+            Input::Garbage => self.store.write(move |tx| {
+                let state = tx.throttle(&owned)?;
+                let outcome = match gate_outcome(&cfg, state, now) {
+                    Some(blocked) => blocked,
+                    None => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)?,
+                };
+                record_login(tx, &base, outcome)?;
+                Ok(outcome)
+            })?,
+        };
+        Ok(Some(outcome))
+    }
+}
