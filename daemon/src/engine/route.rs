@@ -4,7 +4,68 @@
 
 use super::*;
 
+/// Whom a request is about.
+enum Target {
+    /// No account (ping, list, policy, seal rekey, the whole audit trail).
+    None,
+    /// The caller's own account.
+    Caller,
+    /// A named account (or a name with no account).
+    Named(String),
+}
+
+/// What a request is, before its arguments: the one place that knows which request carries
+/// which target and which PAM items.
+struct Route<'a> {
+    operation: Operation,
+    target: Target,
+    pam: Option<&'a PamItems>,
+}
+
+fn route(body: &RequestBody) -> Route<'_> {
+    use Operation as Op;
+    let own_or_named = |user: &Option<String>| user.clone().map_or(Target::Caller, Target::Named);
+    let named = |user: &String| Target::Named(user.clone());
+    let (operation, target, pam) = match body {
+        RequestBody::Ping {} => (Op::Ping, Target::None, None),
+        RequestBody::Preflight { user, pam, .. } => (Op::Preflight, named(user), Some(pam)),
+        RequestBody::Verify { user, pam, .. } => (Op::Verify, named(user), Some(pam)),
+        RequestBody::Enroll { user, .. } => (Op::Enroll, own_or_named(user), None),
+        RequestBody::Confirm { user, .. } => (Op::Confirm, own_or_named(user), None),
+        RequestBody::Status { user } => (Op::Status, own_or_named(user), None),
+        RequestBody::BackupCodes { user, .. } => (Op::BackupCodes, own_or_named(user), None),
+        RequestBody::Disable { user, .. } => (Op::Disable, own_or_named(user), None),
+        RequestBody::List {} => (Op::List, Target::None, None),
+        RequestBody::Policy {} => (Op::Policy, Target::None, None),
+        RequestBody::Audit { user, .. } => (
+            Op::Audit,
+            user.clone().map_or(Target::None, Target::Named),
+            None,
+        ),
+        RequestBody::Import { user, .. } => (Op::Import, named(user), None),
+        RequestBody::SealRekey {} => (Op::SealRekey, Target::None, None),
+        RequestBody::Unlock { user } => (Op::Unlock, named(user), None),
+        RequestBody::EmailSet { user, .. } => (Op::EmailSet, own_or_named(user), None),
+        RequestBody::EmailConfirm { user, .. } => (Op::EmailConfirm, own_or_named(user), None),
+        RequestBody::EmailRemove { user, .. } => (Op::EmailRemove, own_or_named(user), None),
+        RequestBody::SendEmailCode { user, pam } => (Op::SendEmailCode, named(user), Some(pam)),
+    };
+    Route {
+        operation,
+        target,
+        pam,
+    }
+}
+
+/// The account a request is about, once resolved: its own name (empty for no target) and
+/// its uid (`None`: no such account, or no target).
+struct Account {
+    name: String,
+    uid: Option<u32>,
+}
+
 impl Engine {
+    /// route → bound the PAM items → resolve the account → admit the caller → dispatch.
     pub(super) fn answer(
         &self,
         uid: u32,
@@ -16,98 +77,107 @@ impl Engine {
             uid,
             admin: uid == 0 || uid == self.daemon_uid,
         };
-        let op = body.op_name();
-        let (operation, target, pam) = match &body {
-            RequestBody::Ping {} => (Operation::Ping, None, None),
-            RequestBody::Preflight { user, pam, .. } => {
-                (Operation::Preflight, Some(Some(user.clone())), Some(pam))
-            }
-            RequestBody::Verify { user, pam, .. } => {
-                (Operation::Verify, Some(Some(user.clone())), Some(pam))
-            }
-            RequestBody::Enroll { user, .. } => (Operation::Enroll, Some(user.clone()), None),
-            RequestBody::Confirm { user, .. } => (Operation::Confirm, Some(user.clone()), None),
-            RequestBody::Status { user } => (Operation::Status, Some(user.clone()), None),
-            RequestBody::BackupCodes { user, .. } => {
-                (Operation::BackupCodes, Some(user.clone()), None)
-            }
-            RequestBody::Disable { user, .. } => (Operation::Disable, Some(user.clone()), None),
-            RequestBody::List {} => (Operation::List, None, None),
-            RequestBody::Policy {} => (Operation::Policy, None, None),
-            RequestBody::Audit { user, .. } => (Operation::Audit, user.clone().map(Some), None),
-            RequestBody::Import { user, .. } => (Operation::Import, Some(Some(user.clone())), None),
-            RequestBody::SealRekey {} => (Operation::SealRekey, None, None),
-            RequestBody::Unlock { user } => (Operation::Unlock, Some(Some(user.clone())), None),
-            RequestBody::EmailSet { user, .. } => (Operation::EmailSet, Some(user.clone()), None),
-            RequestBody::EmailConfirm { user, .. } => {
-                (Operation::EmailConfirm, Some(user.clone()), None)
-            }
-            RequestBody::EmailRemove { user, .. } => {
-                (Operation::EmailRemove, Some(user.clone()), None)
-            }
-            RequestBody::SendEmailCode { user, pam } => (
-                Operation::SendEmailCode,
-                Some(Some(user.clone())),
-                Some(pam),
-            ),
-        };
-        if let Some(pam) = pam {
-            for item in [&pam.service, &pam.rhost, &pam.tty].into_iter().flatten() {
-                if item.len() > MAX_ITEM {
-                    return error(
-                        ErrorKind::BadRequest,
-                        format!("a PAM item is longer than {MAX_ITEM} bytes"),
-                    );
-                }
-            }
+        let Route {
+            operation,
+            target,
+            pam,
+        } = route(&body);
+        let long_item = pam.is_some_and(|p| {
+            [&p.service, &p.rhost, &p.tty, &p.ruser]
+                .into_iter()
+                .flatten()
+                .any(|item| item.len() > MAX_ITEM)
+        });
+        if long_item {
+            return error(
+                ErrorKind::BadRequest,
+                format!("a PAM item is longer than {MAX_ITEM} bytes"),
+            );
         }
-        // Resolve who the request is about: named, or the caller's own account. A name with an
-        // account is replaced by the account's own name for its uid (see users::canonical), so
-        // that every name of one account meets the same enrollment and throttle.
-        let (name, target_uid) = match target {
-            None => (String::new(), None),
-            Some(Some(name)) => {
-                if let Err(why) = users::validate_name(&name) {
-                    return error(ErrorKind::BadRequest, why);
-                }
+        let account = match self.resolve(target, uid) {
+            Ok(a) => a,
+            Err(refusal) => return *refusal,
+        };
+        match self.admit(caller, operation, body.op_name(), &account, now) {
+            Ok(needs_code) => self.dispatch(body, account, needs_code, uid, session, now),
+            Err(refusal) => *refusal,
+        }
+    }
+
+    /// Resolves who the request is about: named, or the caller's own account. A name with an
+    /// account is replaced by the account's own name for its uid (see users::canonical), so
+    /// that every name of one account meets the same enrollment and throttle.
+    fn resolve(&self, target: Target, uid: u32) -> Result<Account, Box<ResponseBody>> {
+        match target {
+            Target::None => Ok(Account {
+                name: String::new(),
+                uid: None,
+            }),
+            Target::Named(name) => {
+                users::validate_name(&name)
+                    .map_err(|why| Box::new(error(ErrorKind::BadRequest, why)))?;
                 match users::canonical(&name) {
-                    Ok(Some((canonical, account_uid))) => (canonical, Some(account_uid)),
-                    Ok(None) => (name, None),
+                    Ok(Some((canonical, account_uid))) => Ok(Account {
+                        name: canonical,
+                        uid: Some(account_uid),
+                    }),
+                    Ok(None) => Ok(Account { name, uid: None }),
                     Err(why) => {
                         self.log.error(&format!(
                             "name service failed for user={}: {why}",
                             audit::field(&name)
                         ));
-                        return error(ErrorKind::Internal, "the name service failed; try again");
+                        Err(Box::new(error(
+                            ErrorKind::Internal,
+                            "the name service failed; try again",
+                        )))
                     }
                 }
             }
-            Some(None) => match users::name_of(uid) {
-                Some(name) => (name, Some(uid)),
-                None => return error(ErrorKind::NoSuchUser, format!("uid {uid} has no user name")),
+            Target::Caller => match users::name_of(uid) {
+                Some(name) => Ok(Account {
+                    name,
+                    uid: Some(uid),
+                }),
+                None => Err(Box::new(error(
+                    ErrorKind::NoSuchUser,
+                    format!("uid {uid} has no user name"),
+                ))),
             },
-        };
-        // An enrollment belongs to the account it was made for. Logins, and everything a user
-        // asks about their own account, meet only that account's; root may still look at and
-        // clean up a stale one.
+        }
+    }
+
+    /// Whether the caller may do this now: the account's enrollment is its own (for logins,
+    /// and for everything a user asks about their own account; root may still look at and
+    /// clean up a stale one), the policy allows it, and an unprivileged caller has budget
+    /// left. `Ok(true)`: allowed once a current code is given.
+    fn admit(
+        &self,
+        caller: Caller,
+        operation: Operation,
+        op: &str,
+        account: &Account,
+        now: u64,
+    ) -> Result<bool, Box<ResponseBody>> {
+        let uid = caller.uid;
         let login = matches!(operation, Operation::Preflight | Operation::Verify);
-        if let (Some(account_uid), true) = (target_uid, login || !caller.admin) {
-            if let Some(refusal) = self.check_owner(&name, account_uid, now) {
-                return refusal;
+        if let (Some(account_uid), true) = (account.uid, login || !caller.admin) {
+            if let Some(refusal) = self.check_owner(&account.name, account_uid, now) {
+                return Err(Box::new(refusal));
             }
         }
-        let decision = policy::authorize(caller, operation, target_uid, self.config().self_enroll);
+        let decision = policy::authorize(caller, operation, account.uid, self.config().self_enroll);
         if let Decision::Deny(why) = decision {
             self.warn_repeated(
                 &format!("denied:{uid}"),
                 now,
                 &format!(
                     "denied op={op} caller_uid={uid} user={} reason={}",
-                    audit::field(&name),
+                    audit::field(&account.name),
                     audit::field(why)
                 ),
             );
-            return error(ErrorKind::PermissionDenied, why);
+            return Err(Box::new(error(ErrorKind::PermissionDenied, why)));
         }
         if !caller.admin && operation.changes() && !self.budget.spend(uid, now) {
             self.warn_repeated(
@@ -118,13 +188,31 @@ impl Engine {
                     limits::WRITES_PER_MINUTE
                 ),
             );
-            return error(
+            return Err(Box::new(error(
                 ErrorKind::RateLimited,
                 "too many changes asked for in the last minute: wait a minute",
-            );
+            )));
         }
-        let needs_code = decision == Decision::AllowWithCode;
-        let target_user = (!name.is_empty()).then(|| name.clone());
+        Ok(decision == Decision::AllowWithCode)
+    }
+
+    /// The operation that answers the request, for an admitted caller.
+    fn dispatch(
+        &self,
+        body: RequestBody,
+        account: Account,
+        needs_code: bool,
+        uid: u32,
+        session: Option<u32>,
+        now: u64,
+    ) -> ResponseBody {
+        let Account {
+            name,
+            uid: target_uid,
+        } = account;
+        let device = |pam: &PamItems, grace_secs: u64| {
+            (grace_secs > 0).then(|| grace_key(pam, session)).flatten()
+        };
         match body {
             RequestBody::Ping {} => ResponseBody::Pong {
                 daemon_version: env!("CARGO_PKG_VERSION").into(),
@@ -132,24 +220,15 @@ impl Engine {
             RequestBody::Preflight {
                 pam, grace_secs, ..
             } => {
-                let device = (grace_secs > 0).then(|| grace_key(&pam, session)).flatten();
-                self.preflight(
-                    &name,
-                    &pam,
-                    device.map(|d| (d, grace_secs.min(MAX_GRACE_SECS))),
-                    uid,
-                    now,
-                )
+                let grace = device(&pam, grace_secs).map(|d| (d, grace_secs.min(MAX_GRACE_SECS)));
+                self.preflight(&name, &pam, grace, uid, now)
             }
             RequestBody::Verify {
                 code,
                 pam,
                 grace_secs,
                 ..
-            } => {
-                let device = (grace_secs > 0).then(|| grace_key(&pam, session)).flatten();
-                self.verify(&name, &code, &pam, device, uid, now)
-            }
+            } => self.verify(&name, &code, &pam, device(&pam, grace_secs), uid, now),
             RequestBody::Enroll {
                 force,
                 code,
@@ -178,7 +257,10 @@ impl Engine {
                 }
                 self.send_email_code(&name, &pam, false, uid, now)
             }
-            RequestBody::Audit { since_secs, .. } => self.audit_trail(target_user, since_secs, now),
+            RequestBody::Audit { since_secs, .. } => {
+                let user = (!name.is_empty()).then_some(name);
+                self.audit_trail(user, since_secs, now)
+            }
             RequestBody::SealRekey {} => self.seal_rekey(uid, now),
             RequestBody::Import {
                 secret,
