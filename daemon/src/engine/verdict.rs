@@ -276,6 +276,31 @@ pub(super) fn verify_totp_in_tx(
     }
 }
 
+/// Evaluates a backup code (its hash, computed outside the writer) inside the writer: the
+/// gate again (it may have closed while hashing), the code spent once, failure accounting.
+pub(super) fn verify_backup_in_tx(
+    tx: &dyn Tx,
+    name: &str,
+    hash: Option<backup::BackupHash>,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+) -> Result<Outcome, StoreError> {
+    let state = tx.throttle(name)?;
+    if let Some(blocked) = gate_outcome(cfg, state, now) {
+        return Ok(blocked);
+    }
+    match hash {
+        Some(h) if tx.consume_backup_code(name, &h, now)? => {
+            tx.clear_throttle(name)?;
+            Ok(Outcome::Accepted {
+                method: Method::BackupCode,
+                left: Some(tx.backup_codes_left(name)?),
+            })
+        }
+        _ => fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong),
+    }
+}
+
 pub(super) fn gate_outcome(
     cfg: &throttle::ThrottleConfig,
     state: ThrottleRecord,
@@ -325,51 +350,10 @@ impl Engine {
         })?;
         let (user, state, mailed, verified_address) = snapshot;
         if let Some(u) = &user {
-            let current = (now / u.params.period.max(1)) as i64;
-            let window = i64::from(u.window.unwrap_or(self.config().window));
-            // Once a minute per user: a refused flood must not become a flood of log lines.
-            if u.last_step > current + window && !self.clock_warned.quiet(name, now) {
-                self.clock_warned.note(name, now, false);
-                self.log.warn(&format!(
-                    "clock: the system clock is {} s behind the last code accepted for user={}; \
-                     that user's codes are refused until it catches up (check time \
-                     synchronisation)",
-                    (u.last_step - current) as u64 * u.params.period,
-                    audit::field(name)
-                ));
-            }
+            self.warn_if_clock_behind(name, u, now);
         }
-        let cfg_now = self.config();
-        let live_mail = mailed.as_ref().is_some_and(|m| now < m.expires);
-        // Enrolled by email: a verified address is this user's factor (email_auto), or a code
-        // was mailed and is still live. Every answer then goes through the mailed-code check
-        // (gate, failure counted): whatever is typed, it is never "not enrolled".
-        let by_email = user.is_none()
-            && cfg_now.email_codes
-            && (live_mail || (cfg_now.email_auto && verified_address));
-        // A live mailed code: a six-digit answer is also checked against it (one hash).
-        let email_try = match (mailed, email::normalize_code(code)) {
-            (Some(m), Some(typed))
-                if cfg_now.email_codes
-                    && live_mail
-                    && gate_outcome(&cfg_now.throttle, state, now).is_none() =>
-            {
-                Some(EmailTry {
-                    hash: self.hash_backup(Lane::Login, &typed, &m.salt),
-                    salt: m.salt,
-                })
-            }
-            // No hash to compare: the answer cannot match, but it still counts as a try.
-            (Some(m), _) if by_email => Some(EmailTry {
-                hash: None,
-                salt: m.salt,
-            }),
-            (None, _) if by_email => Some(EmailTry {
-                hash: None,
-                salt: Vec::new(),
-            }),
-            _ => None,
-        };
+        let (by_email, email_try) =
+            self.email_attempt(user.is_none(), state, mailed, verified_address, code, now);
         let digits = user
             .as_ref()
             .map_or(TotpParams::default().digits, |u| u.params.digits);
@@ -398,37 +382,7 @@ impl Engine {
             if users::uid_of(name).is_some() {
                 return Ok(None);
             }
-            match &input {
-                Input::Totp(c) => {
-                    let _ = otp::matching_steps(
-                        &decoy_secret(),
-                        &TotpParams::default(),
-                        c,
-                        now / 30,
-                        window,
-                    );
-                }
-                Input::Backup(c) => {
-                    let _ = self.hash_backup(Lane::Login, c, &[0x5a; backup::SALT_BYTES]);
-                }
-                Input::Garbage => {}
-            }
-            // The same throttle as for enrolled users, so that the answers (rejected, then
-            // throttled, then locked) do not tell the two apart.
-            let owned = name.to_string();
-            let outcome = self.store.write(move |tx| {
-                let state = tx.throttle(&owned)?;
-                let outcome = match gate_outcome(&cfg, state, now) {
-                    Some(blocked) => blocked,
-                    None => {
-                        tx.count_unknown_rejection()?;
-                        fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)?
-                    }
-                };
-                record_login(tx, &base, outcome)?;
-                Ok(outcome)
-            })?;
-            return Ok(Some(outcome));
+            return self.evaluate_unknown(name, &input, now, base).map(Some);
         };
         let outcome = match input {
             Input::Totp(c) => self.store.write(move |tx| {
@@ -447,22 +401,7 @@ impl Engine {
                 }
                 let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
                 self.store.write(move |tx| {
-                    let state = tx.throttle(&owned)?;
-                    if let Some(blocked) = gate_outcome(&cfg, state, now) {
-                        record_login(tx, &base, blocked)?;
-                        return Ok(blocked);
-                    }
-                    let outcome = match hash {
-                        Some(h) if tx.consume_backup_code(&owned, &h, now)? => {
-                            tx.clear_throttle(&owned)?;
-                            let left = tx.backup_codes_left(&owned)?;
-                            Ok(Outcome::Accepted {
-                                method: Method::BackupCode,
-                                left: Some(left),
-                            })
-                        }
-                        _ => fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong),
-                    }?;
+                    let outcome = verify_backup_in_tx(tx, &owned, hash, now, &cfg)?;
                     record_login(tx, &base, outcome)?;
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok(outcome)
@@ -479,5 +418,107 @@ impl Engine {
             })?,
         };
         Ok(Some(outcome))
+    }
+
+    /// Once a minute per user (a refused flood must not become a flood of log lines): the
+    /// user's last accepted code is ahead of the clock.
+    fn warn_if_clock_behind(&self, name: &str, u: &UserRecord, now: u64) {
+        let current = (now / u.params.period.max(1)) as i64;
+        let window = i64::from(u.window.unwrap_or(self.config().window));
+        if u.last_step > current + window && !self.clock_warned.quiet(name, now) {
+            self.clock_warned.note(name, now, false);
+            self.log.warn(&format!(
+                "clock: the system clock is {} s behind the last code accepted for user={}; \
+                 that user's codes are refused until it catches up (check time \
+                 synchronisation)",
+                (u.last_step - current) as u64 * u.params.period,
+                audit::field(name)
+            ));
+        }
+    }
+
+    /// What a mailed code has to do with this answer. `.0`, enrolled by email: a user with no
+    /// app whose verified address is their factor (email_auto), or who has a live mailed code;
+    /// every answer then goes through the mailed-code check (gate, failure counted), whatever
+    /// is typed: it is never "not enrolled". `.1`: the attempt to check against the live code
+    /// (a six-digit answer costs one hash; any other answer of a user enrolled by email cannot
+    /// match, but still counts as a try).
+    fn email_attempt(
+        &self,
+        no_app: bool,
+        state: ThrottleRecord,
+        mailed: Option<MailedCode>,
+        verified_address: bool,
+        code: &str,
+        now: u64,
+    ) -> (bool, Option<EmailTry>) {
+        let cfg = self.config();
+        let live_mail = mailed.as_ref().is_some_and(|m| now < m.expires);
+        let by_email =
+            no_app && cfg.email_codes && (live_mail || (cfg.email_auto && verified_address));
+        let attempt = match (mailed, email::normalize_code(code)) {
+            (Some(m), Some(typed))
+                if cfg.email_codes
+                    && live_mail
+                    && gate_outcome(&cfg.throttle, state, now).is_none() =>
+            {
+                Some(EmailTry {
+                    hash: self.hash_backup(Lane::Login, &typed, &m.salt),
+                    salt: m.salt,
+                })
+            }
+            (Some(m), _) if by_email => Some(EmailTry {
+                hash: None,
+                salt: m.salt,
+            }),
+            (None, _) if by_email => Some(EmailTry {
+                hash: None,
+                salt: Vec::new(),
+            }),
+            _ => None,
+        };
+        (by_email, attempt)
+    }
+
+    /// A name with no account: the same work as a wrong code of an enrolled user (against a
+    /// decoy), and the same throttle, so that the answers (rejected, then throttled, then
+    /// locked) do not tell the two apart.
+    fn evaluate_unknown(
+        &self,
+        name: &str,
+        input: &Input,
+        now: u64,
+        base: LoginBase,
+    ) -> Result<Outcome, StoreError> {
+        let window = self.config().window;
+        let cfg = self.config().throttle;
+        match input {
+            Input::Totp(c) => {
+                let _ = otp::matching_steps(
+                    &decoy_secret(),
+                    &TotpParams::default(),
+                    c,
+                    now / 30,
+                    window,
+                );
+            }
+            Input::Backup(c) => {
+                let _ = self.hash_backup(Lane::Login, c, &[0x5a; backup::SALT_BYTES]);
+            }
+            Input::Garbage => {}
+        }
+        let owned = name.to_string();
+        self.store.write(move |tx| {
+            let state = tx.throttle(&owned)?;
+            let outcome = match gate_outcome(&cfg, state, now) {
+                Some(blocked) => blocked,
+                None => {
+                    tx.count_unknown_rejection()?;
+                    fail_in_tx(tx, &owned, state, now, &cfg, Outcome::Wrong)?
+                }
+            };
+            record_login(tx, &base, outcome)?;
+            Ok(outcome)
+        })
     }
 }
