@@ -30,70 +30,13 @@ impl Engine {
         let mut salt = vec![0u8; backup::SALT_BYTES];
         backup::random_bytes(&mut salt)
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
-        let owned = name.to_string();
-        let reservation = MailedCode {
-            hash: vec![0; 32],
-            salt: salt.clone(),
-            sent_at: now,
-            expires: 0,
-            tries: 0,
-        };
-        let resend = cfg.email_resend_secs;
-        let reserved = self
-            .store
-            .write(move |tx| {
-                let previous = tx.mailed_code(&owned, purpose)?;
-                let too_soon = previous
-                    .is_some_and(|p| p.sent_at <= now && now < p.sent_at.saturating_add(resend));
-                if too_soon {
-                    return Ok(Err(
-                        "a code was mailed moments ago: use it, or wait a minute before asking again",
-                    ));
-                }
-                if tx.mails_sent_since(&owned, now.saturating_sub(3599))? >= email::MAX_PER_HOUR {
-                    return Ok(Err(
-                        "ten codes were mailed in the last hour: wait before asking again",
-                    ));
-                }
-                tx.put_mailed_code(&owned, purpose, &reservation)?;
-                Ok(Ok(()))
-            })
-            .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
-        if let Err(why) = reserved {
-            self.warn_repeated(
-                &format!("mail-limit:{name}"),
-                now,
-                &format!(
-                    "email user={} caller_uid={uid} outcome=refused reason=rate-limit",
-                    audit::field(name)
-                ),
-            );
-            return Err(Box::new(error(ErrorKind::RateLimited, why)));
-        }
+        self.reserve_send(name, purpose, &salt, uid, now)?;
         let code = email::generate_code()
             .map_err(|e| Box::new(error(ErrorKind::Internal, e.to_string())))?;
         let hash = self
             .hash_backup(Lane::Login, &code, &salt)
             .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing the code failed")))?;
-        let issuer = cfg.issuer_or_hostname();
-        let minutes = cfg.email_code_ttl.div_ceil(60);
-        let (subject, intro, what) = match purpose {
-            CodePurpose::Login => (
-                format!("{issuer}: your login code"),
-                format!("Your {issuer} login code for {name} is"),
-                "login code",
-            ),
-            CodePurpose::Verify => (
-                format!("{issuer}: confirm your email address"),
-                format!("To confirm this address for {name} on {issuer}, enter"),
-                "address verification code",
-            ),
-        };
-        let body = zeroize::Zeroizing::new(format!(
-            "{intro}\n\n    {}\n\nIt is valid for {minutes} minutes and works once.\n\
-             If you did not ask for it, someone may know your password: tell your administrator.\n",
-            email::display_code(&code)
-        ));
+        let (subject, body, what) = message(&cfg, name, purpose, &code);
         let masked = email::mask(address);
         let sent = self
             .mailer(&cfg)
@@ -155,12 +98,62 @@ impl Engine {
             "email user={} to={} caller_uid={uid} outcome=sent purpose={}",
             audit::field(name),
             audit::field(&masked),
-            match purpose {
-                CodePurpose::Login => "login",
-                CodePurpose::Verify => "verify",
-            }
+            purpose.key()
         ));
         Ok(())
+    }
+
+    /// Reserves the send inside the writer, so that however many requests arrive at once
+    /// only one mail leaves: a code row that carries the send time but opens nothing (`salt`
+    /// tells it from a later one).
+    fn reserve_send(
+        &self,
+        name: &str,
+        purpose: CodePurpose,
+        salt: &[u8],
+        uid: u32,
+        now: u64,
+    ) -> Result<(), Box<ResponseBody>> {
+        let owned = name.to_string();
+        let reservation = MailedCode {
+            hash: vec![0; 32],
+            salt: salt.to_vec(),
+            sent_at: now,
+            expires: 0,
+            tries: 0,
+        };
+        let resend = self.config().email_resend_secs;
+        let reserved = self
+            .store
+            .write(move |tx| {
+                let previous = tx.mailed_code(&owned, purpose)?;
+                let too_soon = previous
+                    .is_some_and(|p| p.sent_at <= now && now < p.sent_at.saturating_add(resend));
+                if too_soon {
+                    return Ok(Err(
+                        "a code was mailed moments ago: use it, or wait a minute before asking again",
+                    ));
+                }
+                if tx.mails_sent_since(&owned, now.saturating_sub(3599))? >= email::MAX_PER_HOUR {
+                    return Ok(Err(
+                        "ten codes were mailed in the last hour: wait before asking again",
+                    ));
+                }
+                tx.put_mailed_code(&owned, purpose, &reservation)?;
+                Ok(Ok(()))
+            })
+            .map_err(|e| Box::new(self.store_failed("email", name, &e)))?;
+        reserved.map_err(|why| {
+            self.warn_repeated(
+                &format!("mail-limit:{name}"),
+                now,
+                &format!(
+                    "email user={} caller_uid={uid} outcome=refused reason=rate-limit",
+                    audit::field(name)
+                ),
+            );
+            Box::new(error(ErrorKind::RateLimited, why))
+        })
     }
 
     /// At login: a code to the verified address. `reuse`: a live code already mailed is
@@ -381,4 +374,33 @@ impl Engine {
             format!("email address of {name} removed"),
         )
     }
+}
+
+/// The mail carrying `code`: its subject, its body and what the audit trail calls it.
+fn message(
+    cfg: &Config,
+    name: &str,
+    purpose: CodePurpose,
+    code: &str,
+) -> (String, zeroize::Zeroizing<String>, &'static str) {
+    let issuer = cfg.issuer_or_hostname();
+    let minutes = cfg.email_code_ttl.div_ceil(60);
+    let (subject, intro, what) = match purpose {
+        CodePurpose::Login => (
+            format!("{issuer}: your login code"),
+            format!("Your {issuer} login code for {name} is"),
+            "login code",
+        ),
+        CodePurpose::Verify => (
+            format!("{issuer}: confirm your email address"),
+            format!("To confirm this address for {name} on {issuer}, enter"),
+            "address verification code",
+        ),
+    };
+    let body = zeroize::Zeroizing::new(format!(
+        "{intro}\n\n    {}\n\nIt is valid for {minutes} minutes and works once.\n\
+         If you did not ask for it, someone may know your password: tell your administrator.\n",
+        email::display_code(code)
+    ));
+    (subject, body, what)
 }
