@@ -172,7 +172,7 @@ pub fn to_postgres(config: &Config, socket: &Path) -> Result<Vec<(String, usize)
                     Value::Null
                         if matches!(
                             *column,
-                            "user" | "method" | "service" | "rhost" | "tty" | "detail"
+                            "user" | "method" | "service" | "rhost" | "tty" | "detail" | "pending"
                         ) =>
                     {
                         Cell::Text(None)

@@ -4,6 +4,7 @@
 //! by `twofold fleet init`, never by a daemon; plain TCP and cleartext passwords are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use twofold_shared::client::Client;
 use twofold_shared::wire::{RequestBody, ResponseBody, SecretText};
@@ -264,8 +265,21 @@ fn migrating_an_sqlite_store_to_postgres_keeps_every_enrollment_code_and_mark() 
     let Some(pg) = Postgres::start("migrating_an_sqlite_store_to_postgres") else {
         return;
     };
-    let mut old = Daemon::start("allow", "");
+    // Mail through a stand-in sendmail, so that the store holds an address too (one waiting
+    // for its code: its new-address column is NULL, which must copy as text).
+    let spool = open_tempdir();
+    let sendmail = spool.path().join("sendmail");
+    std::fs::write(&sendmail, "#!/bin/sh\ncat > /dev/null\n").unwrap();
+    std::fs::set_permissions(&sendmail, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut old = Daemon::start(
+        "allow",
+        &format!(
+            "email_codes = true\nemail = {{ transport = \"sendmail\", sendmail = {sendmail:?} }}"
+        ),
+    );
     let e = old.enroll("mover");
+    let set = old.cli(&["email", "set", "root@example.org", "--user", "root"]);
+    assert_eq!(code_of(&set), 0, "{}", String::from_utf8_lossy(&set.stderr));
     ensure_step_time(12);
     let used = oathtool(&e.secret, 1);
     assert_eq!(code_of(&old.cli(&["verify", "mover", &used])), 0);
@@ -300,6 +314,7 @@ fn migrating_an_sqlite_store_to_postgres_keeps_every_enrollment_code_and_mark() 
     let copied: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(copied["copied"]["users"], 1, "{copied}");
     assert_eq!(copied["copied"]["pending"], 1, "{copied}");
+    assert_eq!(copied["copied"]["emails"], 1, "{copied}");
     assert_eq!(copied["copied"]["backup_codes"], 11, "{copied}");
     let again = old.cli(&["migrate", "--to", "postgres", "--config", &config]);
     assert_eq!(code_of(&again), 2, "migrated twice into one store");
