@@ -126,7 +126,9 @@ fn enrollments(s: &Store) {
         w(s, |tx| tx.enrollments_for("bob", 2000)),
         [("bob".to_string(), None)]
     );
+    assert_eq!(w(s, |tx| tx.names_without_uid()), ["bob"]);
     w(s, |tx| tx.set_user_uid("bob", 2000));
+    assert!(w(s, |tx| tx.names_without_uid()).is_empty());
     assert_eq!(w(s, |tx| tx.user("bob")).unwrap().uid, Some(2000));
     // Re-activation replaces the row whole.
     w(s, |tx| tx.activate(&user("bob", Some(2001)), &[]));

@@ -921,6 +921,17 @@ impl Tx for PgTx<'_> {
             .collect())
     }
 
+    fn names_without_uid(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all(
+                "SELECT name FROM users WHERE uid IS NULL ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {
         self.exec(
             Some(name),

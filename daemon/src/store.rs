@@ -154,6 +154,8 @@ pub trait Tx {
     fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>>;
     /// Records the uid of an enrollment made before uids were recorded.
     fn set_user_uid(&self, name: &str, uid: u32) -> Result<()>;
+    /// Names enrolled with no recorded uid.
+    fn names_without_uid(&self) -> Result<Vec<String>>;
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;
     fn pending_names(&self) -> Result<Vec<String>>;
     fn throttle(&self, name: &str) -> Result<ThrottleRecord>;
@@ -940,6 +942,16 @@ impl Tx for SqliteTx<'_> {
             .into_iter()
             .map(|(n, u)| (n, u.and_then(|u| u32::try_from(u).ok())))
             .collect())
+    }
+
+    fn names_without_uid(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT name FROM users WHERE uid IS NULL ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(names)
     }
 
     fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {

@@ -767,3 +767,38 @@ fn doctor_reports_how_the_postgres_store_is_reached() {
     let open = doctor_findings(&pg("host=/var/run/postgresql"), "postgres");
     assert_eq!(open[1]["level"], "fail", "{open:?}");
 }
+
+/// One person may have another uid on every host (accounts made per host, winbind's idmap):
+/// on the shared store an enrollment is keyed by the account's name alone, so a uid recorded
+/// (by an older version, or a row made by hand) refuses nobody, and another account enrolled
+/// with the same uid elsewhere cannot lock this one out.
+#[test]
+fn uids_are_not_bound_on_the_shared_store() {
+    let Some(pg) = Postgres::start("uids_are_not_bound_on_the_shared_store") else {
+        return;
+    };
+    let url = pg.socket_url();
+    init_fleet(&url, "");
+    let a = Daemon::start(
+        "allow",
+        &format!("store = \"postgres\"\npostgres_url = {url:?}\n"),
+    );
+    let e = a.enroll("root");
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM users WHERE uid IS NULL")
+            .trim(),
+        "1",
+        "no uid recorded on the shared store"
+    );
+    pg.psql(
+        "postgres",
+        "UPDATE users SET uid = 4242 WHERE name = 'root';
+         INSERT INTO users SELECT 'mallory', secret, algorithm, digits, period, enrolled_at,
+           last_step, last_success, backup_salt, \"window\", 0 FROM users WHERE name = 'root';",
+    );
+    ensure_step_time(10);
+    let code = oathtool(&e.secret, 1);
+    let pam = PamService::required(&a.socket, "");
+    let run = pam.authenticate("root", Some(&format!("{code}\n")));
+    assert!(run.success, "{}", run.text());
+}

@@ -169,6 +169,11 @@ fn main() -> ExitCode {
         }
     ));
     let engine = Arc::new(Engine::new(store, config, log.clone()));
+    if let Err(e) = engine.adopt_uids() {
+        log.error(&format!(
+            "recording the uids of older enrollments failed: {e}"
+        ));
+    }
     let pruner = engine.clone();
     let started = std::thread::Builder::new()
         .name("audit-pruner".into())

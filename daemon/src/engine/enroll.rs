@@ -209,7 +209,7 @@ impl Engine {
             last_success: None,
             backup_salt: salt,
             window: None,
-            uid: account,
+            uid: account.filter(|_| self.binds_uids()),
         };
         let expected = pending.secret;
         let entry = admin_entry(now, "confirm", name, "enrolled", uid);
@@ -323,7 +323,7 @@ impl Engine {
             last_success: None,
             backup_salt: salt,
             window: import.window,
-            uid: account,
+            uid: account.filter(|_| self.binds_uids()),
         };
         let mut entry = admin_entry(now, "import", name, "enrolled", uid);
         entry.detail = Some(format!(

@@ -94,7 +94,7 @@ impl Engine {
                 format!("a PAM item is longer than {MAX_ITEM} bytes"),
             );
         }
-        let account = match self.resolve(target, uid) {
+        let account = match self.resolve(target, uid, now) {
             Ok(a) => a,
             Err(refusal) => return *refusal,
         };
@@ -107,7 +107,7 @@ impl Engine {
     /// Resolves who the request is about: named, or the caller's own account. A name with an
     /// account is replaced by the account's own name for its uid (see users::canonical), so
     /// that every name of one account meets the same enrollment and throttle.
-    fn resolve(&self, target: Target, uid: u32) -> Result<Account, Box<ResponseBody>> {
+    fn resolve(&self, target: Target, uid: u32, now: u64) -> Result<Account, Box<ResponseBody>> {
         match target {
             Target::None => Ok(Account {
                 name: String::new(),
@@ -134,11 +134,30 @@ impl Engine {
                     }
                 }
             }
+            // The caller's name must lead back to the caller: a name that two name services
+            // give to different uids (files and LDAP) belongs to the first, not to the caller.
             Target::Caller => match users::name_of(uid) {
-                Some(name) => Ok(Account {
+                Some(name) if users::uid_of(&name) == Some(uid) => Ok(Account {
                     name,
                     uid: Some(uid),
                 }),
+                Some(name) => {
+                    self.warn_repeated(
+                        &format!("ambiguous:{uid}"),
+                        now,
+                        &format!(
+                            "uid {uid} is named {}, but that name belongs to uid {}: refused",
+                            audit::field(&name),
+                            users::uid_of(&name).map_or("none".into(), |u| u.to_string())
+                        ),
+                    );
+                    Err(Box::new(error(
+                        ErrorKind::NoSuchUser,
+                        format!(
+                            "uid {uid}'s name belongs to another account; ask an administrator"
+                        ),
+                    )))
+                }
                 None => Err(Box::new(error(
                     ErrorKind::NoSuchUser,
                     format!("uid {uid} has no user name"),
@@ -161,7 +180,13 @@ impl Engine {
     ) -> Result<bool, Box<ResponseBody>> {
         let uid = caller.uid;
         let login = matches!(operation, Operation::Preflight | Operation::Verify);
-        if let (Some(account_uid), true) = (account.uid, login || !caller.admin) {
+        // Switched off, logins pass untouched (PAM_IGNORE) whatever the store holds.
+        let owner_matters = if login {
+            self.config().enabled
+        } else {
+            !caller.admin
+        };
+        if let (Some(account_uid), true) = (account.uid, owner_matters && self.binds_uids()) {
             if let Some(refusal) = self.check_owner(&account.name, account_uid, now) {
                 return Err(Box::new(refusal));
             }
@@ -289,19 +314,16 @@ impl Engine {
 
     /// Whether the enrollments stored under `name` (an account's own name) or for its uid are
     /// that account's: `None` if so, else the refusal, with a log line saying what to do. An
-    /// enrollment made before uids were recorded is taken as the account's (and recorded).
+    /// enrollment with no recorded uid (its name had no account when twofoldd last started)
+    /// is taken as the account's.
     pub(super) fn check_owner(&self, name: &str, uid: u32, now: u64) -> Option<ResponseBody> {
         let found = match self.store.read(|tx| tx.enrollments_for(name, uid)) {
             Ok(f) => f,
             Err(e) => return Some(self.store_failed("enrollment owner", name, &e)),
         };
-        let mut legacy = false;
         for (enrolled, recorded) in &found {
             let why = match (enrolled == name, recorded) {
-                (true, None) => {
-                    legacy = true;
-                    continue;
-                }
+                (true, None) => continue,
                 (true, Some(r)) if *r == uid => continue,
                 (true, Some(r)) => format!(
                     "was made for uid {r}, and the account now has uid {uid} (deleted and made again?)"
@@ -327,12 +349,39 @@ impl Engine {
                 "this account's two-factor enrollment does not match the account; ask an administrator",
             ));
         }
-        if legacy {
-            let owned = name.to_string();
-            if let Err(e) = self.store.write(move |tx| tx.set_user_uid(&owned, uid)) {
-                return Some(self.store_failed("enrollment owner", name, &e));
-            }
-        }
         None
+    }
+
+    /// Whether enrollments are bound to uids: on this host's own store, yes; on a fleet's
+    /// shared store, no (one person may have a different uid on every host): there the name
+    /// alone, resolved through its uid on each host, is the key.
+    pub(super) fn binds_uids(&self) -> bool {
+        self.config().store == crate::config::StoreKind::Sqlite
+    }
+
+    /// At start: records the uid of each enrollment made before uids were recorded, as the
+    /// name service gives it now (so that no later caller can claim it). Names with no account
+    /// stay without. Returns how many were recorded.
+    pub fn adopt_uids(&self) -> Result<usize, StoreError> {
+        if !self.binds_uids() {
+            return Ok(0);
+        }
+        let names = self.store.read(|tx| tx.names_without_uid())?;
+        let found: Vec<(String, u32)> = names
+            .into_iter()
+            .filter_map(|n| users::uid_of(&n).map(|uid| (n, uid)))
+            .collect();
+        let count = found.len();
+        if count > 0 {
+            self.store.write(move |tx| {
+                found
+                    .iter()
+                    .try_for_each(|(name, uid)| tx.set_user_uid(name, *uid))
+            })?;
+            self.log.info(&format!(
+                "{count} enrollment(s) made before uids were recorded now carry their account's uid"
+            ));
+        }
+        Ok(count)
     }
 }

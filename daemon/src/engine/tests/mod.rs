@@ -514,4 +514,87 @@ fn a_remembered_device_is_a_remote_host_or_a_login_session_and_who_asked() {
     );
 }
 
+/// An enrollment as twofold stored it before uids were recorded (or for a name that had no
+/// account then): the same row with no uid.
+fn forget_uid(e: &Engine, name: &str) {
+    let owned = name.to_string();
+    e.store
+        .write(move |tx| {
+            let mut u = tx.user(&owned)?.expect("enrolled");
+            u.uid = None;
+            tx.activate(&u, &[])
+        })
+        .unwrap();
+}
+
+fn recorded_uid(e: &Engine, name: &str) -> Option<u32> {
+    let owned = name.to_string();
+    e.store
+        .read(move |tx| Ok(tx.user(&owned)?.and_then(|u| u.uid)))
+        .unwrap()
+}
+
+/// Review of the 2026-11 fixes: uid-less enrollments were claimed by whoever asked first;
+/// now twofoldd records every one at start, from the name service.
+#[test]
+fn enrollments_without_a_uid_take_their_accounts_at_start() {
+    let (e, _dir) = engine("");
+    enrolled(&e, "root", T0);
+    assert_eq!(recorded_uid(&e, "root"), Some(0), "recorded at enrollment");
+    enrolled(&e, "ghost-without-account", T0);
+    assert_eq!(recorded_uid(&e, "ghost-without-account"), None);
+    forget_uid(&e, "root");
+    assert_eq!(e.adopt_uids().unwrap(), 1);
+    assert_eq!(recorded_uid(&e, "root"), Some(0));
+    assert_eq!(recorded_uid(&e, "ghost-without-account"), None);
+    assert_eq!(e.adopt_uids().unwrap(), 0);
+}
+
+/// Switched off, logins pass untouched even when the store holds an enrollment that is not
+/// the account's (the check would otherwise refuse them first).
+#[test]
+fn switched_off_passes_even_a_mismatched_enrollment() {
+    let (e, _dir) = engine("enabled = false");
+    enrolled(&e, "root", T0);
+    e.store.write(|tx| tx.set_user_uid("root", 4242)).unwrap();
+    let pre = e.handle(
+        0,
+        RequestBody::Preflight {
+            user: "root".into(),
+            pam: PamItems::default(),
+            grace_secs: 0,
+        },
+        T0 + 30,
+    );
+    assert!(matches!(pre, ResponseBody::Disabled), "{pre:?}");
+}
+
+/// PAM_RUSER is bounded like the other items (it ends up in the remembered-device key).
+#[test]
+fn an_overlong_pam_item_is_refused() {
+    let (e, _dir) = engine("");
+    let r = e.handle(
+        0,
+        RequestBody::Preflight {
+            user: "root".into(),
+            pam: PamItems {
+                ruser: Some("r".repeat(MAX_ITEM + 1)),
+                ..Default::default()
+            },
+            grace_secs: 600,
+        },
+        T0,
+    );
+    assert!(
+        matches!(
+            r,
+            ResponseBody::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+}
+
 mod email;
