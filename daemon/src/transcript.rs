@@ -115,6 +115,7 @@ fn sshd() -> PamItems {
         rhost: Some("192.0.2.7".into()),
         tty: None,
         ruser: None,
+        session: None,
     }
 }
 

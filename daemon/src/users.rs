@@ -86,6 +86,13 @@ pub fn session_of(pid: i32) -> Option<u32> {
     text.trim().parse::<u32>().ok().filter(|&s| s != u32::MAX)
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

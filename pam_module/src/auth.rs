@@ -64,6 +64,11 @@ pub trait Pam {
     fn error(&mut self, text: &str);
     /// To syslog (LOG_AUTHPRIV). Never codes.
     fn log(&mut self, level: LogLevel, text: &str);
+    /// This process's audit session, if the kernel numbered one.
+    fn session(&mut self) -> Option<u32> {
+        let text = std::fs::read_to_string("/proc/self/sessionid").ok()?;
+        text.trim().parse().ok().filter(|&s| s != u32::MAX)
+    }
 }
 
 pub const MSG_INVALID: &str = "Invalid verification code.";
@@ -237,6 +242,7 @@ fn pam_items(pam: &mut impl Pam) -> PamItems {
         rhost: get(ItemKind::RHost),
         tty: get(ItemKind::Tty),
         ruser: get(ItemKind::RUser),
+        session: pam.session(),
     }
 }
 
@@ -308,7 +314,9 @@ fn ask_email(
                 _ => Outcome::Unavailable,
             })
         }
-        Ok(other) => Err(preflight_final(&other)),
+        // No acceptance of any kind can answer a request for a mail: fail closed.
+        Ok(ResponseBody::Accepted { .. }) => Err(Outcome::Unavailable),
+        Ok(other) => Err(final_outcome(&other)),
         Err(e) => {
             pam.log(
                 LogLevel::Error,

@@ -250,6 +250,11 @@ pub struct PamItems {
     /// PAM_RUSER: who asked (sudo and su set it to the invoking user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ruser: Option<String>,
+    /// The PAM application's audit session (`/proc/self/sessionid`), as the module reads it.
+    /// twofoldd takes it only from root's processes (sudo, su, login): under its hardened unit
+    /// it cannot read another process's /proc entry itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

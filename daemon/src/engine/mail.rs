@@ -115,8 +115,9 @@ impl Engine {
         now: u64,
     ) -> Result<(), Box<ResponseBody>> {
         let owned = name.to_string();
+        // No hash at all (a killed code has one of zeros): how a send in flight is told.
         let reservation = MailedCode {
-            hash: vec![0; 32],
+            hash: Vec::new(),
             salt: salt.to_vec(),
             sent_at: now,
             expires: 0,
@@ -127,8 +128,14 @@ impl Engine {
             .store
             .write(move |tx| {
                 let previous = tx.mailed_code(&owned, purpose)?;
-                let too_soon = previous
-                    .is_some_and(|p| p.sent_at <= now && now < p.sent_at.saturating_add(resend));
+                // A send still in flight (its reservation opens nothing yet) holds off the next
+                // even with email_resend_secs = 0: one relay connection per user and purpose.
+                let in_flight = email::SEND_TIMEOUT.as_secs() + 1;
+                let too_soon = previous.is_some_and(|p| {
+                    let reserved = p.expires == 0 && p.hash.is_empty();
+                    let wait = if reserved { resend.max(in_flight) } else { resend };
+                    p.sent_at <= now && now < p.sent_at.saturating_add(wait)
+                });
                 if too_soon {
                     return Ok(Err(
                         "a code was mailed moments ago: use it, or wait a minute before asking again",

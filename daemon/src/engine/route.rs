@@ -235,7 +235,11 @@ impl Engine {
             name,
             uid: target_uid,
         } = account;
+        // The session the kernel gives the caller, or for root's processes (which twofoldd's
+        // unit may not see in /proc) the one their module read.
+        let admin = uid == 0 || uid == self.daemon_uid;
         let device = |pam: &PamItems, grace_secs: u64| {
+            let session = session.or(pam.session.filter(|_| admin));
             (grace_secs > 0).then(|| grace_key(pam, session)).flatten()
         };
         match body {

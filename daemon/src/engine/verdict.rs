@@ -188,8 +188,10 @@ pub(super) fn grace_key(pam: &PamItems, session: Option<u32>) -> Option<(String,
     let remote = nonempty(&pam.rhost).filter(|r| this_host.as_deref() != Some(r.as_str()));
     let mut origin = match (remote, session) {
         (Some(rhost), _) => format!("rhost:{rhost}"),
+        // Audit sessions are numbered anew at each boot: the boot's id tells them apart.
         (None, Some(session)) => format!(
-            "session:{session} tty:{}",
+            "session:{}/{session} tty:{}",
+            users::boot_id().unwrap_or_default(),
             nonempty(&pam.tty).unwrap_or_default()
         ),
         (None, None) => return None,

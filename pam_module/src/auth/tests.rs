@@ -100,6 +100,11 @@ impl Pam for Script {
         self.user.clone()
     }
 
+    /// The test process's own audit session is none of the script's business.
+    fn session(&mut self) -> Option<u32> {
+        None
+    }
+
     fn item(&mut self, kind: ItemKind) -> Option<Vec<u8>> {
         match kind {
             ItemKind::Service => self.service.clone(),
@@ -808,7 +813,15 @@ fn email_answers_map_to_pam_results() {
             MSG_INVALID,
         ),
         (ResponseBody::Disabled, PamCode::AuthErr, MSG_INVALID),
-        // An acceptance where a mail was asked for is nonsense: fail closed.
+        // An acceptance where a mail was asked for is nonsense, even "remembered": fail closed.
+        (
+            ResponseBody::Accepted {
+                method: Method::Remembered,
+                backup_codes_left: None,
+            },
+            PamCode::AuthInfoUnavail,
+            MSG_UNAVAILABLE,
+        ),
         (
             ResponseBody::Accepted {
                 method: Method::Email,

@@ -488,3 +488,25 @@ fn a_verified_address_stays_until_the_new_one_is_verified() {
         (Some("n***@example.org"), true)
     );
 }
+
+/// Review of the fixes: with `email_resend_secs = 0` nothing held a parallel burst back (the
+/// hour's count is of mails already sent). A send in flight now does.
+#[test]
+fn a_send_in_flight_holds_off_the_next_even_without_a_resend_wait() {
+    let (e, _dir) = engine("email_codes = true\nemail_resend_secs = 0");
+    let relay = Arc::new(SlowRelay(Outbox::default()));
+    let e = e.with_mailer(relay.clone());
+    verified(&e, &relay.0, "root", T0);
+    let before = relay.0.count();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| send_code(&e, "root", T0 + 100));
+        }
+    });
+    assert_eq!(relay.0.count(), before + 1);
+    // Once it has gone, the next may go at once.
+    assert!(matches!(
+        send_code(&e, "root", T0 + 101),
+        ResponseBody::EmailSent { .. }
+    ));
+}

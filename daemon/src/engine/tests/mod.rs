@@ -482,6 +482,7 @@ fn a_remembered_device_is_a_remote_host_or_a_login_session_and_who_asked() {
         rhost: rhost.map(Into::into),
         tty: tty.map(Into::into),
         ruser: ruser.map(Into::into),
+        session: None,
     };
     let key = |p: &PamItems, session| grace_key(p, session).map(|(_, origin)| origin);
     let pts = items(None, Some("/dev/pts/3"), Some("alice"));
@@ -598,3 +599,61 @@ fn an_overlong_pam_item_is_refused() {
 }
 
 mod email;
+
+/// Under its hardened unit twofoldd cannot read another process's /proc entry, so root's PAM
+/// applications (sudo, su) send the audit session their module read; nobody else's is taken.
+#[test]
+fn a_session_sent_by_the_module_counts_only_from_root() {
+    let (e, _dir) = engine("");
+    let nobody = users::uid_of("nobody").unwrap();
+    for name in ["root", "nobody"] {
+        enrolled(&e, name, T0);
+    }
+    let items = |session| PamItems {
+        service: Some("sudo".into()),
+        tty: Some("/dev/pts/4".into()),
+        session: Some(session),
+        ..Default::default()
+    };
+    let login = |caller, name: &str, secret: &Secret, session| {
+        let r = e.handle(
+            caller,
+            RequestBody::Verify {
+                user: name.into(),
+                code: SecretText::new(code_at_step(secret, T0 / 30 + 1)),
+                pam: items(session),
+                grace_secs: 600,
+            },
+            T0 + 30,
+        );
+        assert!(matches!(r, ResponseBody::Accepted { .. }), "{r:?}");
+    };
+    let asks = |caller, name: &str, session| {
+        let r = e.handle(
+            caller,
+            RequestBody::Preflight {
+                user: name.into(),
+                pam: items(session),
+                grace_secs: 600,
+            },
+            T0 + 40,
+        );
+        matches!(r, ResponseBody::Prompt)
+    };
+    let root_secret = e
+        .store
+        .read(|tx| Ok(tx.user("root")?.unwrap().secret))
+        .unwrap();
+    let nobody_secret = e
+        .store
+        .read(|tx| Ok(tx.user("nobody")?.unwrap().secret))
+        .unwrap();
+    login(0, "root", &root_secret, 7);
+    assert!(!asks(0, "root", 7), "the same session is remembered");
+    assert!(asks(0, "root", 8), "another session is asked");
+    login(nobody, "nobody", &nobody_secret, 7);
+    assert!(
+        asks(nobody, "nobody", 7),
+        "a user's own claim of a session is not taken"
+    );
+}
