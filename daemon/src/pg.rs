@@ -1001,20 +1001,22 @@ impl Tx for PgTx<'_> {
         Ok(changed == 1)
     }
 
-    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool> {
+    fn delete_backup_code(&self, name: &str, hash: &BackupHash) -> Result<bool> {
         let changed = self.exec(
             Some(name),
             "DELETE FROM backup_codes WHERE name = $1 AND hash = $2",
             &[&name, &hash.as_bytes()],
         )?;
-        if changed == 1 {
-            self.exec(
-                Some(name),
-                "UPDATE users SET last_success = $2 WHERE name = $1",
-                &[&name, &to_i64(now)],
-            )?;
-        }
         Ok(changed == 1)
+    }
+
+    fn set_last_success(&self, name: &str, now: u64) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE users SET last_success = $2 WHERE name = $1",
+            &[&name, &to_i64(now)],
+        )?;
+        Ok(())
     }
 
     fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()> {
@@ -1081,7 +1083,7 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
-    fn activate(&self, u: &UserRecord, codes: &[BackupHash]) -> Result<()> {
+    fn put_user(&self, u: &UserRecord) -> Result<()> {
         let name = u.name.as_str();
         let secret = zeroize::Zeroizing::new(self.stored_secret("users", name, &u.secret)?);
         self.exec(
@@ -1108,42 +1110,43 @@ impl Tx for PgTx<'_> {
                 &u.uid.map(i64::from),
             ],
         )?;
-        self.replace_backup_codes(name, &u.backup_salt, codes)?;
-        // A new secret: devices remembered under the old one are asked again.
-        self.exec(Some(name), "DELETE FROM grace WHERE name = $1", &[&name])?;
-        self.delete_pending(name)
+        Ok(())
     }
 
-    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
+    fn forget_devices(&self, name: &str) -> Result<()> {
+        self.exec(Some(name), "DELETE FROM grace WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()> {
         self.exec(
             Some(name),
             "UPDATE users SET backup_salt = $2 WHERE name = $1",
             &[&name, &salt],
         )?;
+        Ok(())
+    }
+
+    fn delete_backup_codes(&self, name: &str) -> Result<()> {
         self.exec(
             Some(name),
             "DELETE FROM backup_codes WHERE name = $1",
             &[&name],
         )?;
-        for code in codes {
-            self.exec(
-                Some(name),
-                "INSERT INTO backup_codes (name, hash) VALUES ($1, $2)",
-                &[&name, &code.as_bytes()],
-            )?;
-        }
         Ok(())
     }
 
-    fn delete_user(&self, name: &str) -> Result<bool> {
+    fn insert_backup_code(&self, name: &str, hash: &BackupHash) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO backup_codes (name, hash) VALUES ($1, $2)",
+            &[&name, &hash.as_bytes()],
+        )?;
+        Ok(())
+    }
+
+    fn delete_user_row(&self, name: &str) -> Result<bool> {
         let removed = self.exec(Some(name), "DELETE FROM users WHERE name = $1", &[&name])?;
-        for sql in [
-            "DELETE FROM backup_codes WHERE name = $1",
-            "DELETE FROM grace WHERE name = $1",
-        ] {
-            self.exec(Some(name), sql, &[&name])?;
-        }
-        self.delete_pending(name)?;
         Ok(removed == 1)
     }
 
@@ -1160,7 +1163,7 @@ impl Tx for PgTx<'_> {
             }))
     }
 
-    fn put_email(&self, name: &str, address: &str) -> Result<()> {
+    fn upsert_email(&self, name: &str, address: &str) -> Result<()> {
         self.exec(
             Some(name),
             "INSERT INTO emails (name, address, verified) VALUES ($1, $2, 0)
@@ -1170,27 +1173,31 @@ impl Tx for PgTx<'_> {
                               ELSE excluded.address END",
             &[&name, &address],
         )?;
-        self.delete_mailed_code(name, CodePurpose::Login)
+        Ok(())
     }
 
-    fn set_email_verified(&self, name: &str) -> Result<()> {
+    fn mark_email_verified(&self, name: &str) -> Result<()> {
         self.exec(
             Some(name),
             "UPDATE emails SET address = COALESCE(pending, address), pending = NULL,
              verified = 1 WHERE name = $1",
             &[&name],
         )?;
-        self.kill_mailed_code(name, CodePurpose::Verify)
+        Ok(())
     }
 
-    fn delete_email(&self, name: &str) -> Result<bool> {
+    fn delete_email_row(&self, name: &str) -> Result<bool> {
         let removed = self.exec(Some(name), "DELETE FROM emails WHERE name = $1", &[&name])?;
+        Ok(removed == 1)
+    }
+
+    fn delete_mailed_codes(&self, name: &str) -> Result<()> {
         self.exec(
             Some(name),
             "DELETE FROM email_codes WHERE name = $1",
             &[&name],
         )?;
-        Ok(removed == 1)
+        Ok(())
     }
 
     fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>> {

@@ -163,8 +163,6 @@ pub trait Tx {
 
     /// Raises the user's high-water mark to `step` if it is below it. True when it was.
     fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool>;
-    /// Deletes the backup code with this hash. True when one existed.
-    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool>;
     fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()>;
     fn clear_throttle(&self, name: &str) -> Result<()>;
     /// Counts a rejected attempt for a name with no enrollment: the same write a wrong code
@@ -173,19 +171,7 @@ pub trait Tx {
     fn put_pending(&self, name: &str, pending: &PendingRecord) -> Result<()>;
     fn delete_pending(&self, name: &str) -> Result<()>;
     fn count_failed_confirm(&self, name: &str) -> Result<()>;
-    /// Makes `user` the active enrollment (replacing any) with these backup codes.
-    fn activate(&self, user: &UserRecord, backup_codes: &[BackupHash]) -> Result<()>;
-    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()>;
-    /// Removes the enrollment, its backup codes and any pending enrollment. True if enrolled.
-    fn delete_user(&self, name: &str) -> Result<bool>;
     fn email(&self, name: &str) -> Result<Option<EmailRecord>>;
-    /// Registers `address`, unverified. A verified address stays in force until the new one
-    /// is verified (a mistyped one must not leave the user without that factor).
-    fn put_email(&self, name: &str, address: &str) -> Result<()>;
-    /// The registered address (a new one waiting for its code, if any) is now verified.
-    fn set_email_verified(&self, name: &str) -> Result<()>;
-    /// Forgets the address and every mailed code.
-    fn delete_email(&self, name: &str) -> Result<bool>;
     fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>>;
     fn put_mailed_code(&self, name: &str, purpose: CodePurpose, code: &MailedCode) -> Result<()>;
     fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
@@ -219,6 +205,91 @@ pub trait Tx {
     /// Deletes failure counts, last touched before `before` and short of `lockout`, of names
     /// that have no enrollment.
     fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize>;
+
+    // ---- Primitives of the rules below: one statement each.
+
+    /// Inserts or replaces the enrollment row (the secret sealed when sealing is on).
+    fn put_user(&self, user: &UserRecord) -> Result<()>;
+    /// True when there was one.
+    fn delete_user_row(&self, name: &str) -> Result<bool>;
+    fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()>;
+    fn delete_backup_codes(&self, name: &str) -> Result<()>;
+    fn insert_backup_code(&self, name: &str, hash: &BackupHash) -> Result<()>;
+    /// True when there was one.
+    fn delete_backup_code(&self, name: &str, hash: &BackupHash) -> Result<bool>;
+    fn set_last_success(&self, name: &str, now: u64) -> Result<()>;
+    /// Forgets every remembered device of `name`.
+    fn forget_devices(&self, name: &str) -> Result<()>;
+    /// A first address goes in unverified; while one is verified, a new one waits beside it.
+    fn upsert_email(&self, name: &str, address: &str) -> Result<()>;
+    /// The waiting address, if any, replaces the verified one; the address is verified.
+    fn mark_email_verified(&self, name: &str) -> Result<()>;
+    /// True when there was one.
+    fn delete_email_row(&self, name: &str) -> Result<bool>;
+    /// Every mailed code of `name`, whatever it was for.
+    fn delete_mailed_codes(&self, name: &str) -> Result<()>;
+
+    // ---- The rules inside compound writes, written once for every store.
+
+    /// Makes `user` the active enrollment (replacing any) with these backup codes. A new
+    /// secret: devices remembered under the old one are asked again, and the pending
+    /// enrollment is spent.
+    fn activate(&self, user: &UserRecord, backup_codes: &[BackupHash]) -> Result<()> {
+        self.put_user(user)?;
+        self.replace_backup_codes(&user.name, &user.backup_salt, backup_codes)?;
+        self.forget_devices(&user.name)?;
+        self.delete_pending(&user.name)
+    }
+
+    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
+        self.set_backup_salt(name, salt)?;
+        self.delete_backup_codes(name)?;
+        codes
+            .iter()
+            .try_for_each(|code| self.insert_backup_code(name, code))
+    }
+
+    /// Removes the enrollment, its backup codes, its remembered devices and any pending
+    /// enrollment. True if enrolled.
+    fn delete_user(&self, name: &str) -> Result<bool> {
+        let removed = self.delete_user_row(name)?;
+        self.delete_backup_codes(name)?;
+        self.forget_devices(name)?;
+        self.delete_pending(name)?;
+        Ok(removed)
+    }
+
+    /// Spends the backup code with this hash. True when one existed (the login's time is
+    /// then the user's last success).
+    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool> {
+        let spent = self.delete_backup_code(name, hash)?;
+        if spent {
+            self.set_last_success(name, now)?;
+        }
+        Ok(spent)
+    }
+
+    /// Registers `address`, unverified. A verified address stays in force until the new one
+    /// is verified (a mistyped one must not leave the user without that factor). A live login
+    /// code dies.
+    fn put_email(&self, name: &str, address: &str) -> Result<()> {
+        self.upsert_email(name, address)?;
+        self.delete_mailed_code(name, CodePurpose::Login)
+    }
+
+    /// The registered address (a new one waiting for its code, if any) is now verified; the
+    /// verification code is spent, but its time still counts for the resend limit.
+    fn set_email_verified(&self, name: &str) -> Result<()> {
+        self.mark_email_verified(name)?;
+        self.kill_mailed_code(name, CodePurpose::Verify)
+    }
+
+    /// Forgets the address and every mailed code.
+    fn delete_email(&self, name: &str) -> Result<bool> {
+        let removed = self.delete_email_row(name)?;
+        self.delete_mailed_codes(name)?;
+        Ok(removed)
+    }
 }
 
 /// The schema version this twofoldd writes (`PRAGMA user_version` once migrated).
@@ -1031,17 +1102,19 @@ impl Tx for SqliteTx<'_> {
         Ok(changed == 1)
     }
 
-    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool> {
+    fn delete_backup_code(&self, name: &str, hash: &BackupHash) -> Result<bool> {
         let changed = self
             .0
             .prepare_cached("DELETE FROM backup_codes WHERE name = ?1 AND hash = ?2")?
             .execute(params![name, hash.as_bytes()])?;
-        if changed == 1 {
-            self.0
-                .prepare_cached("UPDATE users SET last_success = ?2 WHERE name = ?1")?
-                .execute(params![name, to_i64(now)])?;
-        }
         Ok(changed == 1)
+    }
+
+    fn set_last_success(&self, name: &str, now: u64) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE users SET last_success = ?2 WHERE name = ?1")?
+            .execute(params![name, to_i64(now)])?;
+        Ok(())
     }
 
     fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()> {
@@ -1104,7 +1177,7 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn activate(&self, u: &UserRecord, codes: &[BackupHash]) -> Result<()> {
+    fn put_user(&self, u: &UserRecord) -> Result<()> {
         let secret = zeroize::Zeroizing::new(self.stored_secret("users", &u.name, &u.secret)?);
         self.0
             .prepare_cached(
@@ -1125,27 +1198,34 @@ impl Tx for SqliteTx<'_> {
                 u.window,
                 u.uid
             ])?;
-        self.replace_backup_codes(&u.name, &u.backup_salt, codes)?;
-        // A new secret: devices remembered under the old one are asked again.
-        self.0
-            .prepare_cached("DELETE FROM grace WHERE name = ?1")?
-            .execute([&u.name])?;
-        self.delete_pending(&u.name)
+        Ok(())
     }
 
-    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
+    fn forget_devices(&self, name: &str) -> Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM grace WHERE name = ?1")?
+            .execute([name])?;
+        Ok(())
+    }
+
+    fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()> {
         self.0
             .prepare_cached("UPDATE users SET backup_salt = ?2 WHERE name = ?1")?
             .execute(params![name, salt])?;
+        Ok(())
+    }
+
+    fn delete_backup_codes(&self, name: &str) -> Result<()> {
         self.0
             .prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?
             .execute([name])?;
-        let mut insert = self
-            .0
-            .prepare_cached("INSERT INTO backup_codes (name, hash) VALUES (?1, ?2)")?;
-        for code in codes {
-            insert.execute(params![name, code.as_bytes()])?;
-        }
+        Ok(())
+    }
+
+    fn insert_backup_code(&self, name: &str, hash: &BackupHash) -> Result<()> {
+        self.0
+            .prepare_cached("INSERT INTO backup_codes (name, hash) VALUES (?1, ?2)")?
+            .execute(params![name, hash.as_bytes()])?;
         Ok(())
     }
 
@@ -1286,7 +1366,7 @@ impl Tx for SqliteTx<'_> {
             .optional()?)
     }
 
-    fn put_email(&self, name: &str, address: &str) -> Result<()> {
+    fn upsert_email(&self, name: &str, address: &str) -> Result<()> {
         self.0
             .prepare_cached(
                 "INSERT INTO emails (name, address, verified) VALUES (?1, ?2, 0)
@@ -1295,29 +1375,32 @@ impl Tx for SqliteTx<'_> {
                    address = CASE WHEN verified = 1 THEN address ELSE excluded.address END",
             )?
             .execute(params![name, address])?;
-        self.delete_mailed_code(name, CodePurpose::Login)
+        Ok(())
     }
 
-    fn set_email_verified(&self, name: &str) -> Result<()> {
+    fn mark_email_verified(&self, name: &str) -> Result<()> {
         self.0
             .prepare_cached(
                 "UPDATE emails SET address = COALESCE(pending, address), pending = NULL,
                  verified = 1 WHERE name = ?1",
             )?
             .execute([name])?;
-        // Spent, but its time still counts for the resend limit.
-        self.kill_mailed_code(name, CodePurpose::Verify)
+        Ok(())
     }
 
-    fn delete_email(&self, name: &str) -> Result<bool> {
+    fn delete_email_row(&self, name: &str) -> Result<bool> {
         let removed = self
             .0
             .prepare_cached("DELETE FROM emails WHERE name = ?1")?
             .execute([name])?;
+        Ok(removed == 1)
+    }
+
+    fn delete_mailed_codes(&self, name: &str) -> Result<()> {
         self.0
             .prepare_cached("DELETE FROM email_codes WHERE name = ?1")?
             .execute([name])?;
-        Ok(removed == 1)
+        Ok(())
     }
 
     fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>> {
@@ -1403,18 +1486,11 @@ impl Tx for SqliteTx<'_> {
         Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
-    fn delete_user(&self, name: &str) -> Result<bool> {
+    fn delete_user_row(&self, name: &str) -> Result<bool> {
         let removed = self
             .0
             .prepare_cached("DELETE FROM users WHERE name = ?1")?
             .execute([name])?;
-        self.0
-            .prepare_cached("DELETE FROM backup_codes WHERE name = ?1")?
-            .execute([name])?;
-        self.0
-            .prepare_cached("DELETE FROM grace WHERE name = ?1")?
-            .execute([name])?;
-        self.delete_pending(name)?;
         Ok(removed == 1)
     }
 }
