@@ -46,7 +46,7 @@ fn user_name(i: usize) -> String {
 /// database, whose schema it creates first as `twofold fleet init` does (twofoldd never does).
 fn open_store(target: &str) -> Result<Store, String> {
     match target.strip_prefix("postgres:") {
-        Some(url) => twofold_daemon::pg::init(url, None, None)
+        Some(url) => twofold_daemon::store::postgres::init(url, None, None)
             .and_then(|()| Store::open_postgres(url, None, Vec::new()))
             .map(|(s, _)| s)
             .map_err(|e| e.to_string()),

@@ -503,7 +503,9 @@ fn fleet_init(config_path: Option<PathBuf>, json_out: bool) -> u8 {
             }
         },
     };
-    if let Err(e) = crate::pg::init(url, config.postgres_password_file.as_deref(), seal.as_ref()) {
+    if let Err(e) =
+        crate::store::postgres::init(url, config.postgres_password_file.as_deref(), seal.as_ref())
+    {
         return fail(e.to_string());
     }
     if json_out {
@@ -638,11 +640,11 @@ fn run_doctor(named_socket: Option<PathBuf>, config_path: Option<PathBuf>, json_
     if config.store == crate::config::StoreKind::Postgres {
         let url = config.postgres_url.as_deref().unwrap_or_default();
         findings.extend(doctor::check_postgres(
-            crate::pg::transport(url),
+            crate::store::postgres::transport(url),
             config
                 .postgres_password_file
                 .as_deref()
-                .map(crate::pg::check_password_file),
+                .map(crate::store::postgres::check_password_file),
         ));
     } else {
         findings.push(doctor::check_database(

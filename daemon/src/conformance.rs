@@ -443,7 +443,7 @@ fn postgres() {
         return;
     };
     let url = server.socket_url();
-    crate::pg::init(&url, None, None).unwrap();
+    crate::store::postgres::init(&url, None, None).unwrap();
     let (store, _) = Store::open_postgres(&url, None, Vec::new()).unwrap();
     run(&store);
 }
@@ -455,7 +455,7 @@ fn postgres_sealed() {
     };
     let url = server.socket_url();
     let key = sealer();
-    crate::pg::init(&url, None, Some(&key)).unwrap();
+    crate::store::postgres::init(&url, None, Some(&key)).unwrap();
     let (store, which) = Store::open_postgres(&url, None, vec![key]).unwrap();
     assert_eq!(which, Some(0));
     run(&store);

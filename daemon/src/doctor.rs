@@ -307,7 +307,7 @@ pub fn check_database(path: &Path, meta: Option<(u32, u32)>, owner: u32) -> Find
 /// `pg::transport` made of it) and whether the password file passes twofoldd's check. No
 /// local database file is involved.
 pub fn check_postgres(
-    transport: Result<crate::pg::Transport, String>,
+    transport: Result<crate::store::postgres::Transport, String>,
     password_file: Option<Result<(), String>>,
 ) -> Vec<Finding> {
     let mut out =
@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn postgres_transport_and_password_file() {
-        use crate::pg::transport;
+        use crate::store::postgres::transport;
         let tls = check_postgres(
             transport("host=db.example.org sslmode=verify-full sslrootcert=/etc/ca.pem"),
             Some(Ok(())),

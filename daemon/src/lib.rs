@@ -15,7 +15,7 @@ pub mod files;
 pub mod import;
 pub mod limits;
 pub mod migrate;
-pub mod pg;
+
 pub mod policy;
 pub mod seal;
 pub mod server;

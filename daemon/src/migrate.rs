@@ -120,8 +120,9 @@ pub fn to_postgres(config: &Config, socket: &Path) -> Result<Vec<(String, usize)
         ));
     }
     source.execute_batch("BEGIN").map_err(|e| e.to_string())?;
-    let mut client = crate::pg::connect_with_schema(url, config.postgres_password_file.as_deref())
-        .map_err(|e| e.to_string())?;
+    let mut client =
+        crate::store::postgres::connect_with_schema(url, config.postgres_password_file.as_deref())
+            .map_err(|e| e.to_string())?;
     let mut tx = client.transaction().map_err(|e| e.to_string())?;
     let existing: i64 = tx
         .query_one("SELECT COUNT(*) FROM users", &[])

@@ -412,7 +412,7 @@ fn transcript_on_postgres_matches_the_golden_file() {
         return;
     };
     let url = server.socket_url();
-    crate::pg::init(&url, None, None).unwrap();
+    crate::store::postgres::init(&url, None, None).unwrap();
     let (store, _) = Store::open_postgres(&url, None, Vec::new()).unwrap();
     compare(transcript(store), false);
 }

@@ -1,0 +1,212 @@
+//! The fleet's schema: created once by `twofold fleet init`, upgraded by twofoldd under a lock.
+
+use super::*;
+
+/// The advisory lock that serialises schema migrations between daemons starting together.
+pub(crate) const MIGRATION_LOCK: i64 = 0x7477_6f66_6f6c_6473;
+
+/// Schema versions, in order (the table `twofold_schema` records how many have run).
+pub(crate) const MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        secret BYTEA NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits BIGINT NOT NULL,
+        period BIGINT NOT NULL,
+        enrolled_at BIGINT NOT NULL,
+        last_step BIGINT NOT NULL,
+        last_success BIGINT,
+        backup_salt BYTEA NOT NULL,
+        \"window\" BIGINT
+    );
+    CREATE TABLE backup_codes (
+        name TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        PRIMARY KEY (name, hash)
+    );
+    CREATE TABLE pending (
+        name TEXT PRIMARY KEY,
+        secret BYTEA NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits BIGINT NOT NULL,
+        period BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        failed_confirms BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE throttle (
+        name TEXT PRIMARY KEY,
+        failures BIGINT NOT NULL,
+        last_failure BIGINT NOT NULL
+    );
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('unknown_rejections', 0);
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        time BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        \"user\" TEXT,
+        outcome TEXT NOT NULL,
+        method TEXT,
+        service TEXT,
+        rhost TEXT,
+        tty TEXT,
+        caller_uid BIGINT,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_time ON audit (time);
+    CREATE INDEX audit_by_user ON audit (\"user\", time);
+    CREATE INDEX audit_by_event ON audit (event, \"user\", time);
+    CREATE TABLE grace (
+        name TEXT NOT NULL,
+        service TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (name, service, origin)
+    );
+    CREATE TABLE emails (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        verified BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE email_codes (
+        name TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        salt BYTEA NOT NULL,
+        sent_at BIGINT NOT NULL,
+        expires BIGINT NOT NULL,
+        tries BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, purpose)
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );",
+    // 2: an enrollment belongs to an account: its uid
+    "ALTER TABLE users ADD COLUMN uid BIGINT;
+    CREATE INDEX users_by_uid ON users (uid);",
+    // 3: a new address waits beside the verified one until it is verified itself
+    "ALTER TABLE emails ADD COLUMN pending TEXT;",
+];
+
+/// twofold's tables, the version table first: `fleet init` refuses a database holding any.
+pub(crate) const TABLES: &[&str] = &[
+    "twofold_schema",
+    "users",
+    "backup_codes",
+    "pending",
+    "throttle",
+    "counters",
+    "audit",
+    "grace",
+    "emails",
+    "email_codes",
+    "meta",
+];
+
+pub(crate) const NO_SCHEMA: &str =
+    "the database holds no twofold schema, and twofoldd never creates one \
+     (an empty database could be anyone's): create it once for the fleet with 'twofold fleet \
+     init' (as root, with this configuration), or move a host's store there with 'twofold \
+     migrate --to postgres'";
+
+/// `twofold fleet init`: creates the schema in a database that holds none of twofold's tables,
+/// with the seal key's check value when `seal` is given, in one transaction.
+pub fn init(url: &str, password_file: Option<&Path>, seal: Option<&Sealer>) -> Result<()> {
+    let (config, connector) = client_config(url, password_file)?;
+    let mut client = connector.connect(&config)?;
+    create_schema(&mut client, seal)
+}
+
+/// A connection with the schema in place (for `twofold migrate`, an administrator's explicit
+/// act: it creates the schema in an empty database).
+pub fn connect_with_schema(url: &str, password_file: Option<&Path>) -> Result<Client> {
+    let (config, connector) = client_config(url, password_file)?;
+    let mut client = connector.connect(&config)?;
+    if schema_version(&mut client)?.is_none() {
+        create_schema(&mut client, None)?;
+    }
+    upgrade(&mut client)?;
+    Ok(client)
+}
+
+/// The schema version the database records; `None` when it holds no twofold schema.
+pub(crate) fn schema_version(client: &mut Client) -> Result<Option<i64>> {
+    let present: bool = client
+        .query_one("SELECT to_regclass('twofold_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !present {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt("SELECT version FROM twofold_schema", &[])?
+        .map(|r| r.get(0)))
+}
+
+pub(crate) fn create_schema(client: &mut Client, seal: Option<&Sealer>) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let found: Vec<String> = tx
+        .query(
+            "SELECT t FROM unnest($1::TEXT[]) AS t WHERE to_regclass(quote_ident(t)) IS NOT NULL",
+            &[&TABLES],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !found.is_empty() {
+        return Err(remote(format!(
+            "the database already holds twofold tables ({}): 'twofold fleet init' sets up an \
+             empty database only, and nothing was changed",
+            found.join(", ")
+        )));
+    }
+    tx.batch_execute("CREATE TABLE twofold_schema (version BIGINT NOT NULL);")?;
+    for sql in MIGRATIONS {
+        tx.batch_execute(sql)?;
+    }
+    let version = MIGRATIONS.len() as i64;
+    tx.execute(
+        "INSERT INTO twofold_schema (version) VALUES ($1)",
+        &[&version],
+    )?;
+    if let Some(key) = seal {
+        let check = key.check_value().map_err(StoreError::Seal)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('seal_check', $1)",
+            &[&check],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Brings an existing schema up to date, one daemon at a time; a database without the schema
+/// is refused (see [`NO_SCHEMA`]).
+pub(crate) fn upgrade(client: &mut Client) -> Result<()> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = (|| -> Result<()> {
+        let found = schema_version(client)?.ok_or_else(|| remote(NO_SCHEMA.into()))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let mut tx = client.transaction()?;
+            tx.batch_execute(sql)?;
+            tx.execute("DELETE FROM twofold_schema", &[])?;
+            tx.execute(
+                "INSERT INTO twofold_schema (version) VALUES ($1)",
+                &[&((i + 1) as i64)],
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result
+}

@@ -1,0 +1,662 @@
+//! One PostgreSQL transaction: the store's primitives as prepared statements, under the
+//! user's advisory lock.
+
+use super::*;
+
+pub(crate) fn pg_error(e: postgres::Error) -> StoreError {
+    // The cause (a refused certificate, a reset connection) is what an administrator needs.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StoreError::Remote(text)
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        pg_error(e)
+    }
+}
+
+pub(crate) struct PgTx<'a> {
+    pub(crate) tx: RefCell<Transaction<'a>>,
+    pub(crate) statements: RefCell<&'a mut HashMap<&'static str, Statement>>,
+    pub(crate) seal: Option<&'a Sealer>,
+    pub(crate) write: bool,
+    /// Users whose advisory lock this transaction holds.
+    pub(crate) locked: RefCell<HashSet<String>>,
+}
+
+pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+pub(crate) type Sql = &'static str;
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn count(n: i64) -> u32 {
+    n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+impl PgTx<'_> {
+    /// In a write, every statement about a user runs under that user's lock: another host's
+    /// transaction about the same user waits for this one to commit.
+    /// `sql` prepared on this connection, once.
+    pub(crate) fn statement(&self, sql: Sql) -> Result<Statement> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.tx.borrow_mut().prepare(sql)?;
+        self.statements.borrow_mut().insert(sql, prepared.clone());
+        Ok(prepared)
+    }
+
+    pub(crate) fn lock(&self, name: &str) -> Result<()> {
+        if !self.write || self.locked.borrow().contains(name) {
+            return Ok(());
+        }
+        let lock = self.statement("SELECT pg_advisory_xact_lock(hashtextextended($1, 7243))")?;
+        self.tx.borrow_mut().execute(&lock, &[&name])?;
+        self.locked.borrow_mut().insert(name.to_string());
+        Ok(())
+    }
+
+    pub(crate) fn exec(&self, name: Option<&str>, sql: Sql, params: Params<'_>) -> Result<u64> {
+        if let Some(n) = name {
+            self.lock(n)?;
+        }
+        let statement = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&statement, params)?)
+    }
+
+    pub(crate) fn one(
+        &self,
+        name: Option<&str>,
+        sql: Sql,
+        params: Params<'_>,
+    ) -> Result<Option<Row>> {
+        if let Some(n) = name {
+            self.lock(n)?;
+        }
+        let statement = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&statement, params)?)
+    }
+
+    pub(crate) fn all(&self, sql: Sql, params: Params<'_>) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query(&statement, params)?)
+    }
+
+    pub(crate) fn stored_secret(
+        &self,
+        table: &str,
+        name: &str,
+        secret: &Secret,
+    ) -> Result<Vec<u8>> {
+        match self.seal {
+            Some(s) => s
+                .seal(table, name, secret.as_bytes())
+                .map_err(StoreError::Seal),
+            None => Ok(secret.as_bytes().to_vec()),
+        }
+    }
+
+    pub(crate) fn read_secret(&self, table: &str, name: &str, stored: Vec<u8>) -> Result<Secret> {
+        match self.seal {
+            Some(s) => s
+                .open(table, name, &stored)
+                .map(Secret::from_bytes)
+                .map_err(StoreError::Seal),
+            None => Ok(Secret::from_bytes(stored)),
+        }
+    }
+}
+
+impl Tx for PgTx<'_> {
+    fn seal_check(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .one(None, "SELECT value FROM meta WHERE key = 'seal_check'", &[])?
+            .map(|r| r.get(0)))
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let Some(r) = self.one(
+            Some(name),
+            "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success,
+                    backup_salt, \"window\", uid FROM users WHERE name = $1",
+            &[&name],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(UserRecord {
+            name: name.to_string(),
+            secret: self.read_secret("users", name, r.get(0))?,
+            params: params_from(r.get(1), r.get(2), r.get(3))?,
+            enrolled_at: r.get::<_, i64>(4).max(0) as u64,
+            last_step: r.get(5),
+            last_success: r.get::<_, Option<i64>>(6).map(|t| t.max(0) as u64),
+            backup_salt: r.get(7),
+            window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
+            uid: r
+                .get::<_, Option<i64>>(9)
+                .and_then(|u| u32::try_from(u).ok()),
+        }))
+    }
+
+    fn user_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all("SELECT name FROM users ORDER BY name", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>> {
+        Ok(self
+            .all(
+                "SELECT name, uid FROM users WHERE name = $1 OR uid = $2",
+                &[&name, &i64::from(uid)],
+            )?
+            .iter()
+            .map(|r| {
+                let uid: Option<i64> = r.get(1);
+                (r.get(0), uid.and_then(|u| u32::try_from(u).ok()))
+            })
+            .collect())
+    }
+
+    fn names_without_uid(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all(
+                "SELECT name FROM users WHERE uid IS NULL ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE users SET uid = $2 WHERE name = $1",
+            &[&name, &i64::from(uid)],
+        )?;
+        Ok(())
+    }
+
+    fn pending(&self, name: &str) -> Result<Option<PendingRecord>> {
+        let Some(r) = self.one(
+            Some(name),
+            "SELECT secret, algorithm, digits, period, created_at, failed_confirms
+             FROM pending WHERE name = $1",
+            &[&name],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(PendingRecord {
+            secret: self.read_secret("pending", name, r.get(0))?,
+            params: params_from(r.get(1), r.get(2), r.get(3))?,
+            created_at: r.get::<_, i64>(4).max(0) as u64,
+            failed_confirms: count(r.get(5)),
+        }))
+    }
+
+    fn pending_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all("SELECT name FROM pending ORDER BY name", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn throttle(&self, name: &str) -> Result<ThrottleRecord> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT failures, last_failure FROM throttle WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| ThrottleRecord {
+                failures: count(r.get(0)),
+                last_failure: r.get::<_, i64>(1).max(0) as u64,
+            })
+            .unwrap_or_default())
+    }
+
+    fn backup_codes_left(&self, name: &str) -> Result<u32> {
+        let n: i64 = self
+            .one(
+                Some(name),
+                "SELECT COUNT(*) FROM backup_codes WHERE name = $1",
+                &[&name],
+            )?
+            .map_or(0, |r| r.get(0));
+        Ok(count(n))
+    }
+
+    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool> {
+        let changed = self.exec(
+            Some(name),
+            "UPDATE users SET last_step = $2, last_success = $3 WHERE name = $1 AND last_step < $2",
+            &[&name, &step, &to_i64(now)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn delete_backup_code(&self, name: &str, hash: &BackupHash) -> Result<bool> {
+        let changed = self.exec(
+            Some(name),
+            "DELETE FROM backup_codes WHERE name = $1 AND hash = $2",
+            &[&name, &hash.as_bytes()],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn set_last_success(&self, name: &str, now: u64) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE users SET last_success = $2 WHERE name = $1",
+            &[&name, &to_i64(now)],
+        )?;
+        Ok(())
+    }
+
+    fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO throttle (name, failures, last_failure) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,
+               last_failure = excluded.last_failure",
+            &[
+                &name,
+                &i64::from(state.failures),
+                &to_i64(state.last_failure),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn clear_throttle(&self, name: &str) -> Result<()> {
+        self.exec(Some(name), "DELETE FROM throttle WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn count_unknown_rejection(&self) -> Result<()> {
+        self.exec(
+            None,
+            "UPDATE counters SET value = value + 1 WHERE name = 'unknown_rejections'",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    fn put_pending(&self, name: &str, p: &PendingRecord) -> Result<()> {
+        let secret = zeroize::Zeroizing::new(self.stored_secret("pending", name, &p.secret)?);
+        self.exec(
+            Some(name),
+            "INSERT INTO pending (name, secret, algorithm, digits, period, created_at,
+               failed_confirms) VALUES ($1, $2, $3, $4, $5, $6, 0)
+             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
+               algorithm = excluded.algorithm, digits = excluded.digits,
+               period = excluded.period, created_at = excluded.created_at, failed_confirms = 0",
+            &[
+                &name,
+                &secret.as_slice(),
+                &p.params.algorithm.name(),
+                &i64::from(p.params.digits),
+                &to_i64(p.params.period),
+                &to_i64(p.created_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_pending(&self, name: &str) -> Result<()> {
+        self.exec(Some(name), "DELETE FROM pending WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn count_failed_confirm(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE pending SET failed_confirms = failed_confirms + 1 WHERE name = $1",
+            &[&name],
+        )?;
+        Ok(())
+    }
+
+    fn put_user(&self, u: &UserRecord) -> Result<()> {
+        let name = u.name.as_str();
+        let secret = zeroize::Zeroizing::new(self.stored_secret("users", name, &u.secret)?);
+        self.exec(
+            Some(name),
+            "INSERT INTO users (name, secret, algorithm, digits, period, enrolled_at, last_step,
+               last_success, backup_salt, \"window\", uid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
+               algorithm = excluded.algorithm, digits = excluded.digits, period = excluded.period,
+               enrolled_at = excluded.enrolled_at, last_step = excluded.last_step,
+               last_success = excluded.last_success, backup_salt = excluded.backup_salt,
+               \"window\" = excluded.\"window\", uid = excluded.uid",
+            &[
+                &name,
+                &secret.as_slice(),
+                &u.params.algorithm.name(),
+                &i64::from(u.params.digits),
+                &to_i64(u.params.period),
+                &to_i64(u.enrolled_at),
+                &u.last_step,
+                &u.last_success.map(to_i64),
+                &u.backup_salt,
+                &u.window.map(i64::from),
+                &u.uid.map(i64::from),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn forget_devices(&self, name: &str) -> Result<()> {
+        self.exec(Some(name), "DELETE FROM grace WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE users SET backup_salt = $2 WHERE name = $1",
+            &[&name, &salt],
+        )?;
+        Ok(())
+    }
+
+    fn delete_backup_codes(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "DELETE FROM backup_codes WHERE name = $1",
+            &[&name],
+        )?;
+        Ok(())
+    }
+
+    fn insert_backup_code(&self, name: &str, hash: &BackupHash) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO backup_codes (name, hash) VALUES ($1, $2)",
+            &[&name, &hash.as_bytes()],
+        )?;
+        Ok(())
+    }
+
+    fn delete_user_row(&self, name: &str) -> Result<bool> {
+        let removed = self.exec(Some(name), "DELETE FROM users WHERE name = $1", &[&name])?;
+        Ok(removed == 1)
+    }
+
+    fn email(&self, name: &str) -> Result<Option<EmailRecord>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT address, verified FROM emails WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| EmailRecord {
+                address: r.get(0),
+                verified: r.get::<_, i64>(1) != 0,
+            }))
+    }
+
+    fn upsert_email(&self, name: &str, address: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO emails (name, address, verified) VALUES ($1, $2, 0)
+             ON CONFLICT (name) DO UPDATE SET
+               pending = CASE WHEN emails.verified = 1 THEN excluded.address ELSE NULL END,
+               address = CASE WHEN emails.verified = 1 THEN emails.address
+                              ELSE excluded.address END",
+            &[&name, &address],
+        )?;
+        Ok(())
+    }
+
+    fn mark_email_verified(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE emails SET address = COALESCE(pending, address), pending = NULL,
+             verified = 1 WHERE name = $1",
+            &[&name],
+        )?;
+        Ok(())
+    }
+
+    fn delete_email_row(&self, name: &str) -> Result<bool> {
+        let removed = self.exec(Some(name), "DELETE FROM emails WHERE name = $1", &[&name])?;
+        Ok(removed == 1)
+    }
+
+    fn delete_mailed_codes(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "DELETE FROM email_codes WHERE name = $1",
+            &[&name],
+        )?;
+        Ok(())
+    }
+
+    fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT hash, salt, sent_at, expires, tries FROM email_codes
+                 WHERE name = $1 AND purpose = $2",
+                &[&name, &purpose.key()],
+            )?
+            .map(|r| MailedCode {
+                hash: r.get(0),
+                salt: r.get(1),
+                sent_at: r.get::<_, i64>(2).max(0) as u64,
+                expires: r.get::<_, i64>(3).max(0) as u64,
+                tries: count(r.get(4)),
+            }))
+    }
+
+    fn put_mailed_code(&self, name: &str, purpose: CodePurpose, c: &MailedCode) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO email_codes (name, purpose, hash, salt, sent_at, expires, tries)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name, purpose) DO UPDATE SET hash = excluded.hash,
+               salt = excluded.salt, sent_at = excluded.sent_at, expires = excluded.expires,
+               tries = excluded.tries",
+            &[
+                &name,
+                &purpose.key(),
+                &c.hash,
+                &c.salt,
+                &to_i64(c.sent_at),
+                &to_i64(c.expires),
+                &i64::from(c.tries),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.exec(
+            Some(name),
+            "DELETE FROM email_codes WHERE name = $1 AND purpose = $2",
+            &[&name, &purpose.key()],
+        )?;
+        Ok(())
+    }
+
+    fn kill_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE email_codes SET expires = 0, hash = $3 WHERE name = $1 AND purpose = $2",
+            &[&name, &purpose.key(), &vec![0u8; 32]],
+        )?;
+        Ok(())
+    }
+
+    fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()> {
+        self.exec(
+            Some(name),
+            "UPDATE email_codes SET tries = tries + 1 WHERE name = $1 AND purpose = $2",
+            &[&name, &purpose.key()],
+        )?;
+        Ok(())
+    }
+
+    fn prune_mailed_codes(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM email_codes WHERE sent_at < $1 AND expires < $1",
+            &[&to_i64(before)],
+        )? as usize)
+    }
+
+    fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32> {
+        let n: i64 = self
+            .one(
+                Some(name),
+                "SELECT COUNT(*) FROM audit WHERE event = 'email' AND \"user\" = $1
+                 AND outcome IN ('sent', 'failed') AND time >= $2",
+                &[&name, &to_i64(since)],
+            )?
+            .map_or(0, |r| r.get(0));
+        Ok(count(n))
+    }
+
+    fn audit(&self, e: &AuditEntry) -> Result<()> {
+        self.exec(
+            None,
+            "INSERT INTO audit (time, event, \"user\", outcome, method, service, rhost, tty,
+               caller_uid, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &to_i64(e.time),
+                &e.event,
+                &e.user,
+                &e.outcome,
+                &e.method,
+                &e.service,
+                &e.rhost,
+                &e.tty,
+                &e.caller_uid.map(i64::from),
+                &e.detail,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()> {
+        self.exec(
+            Some(name),
+            "INSERT INTO grace (name, service, origin, at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name, service, origin) DO UPDATE SET at = excluded.at",
+            &[&name, &service, &origin, &to_i64(at)],
+        )?;
+        Ok(())
+    }
+
+    fn remembered_at(&self, name: &str, service: &str, origin: &str) -> Result<Option<u64>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT at FROM grace WHERE name = $1 AND service = $2 AND origin = $3",
+                &[&name, &service, &origin],
+            )?
+            .map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn audit_entries(
+        &self,
+        user: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        let since = to_i64(since);
+        let total: i64 = self
+            .one(
+                None,
+                "SELECT COUNT(*) FROM audit WHERE time >= $1 AND ($2::TEXT IS NULL OR \"user\" = $2)",
+                &[&since, &user],
+            )?
+            .map_or(0, |r| r.get(0));
+        let mut entries: Vec<AuditEntry> = self
+            .all(
+                "SELECT time, event, \"user\", outcome, method, service, rhost, tty, caller_uid,
+                        detail FROM audit
+                 WHERE time >= $1 AND ($2::TEXT IS NULL OR \"user\" = $2)
+                 ORDER BY time DESC, id DESC LIMIT $3",
+                &[&since, &user, &i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| AuditEntry {
+                time: r.get::<_, i64>(0).max(0) as u64,
+                event: r.get(1),
+                user: r.get(2),
+                outcome: r.get(3),
+                method: r.get(4),
+                service: r.get(5),
+                rhost: r.get(6),
+                tty: r.get(7),
+                caller_uid: r
+                    .get::<_, Option<i64>>(8)
+                    .and_then(|u| u32::try_from(u).ok()),
+                detail: r.get(9),
+            })
+            .collect();
+        entries.reverse();
+        let omitted = (total.max(0) as u64).saturating_sub(entries.len() as u64);
+        Ok((entries, omitted))
+    }
+
+    fn prune_audit(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM audit WHERE time < $1",
+            &[&to_i64(before)],
+        )? as usize)
+    }
+
+    fn prune_audit_beyond(&self, keep: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET $1)",
+            &[&to_i64(keep)],
+        )? as usize)
+    }
+
+    fn prune_grace(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(None, "DELETE FROM grace WHERE at < $1", &[&to_i64(before)])? as usize)
+    }
+
+    fn prune_pending(&self, before: u64) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM pending WHERE created_at < $1",
+            &[&to_i64(before)],
+        )? as usize)
+    }
+
+    fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize> {
+        let lockout = if lockout == 0 {
+            i64::MAX
+        } else {
+            i64::from(lockout)
+        };
+        Ok(self.exec(
+            None,
+            "DELETE FROM throttle WHERE last_failure < $1 AND failures < $2
+             AND name NOT IN (SELECT name FROM users)",
+            &[&to_i64(before), &lockout],
+        )? as usize)
+    }
+}

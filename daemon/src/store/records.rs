@@ -1,0 +1,132 @@
+//! What the store holds, as the rules see it, and how it fails.
+
+use super::*;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Sqlite(rusqlite::Error),
+    /// The database was written by a newer twofoldd.
+    TooNew {
+        found: i64,
+        known: i64,
+    },
+    /// The seal key is missing, wrong, or does not open a secret.
+    Seal(String),
+    /// The PostgreSQL store failed (unreachable, timed out, refused).
+    Remote(String),
+    /// The writer thread is gone or its queue is full.
+    Unavailable,
+    /// Stored data that cannot be read back (bad algorithm name, …).
+    Corrupt(String),
+    /// A batch could not be started or committed (disk full, read-only file, I/O error).
+    Commit(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::TooNew { found, known } => write!(
+                f,
+                "database schema version {found} is newer than this twofoldd understands ({known})"
+            ),
+            StoreError::Unavailable => f.write_str("database writer unavailable"),
+            StoreError::Corrupt(what) => write!(f, "database holds invalid data: {what}"),
+            StoreError::Commit(why) => write!(f, "database write failed: {why}"),
+            StoreError::Seal(why) => write!(f, "sealed secrets: {why}"),
+            StoreError::Remote(why) => write!(f, "PostgreSQL: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An active enrollment.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub name: String,
+    pub secret: Secret,
+    pub params: TotpParams,
+    pub enrolled_at: u64,
+    /// Highest time step ever accepted (-1: none yet).
+    pub last_step: i64,
+    pub last_success: Option<u64>,
+    pub backup_salt: Vec<u8>,
+    /// Steps accepted either side of now for this user (imported); `None`: the configured one.
+    pub window: Option<u32>,
+    /// The account's uid when it was enrolled (`None`: a name with no account, or an
+    /// enrollment older than the record). A login whose name now resolves to another uid is
+    /// refused.
+    pub uid: Option<u32>,
+}
+
+/// An enrollment waiting for its first code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecord {
+    pub secret: Secret,
+    pub params: TotpParams,
+    pub created_at: u64,
+    pub failed_confirms: u32,
+}
+
+/// Consecutive failures of one user, across services and restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleRecord {
+    pub failures: u32,
+    pub last_failure: u64,
+}
+
+/// A registered email address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailRecord {
+    pub address: String,
+    pub verified: bool,
+}
+
+/// What a mailed code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    /// Proves the address is the user's (`twofold email set`).
+    Verify,
+    /// A second factor at login.
+    Login,
+}
+
+impl CodePurpose {
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            CodePurpose::Verify => "verify",
+            CodePurpose::Login => "login",
+        }
+    }
+}
+
+/// A code that was mailed, stored only as its Argon2id hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailedCode {
+    pub hash: Vec<u8>,
+    pub salt: Vec<u8>,
+    pub sent_at: u64,
+    pub expires: u64,
+    pub tries: u32,
+}
+
+pub(crate) fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
+    let algorithm = Algorithm::parse(&algorithm)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {algorithm:?}")))?;
+    let params = TotpParams {
+        algorithm,
+        digits: digits as u32,
+        period: period as u64,
+    };
+    params.validate().map_err(StoreError::Corrupt)?;
+    Ok(params)
+}

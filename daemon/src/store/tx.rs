@@ -1,0 +1,151 @@
+//! The store contract: one transaction's primitives, and the rules over them written once.
+
+use super::*;
+
+/// What the verification rules need from a store, inside one transaction.
+pub trait Tx {
+    fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+    /// The seal key's check value, if secrets are sealed.
+    fn seal_check(&self) -> Result<Option<Vec<u8>>>;
+    fn user_names(&self) -> Result<Vec<String>>;
+    /// The enrollments stored under `name` or recorded for `uid`: each name and its uid.
+    fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>>;
+    /// Records the uid of an enrollment made before uids were recorded.
+    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()>;
+    /// Names enrolled with no recorded uid.
+    fn names_without_uid(&self) -> Result<Vec<String>>;
+    fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;
+    fn pending_names(&self) -> Result<Vec<String>>;
+    fn throttle(&self, name: &str) -> Result<ThrottleRecord>;
+    fn backup_codes_left(&self, name: &str) -> Result<u32>;
+
+    /// Raises the user's high-water mark to `step` if it is below it. True when it was.
+    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool>;
+    fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()>;
+    fn clear_throttle(&self, name: &str) -> Result<()>;
+    /// Counts a rejected attempt for a name with no enrollment: the same write a wrong code
+    /// costs an enrolled user, so both take the same time.
+    fn count_unknown_rejection(&self) -> Result<()>;
+    fn put_pending(&self, name: &str, pending: &PendingRecord) -> Result<()>;
+    fn delete_pending(&self, name: &str) -> Result<()>;
+    fn count_failed_confirm(&self, name: &str) -> Result<()>;
+    fn email(&self, name: &str) -> Result<Option<EmailRecord>>;
+    fn mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<Option<MailedCode>>;
+    fn put_mailed_code(&self, name: &str, purpose: CodePurpose, code: &MailedCode) -> Result<()>;
+    fn delete_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    /// Makes the code unusable but keeps when it was sent (the resend limit counts from it).
+    fn kill_mailed_code(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    fn count_mailed_code_try(&self, name: &str, purpose: CodePurpose) -> Result<()>;
+    /// Forgets mailed codes sent before `before` (long expired or spent).
+    fn prune_mailed_codes(&self, before: u64) -> Result<usize>;
+    /// Audit entries of mails sent (or tried: failures count) to `name` since `since`.
+    fn mails_sent_since(&self, name: &str, since: u64) -> Result<u32>;
+    fn audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Remembers a successful code of `name` for `service` from `origin` at `at`.
+    fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()>;
+    /// When `name` last succeeded with a code for `service` from `origin`.
+    fn remembered_at(&self, name: &str, service: &str, origin: &str) -> Result<Option<u64>>;
+    /// Matching entries, oldest first, at most `limit` of the newest; and how many were left out.
+    fn audit_entries(
+        &self,
+        user: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, u64)>;
+    /// Deletes entries older than `before`; returns how many.
+    fn prune_audit(&self, before: u64) -> Result<usize>;
+    /// Deletes the oldest entries beyond the newest `keep`; returns how many.
+    fn prune_audit_beyond(&self, keep: u64) -> Result<usize>;
+    /// Forgets remembered devices older than `before`.
+    fn prune_grace(&self, before: u64) -> Result<usize>;
+    /// Deletes pending enrollments created before `before`.
+    fn prune_pending(&self, before: u64) -> Result<usize>;
+    /// Deletes failure counts, last touched before `before` and short of `lockout`, of names
+    /// that have no enrollment.
+    fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize>;
+
+    // ---- Primitives of the rules below: one statement each.
+
+    /// Inserts or replaces the enrollment row (the secret sealed when sealing is on).
+    fn put_user(&self, user: &UserRecord) -> Result<()>;
+    /// True when there was one.
+    fn delete_user_row(&self, name: &str) -> Result<bool>;
+    fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()>;
+    fn delete_backup_codes(&self, name: &str) -> Result<()>;
+    fn insert_backup_code(&self, name: &str, hash: &BackupHash) -> Result<()>;
+    /// True when there was one.
+    fn delete_backup_code(&self, name: &str, hash: &BackupHash) -> Result<bool>;
+    fn set_last_success(&self, name: &str, now: u64) -> Result<()>;
+    /// Forgets every remembered device of `name`.
+    fn forget_devices(&self, name: &str) -> Result<()>;
+    /// A first address goes in unverified; while one is verified, a new one waits beside it.
+    fn upsert_email(&self, name: &str, address: &str) -> Result<()>;
+    /// The waiting address, if any, replaces the verified one; the address is verified.
+    fn mark_email_verified(&self, name: &str) -> Result<()>;
+    /// True when there was one.
+    fn delete_email_row(&self, name: &str) -> Result<bool>;
+    /// Every mailed code of `name`, whatever it was for.
+    fn delete_mailed_codes(&self, name: &str) -> Result<()>;
+
+    // ---- The rules inside compound writes, written once for every store.
+
+    /// Makes `user` the active enrollment (replacing any) with these backup codes. A new
+    /// secret: devices remembered under the old one are asked again, and the pending
+    /// enrollment is spent.
+    fn activate(&self, user: &UserRecord, backup_codes: &[BackupHash]) -> Result<()> {
+        self.put_user(user)?;
+        self.replace_backup_codes(&user.name, &user.backup_salt, backup_codes)?;
+        self.forget_devices(&user.name)?;
+        self.delete_pending(&user.name)
+    }
+
+    fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
+        self.set_backup_salt(name, salt)?;
+        self.delete_backup_codes(name)?;
+        codes
+            .iter()
+            .try_for_each(|code| self.insert_backup_code(name, code))
+    }
+
+    /// Removes the enrollment, its backup codes, its remembered devices and any pending
+    /// enrollment. True if enrolled.
+    fn delete_user(&self, name: &str) -> Result<bool> {
+        let removed = self.delete_user_row(name)?;
+        self.delete_backup_codes(name)?;
+        self.forget_devices(name)?;
+        self.delete_pending(name)?;
+        Ok(removed)
+    }
+
+    /// Spends the backup code with this hash. True when one existed (the login's time is
+    /// then the user's last success).
+    fn consume_backup_code(&self, name: &str, hash: &BackupHash, now: u64) -> Result<bool> {
+        let spent = self.delete_backup_code(name, hash)?;
+        if spent {
+            self.set_last_success(name, now)?;
+        }
+        Ok(spent)
+    }
+
+    /// Registers `address`, unverified. A verified address stays in force until the new one
+    /// is verified (a mistyped one must not leave the user without that factor). A live login
+    /// code dies.
+    fn put_email(&self, name: &str, address: &str) -> Result<()> {
+        self.upsert_email(name, address)?;
+        self.delete_mailed_code(name, CodePurpose::Login)
+    }
+
+    /// The registered address (a new one waiting for its code, if any) is now verified; the
+    /// verification code is spent, but its time still counts for the resend limit.
+    fn set_email_verified(&self, name: &str) -> Result<()> {
+        self.mark_email_verified(name)?;
+        self.kill_mailed_code(name, CodePurpose::Verify)
+    }
+
+    /// Forgets the address and every mailed code.
+    fn delete_email(&self, name: &str) -> Result<bool> {
+        let removed = self.delete_email_row(name)?;
+        self.delete_mailed_codes(name)?;
+        Ok(removed)
+    }
+}
