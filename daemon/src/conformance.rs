@@ -444,6 +444,21 @@ fn postgres() {
     };
     let url = server.socket_url();
     crate::store::postgres::init(&url, None, None).unwrap();
+    // `fleet init` arrives at exactly the described tables and columns.
+    let mut client = crate::store::postgres::connect_with_schema(&url, None).unwrap();
+    for t in crate::store::schema::TABLES {
+        let cols: Vec<(String, String)> = client
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = $1",
+                &[&t.name],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        crate::store::schema::check(t.name, &cols).unwrap();
+    }
     let (store, _) = Store::open_postgres(&url, None, Vec::new()).unwrap();
     run(&store);
 }

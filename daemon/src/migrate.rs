@@ -4,67 +4,10 @@
 //! PostgreSQL transaction, and checks every table's count before it commits.
 
 use crate::config::Config;
+use crate::store::schema::{Kind, TABLES};
 use postgres::types::ToSql;
 use rusqlite::types::Value;
 use std::path::Path;
-
-/// Tables and their columns, in an order that needs no foreign keys.
-const TABLES: &[(&str, &[&str])] = &[
-    (
-        "users",
-        &[
-            "name",
-            "secret",
-            "algorithm",
-            "digits",
-            "period",
-            "enrolled_at",
-            "last_step",
-            "last_success",
-            "backup_salt",
-            "window",
-            "uid",
-        ],
-    ),
-    ("backup_codes", &["name", "hash"]),
-    (
-        "pending",
-        &[
-            "name",
-            "secret",
-            "algorithm",
-            "digits",
-            "period",
-            "created_at",
-            "failed_confirms",
-        ],
-    ),
-    ("throttle", &["name", "failures", "last_failure"]),
-    (
-        "audit",
-        &[
-            "time",
-            "event",
-            "user",
-            "outcome",
-            "method",
-            "service",
-            "rhost",
-            "tty",
-            "caller_uid",
-            "detail",
-        ],
-    ),
-    ("grace", &["name", "service", "origin", "at"]),
-    ("emails", &["name", "address", "verified", "pending"]),
-    (
-        "email_codes",
-        &[
-            "name", "purpose", "hash", "salt", "sent_at", "expires", "tries",
-        ],
-    ),
-    ("meta", &["key", "value"]),
-];
 
 /// One SQLite value as PostgreSQL takes it (integers are BIGINT there, blobs BYTEA).
 #[derive(Debug)]
@@ -138,14 +81,11 @@ pub fn to_postgres(config: &Config, socket: &Path) -> Result<Vec<(String, usize)
     tx.batch_execute("DELETE FROM meta; DELETE FROM counters;")
         .map_err(|e| e.to_string())?;
     let mut copied = Vec::new();
-    for (table, columns) in TABLES.iter().chain([&("counters", &["name", "value"][..])]) {
-        let list = columns.iter().map(|c| quoted(c)).collect::<Vec<_>>();
+    for t in TABLES {
+        let (table, columns) = (t.name, t.columns);
+        let list = columns.iter().map(|(c, _)| quoted(c)).collect::<Vec<_>>();
         // The audit trail keeps its order (PostgreSQL numbers its rows anew).
-        let order = if *table == "audit" {
-            " ORDER BY id"
-        } else {
-            ""
-        };
+        let order = if table == "audit" { " ORDER BY id" } else { "" };
         let mut select = source
             .prepare(&format!("SELECT {} FROM {table}{order}", list.join(", ")))
             .map_err(|e| e.to_string())?;
@@ -162,27 +102,16 @@ pub fn to_postgres(config: &Config, socket: &Path) -> Result<Vec<(String, usize)
         let mut n = 0usize;
         while let Some(row) = rows.next().map_err(|e| e.to_string())? {
             let mut cells = Vec::with_capacity(columns.len());
-            for (i, column) in columns.iter().enumerate() {
+            for (i, (_, kind)) in columns.iter().enumerate() {
                 let value: Value = row.get(i).map_err(|e| e.to_string())?;
-                let is_blob = matches!(
-                    *column,
-                    "secret" | "backup_salt" | "hash" | "salt" | "value"
-                ) && *table != "counters";
-                cells.push(match value {
-                    Value::Null if is_blob => Cell::Blob(None),
-                    Value::Null
-                        if matches!(
-                            *column,
-                            "user" | "method" | "service" | "rhost" | "tty" | "detail" | "pending"
-                        ) =>
-                    {
-                        Cell::Text(None)
-                    }
-                    Value::Null => Cell::Int(None),
-                    Value::Integer(v) => Cell::Int(Some(v)),
-                    Value::Real(v) => Cell::Int(Some(v as i64)),
-                    Value::Text(t) => Cell::Text(Some(t)),
-                    Value::Blob(b) => Cell::Blob(Some(b)),
+                cells.push(match (value, kind) {
+                    (Value::Null, Kind::Blob) => Cell::Blob(None),
+                    (Value::Null, Kind::Text) => Cell::Text(None),
+                    (Value::Null, Kind::Int) => Cell::Int(None),
+                    (Value::Integer(v), _) => Cell::Int(Some(v)),
+                    (Value::Real(v), _) => Cell::Int(Some(v as i64)),
+                    (Value::Text(t), _) => Cell::Text(Some(t)),
+                    (Value::Blob(b), _) => Cell::Blob(Some(b)),
                 });
             }
             let params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(Cell::param).collect();
@@ -203,7 +132,7 @@ pub fn to_postgres(config: &Config, socket: &Path) -> Result<Vec<(String, usize)
                  nothing was committed"
             ));
         }
-        copied.push(((*table).to_string(), n));
+        copied.push((table.to_string(), n));
     }
     tx.commit().map_err(|e| e.to_string())?;
     let _ = source.execute_batch("COMMIT");

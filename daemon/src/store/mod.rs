@@ -12,6 +12,7 @@
 
 pub mod postgres;
 mod records;
+pub mod schema;
 mod sqlite;
 mod tx;
 
