@@ -716,7 +716,7 @@ fn run_doctor(named_socket: Option<PathBuf>, config_path: Option<PathBuf>, json_
                 .collect();
             let locked = users.iter().filter(|u| u.locked).count();
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            let accounts = doctor::local_accounts(&passwd);
+            let accounts = crate::users::local_accounts(&passwd);
             findings.extend(doctor::check_users(
                 &accounts,
                 &enrolled,

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG: &str = "/etc/twofold/twofold.toml";
 pub const DEFAULT_DATABASE: &str = "/var/lib/twofold/twofold.db";
+/// The largest window twofold accepts (±10 steps), configured or imported.
+pub const MAX_WINDOW: u32 = 10;
 
 /// Where enrollments live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -67,7 +69,7 @@ pub struct Config {
     pub email_code_ttl: u64,
     /// Seconds before another code of the same kind may be mailed to a user (0 to 3600).
     pub email_resend_secs: u64,
-    pub email: EmailConfig,
+    pub email: crate::email::EmailConfig,
     /// A key file (32 random bytes, root only; `twofold seal init` makes one): when set, TOTP
     /// secrets are sealed in the database with it. Unset: stored as they are.
     pub seal_key_file: Option<PathBuf>,
@@ -77,52 +79,6 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// A root-owned file (not readable by others) holding the PostgreSQL password.
     pub postgres_password_file: Option<PathBuf>,
-}
-
-/// How mail leaves the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// The local `sendmail` program (any MTA provides one).
-    #[default]
-    Sendmail,
-    /// A relay spoken to directly.
-    Smtp,
-}
-
-/// The `[email]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EmailConfig {
-    /// Sender address; `twofold@HOSTNAME` when unset.
-    pub from: Option<String>,
-    pub transport: Transport,
-    /// The sendmail program (transport = "sendmail").
-    pub sendmail: PathBuf,
-    /// The relay (transport = "smtp").
-    pub smtp_host: Option<String>,
-    pub smtp_port: u16,
-    /// Require STARTTLS before anything else is said to the relay.
-    pub starttls: bool,
-    /// SMTP login name; the password is read from `password_file`.
-    pub username: Option<String>,
-    /// A root-owned file, not readable by group or others, holding the SMTP password.
-    pub password_file: Option<PathBuf>,
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        EmailConfig {
-            from: None,
-            transport: Transport::Sendmail,
-            sendmail: PathBuf::from("/usr/sbin/sendmail"),
-            smtp_host: None,
-            smtp_port: 25,
-            starttls: true,
-            username: None,
-            password_file: None,
-        }
-    }
 }
 
 impl Default for Config {
@@ -147,7 +103,7 @@ impl Default for Config {
             email_auto: false,
             email_code_ttl: 600,
             email_resend_secs: 60,
-            email: EmailConfig::default(),
+            email: crate::email::EmailConfig::default(),
             seal_key_file: None,
             store: StoreKind::Sqlite,
             postgres_url: None,
@@ -217,9 +173,9 @@ impl Config {
                 "postgres_url must not hold the password: put it in postgres_password_file".into(),
             );
         }
-        if self.window > 10 {
+        if self.window > MAX_WINDOW {
             return fail(format!(
-                "window = {} is out of range (0 to 10)",
+                "window = {} is out of range (0 to {MAX_WINDOW})",
                 self.window
             ));
         }
@@ -289,33 +245,7 @@ impl Config {
                 self.email_resend_secs
             ));
         }
-        if let Some(from) = &self.email.from {
-            if let Err(why) = crate::email::validate_address(from) {
-                return fail(format!("email.from: {why}"));
-            }
-        }
-        if self.email.username.is_some() != self.email.password_file.is_some() {
-            return fail("email.username and email.password_file go together".into());
-        }
-        if self.email.username.is_some() && !self.email.starttls {
-            return fail(
-                "email.username with starttls = false would send the relay's password in clear: \
-                 keep starttls = true (or use the sendmail transport)"
-                    .into(),
-            );
-        }
-        if self.email_codes
-            && self.email.transport == Transport::Smtp
-            && self.email.smtp_host.as_deref().unwrap_or("").is_empty()
-        {
-            return fail("email.transport = \"smtp\" needs email.smtp_host".into());
-        }
-        if !self.email.sendmail.is_absolute() {
-            return fail("email.sendmail must be an absolute path".into());
-        }
-        if let Some(p) = &self.email.password_file {
-            crate::email::check_password_file(p).map_err(ConfigError)?;
-        }
+        self.email.validate(self.email_codes).map_err(ConfigError)?;
         if self.throttle.max_delay < self.throttle.base_delay {
             return fail("throttle.max_delay must not be below throttle.base_delay".into());
         }
@@ -335,18 +265,10 @@ impl Config {
     }
 }
 
-/// This host's name (`localhost` when it has none).
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::email::{EmailConfig, Transport};
 
     #[test]
     fn defaults_and_full_file() {

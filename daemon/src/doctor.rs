@@ -443,21 +443,6 @@ pub fn check_identities(
     out
 }
 
-/// Login accounts from /etc/passwd: uid at or above UID_MIN (1000) and below 60000, with a
-/// shell that is not nologin/false, plus root.
-pub fn local_accounts(passwd: &str) -> Vec<String> {
-    passwd
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            let (name, uid, shell) = (f.first()?, f.get(2)?.parse::<u32>().ok()?, f.get(6)?);
-            let login =
-                !shell.ends_with("nologin") && !shell.ends_with("/false") && !shell.is_empty();
-            (login && (uid == 0 || (1000..60000).contains(&uid))).then(|| name.to_string())
-        })
-        .collect()
-}
-
 /// Reads a file's owner and mode without following a final symlink.
 pub fn owner_mode(path: &Path) -> Option<(u32, u32)> {
     std::fs::symlink_metadata(path)
@@ -625,7 +610,7 @@ mod tests {
         assert_eq!(check_clock(Some("no")).level, Level::Warn);
         assert_eq!(check_clock(None).level, Level::Warn);
         let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/zsh\nsvc:x:1002:1002::/:/bin/false\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
-        let accounts = local_accounts(passwd);
+        let accounts = crate::users::local_accounts(passwd);
         assert_eq!(accounts, vec!["root", "alice", "bob"]);
         let enrolled: BTreeSet<String> = ["alice".to_string()].into_iter().collect();
         let f = check_users(&accounts, &enrolled, 1, Unenrolled::Deny);

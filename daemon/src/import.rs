@@ -14,8 +14,7 @@
 use twofold_shared::otp::{TotpParams, DEFAULT_PERIOD};
 use twofold_shared::secret::{Secret, SecretError, MIN_SECRET_BYTES};
 
-/// The largest window twofold accepts (±10 steps).
-pub const MAX_WINDOW: u32 = 10;
+use crate::config::MAX_WINDOW;
 
 #[derive(Debug)]
 pub struct GoogleAuthenticatorFile {

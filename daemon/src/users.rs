@@ -93,6 +93,30 @@ pub fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// This host's name (`localhost` when it has none).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Login accounts from /etc/passwd: uid at or above UID_MIN (1000) and below 60000, with a
+/// shell that is not nologin/false, plus root.
+pub fn local_accounts(passwd: &str) -> Vec<String> {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let (name, uid, shell) = (f.first()?, f.get(2)?.parse::<u32>().ok()?, f.get(6)?);
+            let login =
+                !shell.ends_with("nologin") && !shell.ends_with("/false") && !shell.is_empty();
+            (login && (uid == 0 || (1000..60000).contains(&uid))).then(|| name.to_string())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,9 +116,8 @@ impl Engine {
                 Ok(names) => names.into_iter().collect(),
                 Err(e) => return self.store_failed("policy", "-", &e),
             };
-        let accounts = crate::doctor::local_accounts(
-            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
-        );
+        let accounts =
+            users::local_accounts(&std::fs::read_to_string("/etc/passwd").unwrap_or_default());
         let mut report = PolicyReport {
             enabled: cfg.enabled,
             unenrolled: cfg.unenrolled.name().into(),

@@ -265,10 +265,10 @@ impl Engine {
         if let Err(why) = import.params.validate() {
             return error(ErrorKind::BadRequest, why);
         }
-        if import.window.is_some_and(|w| w > crate::import::MAX_WINDOW) {
+        if import.window.is_some_and(|w| w > crate::config::MAX_WINDOW) {
             return error(
                 ErrorKind::BadRequest,
-                format!("window must be 0 to {}", crate::import::MAX_WINDOW),
+                format!("window must be 0 to {}", crate::config::MAX_WINDOW),
             );
         }
         if import.backup_codes.len() > 100 {

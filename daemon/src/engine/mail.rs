@@ -7,7 +7,7 @@ impl Engine {
     pub(super) fn mailer(&self, cfg: &Config) -> Result<Arc<dyn Mailer>, String> {
         match &self.mailer.0 {
             Some(m) => Ok(m.clone()),
-            None => email::from_config(cfg).map(Arc::from),
+            None => email::from_settings(&cfg.email).map(Arc::from),
         }
     }
 

@@ -2,12 +2,14 @@
 //! (an SMTP relay through lettre, or the local sendmail program). Sending never happens inside
 //! the store's writer, and always has a deadline.
 
-use crate::config::{Config, EmailConfig, Transport};
+mod settings;
+
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport as _};
+pub use settings::{EmailConfig, Transport};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -234,22 +236,21 @@ impl Mailer for SendmailMailer {
 }
 
 /// The mailer the configuration describes. The SMTP password is read now, from its file.
-pub fn from_config(cfg: &Config) -> Result<Box<dyn Mailer>, String> {
-    let hostname = crate::config::hostname();
-    let from = sender(&cfg.email, &hostname);
-    match cfg.email.transport {
+pub fn from_settings(cfg: &EmailConfig) -> Result<Box<dyn Mailer>, String> {
+    let hostname = crate::users::hostname();
+    let from = sender(cfg, &hostname);
+    match cfg.transport {
         Transport::Sendmail => Ok(Box::new(SendmailMailer {
             from,
-            program: cfg.email.sendmail.clone(),
+            program: cfg.sendmail.clone(),
         })),
         Transport::Smtp => {
             let host = cfg
-                .email
                 .smtp_host
                 .clone()
                 .filter(|h| !h.is_empty())
                 .ok_or("email.smtp_host is not set")?;
-            let credentials = match (&cfg.email.username, &cfg.email.password_file) {
+            let credentials = match (&cfg.username, &cfg.password_file) {
                 (Some(user), Some(path)) => {
                     check_password_file(path)?;
                     let text = Zeroizing::new(
@@ -264,8 +265,8 @@ pub fn from_config(cfg: &Config) -> Result<Box<dyn Mailer>, String> {
             Ok(Box::new(SmtpMailer {
                 from,
                 host,
-                port: cfg.email.smtp_port,
-                starttls: cfg.email.starttls,
+                port: cfg.smtp_port,
+                starttls: cfg.starttls,
                 credentials,
             }))
         }
