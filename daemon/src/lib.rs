@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod policy;
 pub mod seal;
 pub mod server;
+pub mod startup;
 pub mod store;
 pub mod throttle;
 #[cfg(test)]

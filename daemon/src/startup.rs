@@ -1,0 +1,208 @@
+//! twofoldd's start: the configuration, the state directory, the seal key, the store, the
+//! socket, then the engine and its helpers (housekeeping, SIGHUP). Whatever stops the start
+//! is one [`StartError`], reported once (log and stderr) with the exit status it calls for.
+
+use crate::audit::Logger;
+use crate::config::{Config, StoreKind, DEFAULT_CONFIG};
+use crate::engine::Engine;
+use crate::seal::{self, Sealer};
+use crate::store::Store;
+use crate::{clock, files, server, users};
+use std::fmt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// What the command line may override.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub database: Option<PathBuf>,
+}
+
+/// Why twofoldd did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration file, or a group it names (exit 2).
+    Config(String),
+    /// Everything else: the state directory, the database's files, the seal key, the store,
+    /// the socket, a thread (exit 1).
+    Refused(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(why) | StartError::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl StartError {
+    fn status(&self) -> ExitCode {
+        ExitCode::from(match self {
+            StartError::Config(_) => 2,
+            StartError::Refused(_) => 1,
+        })
+    }
+}
+
+fn refused(why: impl fmt::Display) -> StartError {
+    StartError::Refused(format!("refusing to start: {why}"))
+}
+
+/// Starts and serves until the server stops.
+pub fn run(args: Overrides) -> ExitCode {
+    // No core dumps and no ptrace by other processes of root's: the memory holds secrets.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let log = Arc::new(Logger::open());
+    match start(args, &log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                StartError::Config(why) => log.error(&format!("configuration: {why}")),
+                StartError::Refused(why) => log.error(why),
+            }
+            eprintln!("twofoldd: {e}");
+            e.status()
+        }
+    }
+}
+
+fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let mut config =
+        Config::load(&path, explicit).map_err(|e| StartError::Config(e.to_string()))?;
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    if let Some(d) = args.database {
+        config.database = d;
+    }
+    users::check_groups(&config.require_groups).map_err(StartError::Config)?;
+    // Everything twofoldd creates (database, WAL, journal) is private to it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let store = open_store(&config, log)?;
+    let listener = server::bind(&config.socket).map_err(|e| {
+        StartError::Refused(format!("cannot listen on {}: {e}", config.socket.display()))
+    })?;
+    log.info(&format!(
+        "listening on {} database={} enabled={} unenrolled={}",
+        config.socket.display(),
+        config.database.display(),
+        config.enabled,
+        config.unenrolled.name()
+    ));
+    serve(
+        Engine::new(store, config, log.clone()),
+        listener,
+        path,
+        explicit,
+        log,
+    )
+}
+
+/// The store the configuration names, with the seal key(s), after the local files' checks.
+fn open_store(config: &Config, log: &Logger) -> Result<Store, StartError> {
+    let postgres = config.store == StoreKind::Postgres;
+    if !postgres {
+        prepare_state_dir(&config.database)?;
+        files::check_database(&config.database, nix::unistd::geteuid().as_raw())
+            .map_err(refused)?;
+    }
+    let keys = seal_keys(config)?;
+    let opened = match (&config.postgres_url, postgres) {
+        (Some(url), true) => {
+            Store::open_postgres(url, config.postgres_password_file.as_deref(), keys)
+        }
+        _ => Store::open_sealed(&config.database, keys),
+    };
+    let (store, which) = opened.map_err(|e| {
+        StartError::Refused(if postgres {
+            format!("cannot open the PostgreSQL store: {e}")
+        } else {
+            format!("cannot open database {}: {e}", config.database.display())
+        })
+    })?;
+    if let (Some(path), Some(1)) = (&config.seal_key_file, which) {
+        // The last rekey committed but its key file was not yet in place.
+        seal::promote_pending(path).map_err(refused)?;
+        log.warn("seal: finished an interrupted rekey (the new key is now in place)");
+    }
+    Ok(store)
+}
+
+/// Creates the database's directory if it is missing (root's alone, under umask 077).
+fn prepare_state_dir(database: &Path) -> Result<(), StartError> {
+    match database.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+            .map_err(|e| StartError::Refused(format!("cannot create {}: {e}", dir.display()))),
+        _ => Ok(()),
+    }
+}
+
+/// The configured seal key, then a rekey's key that was committed but not yet put in place.
+fn seal_keys(config: &Config) -> Result<Vec<Sealer>, StartError> {
+    let mut keys = Vec::new();
+    if let Some(path) = &config.seal_key_file {
+        let owner = nix::unistd::geteuid().as_raw();
+        let key = seal::read_key(path, owner).map_err(refused)?;
+        keys.push(Sealer::from_key(&key));
+        if let Ok(k) = seal::read_key(&seal::pending_path(path), owner) {
+            keys.push(Sealer::from_key(&k));
+        }
+    }
+    Ok(keys)
+}
+
+/// The engine's helpers, then the server until it stops.
+fn serve(
+    engine: Engine,
+    listener: UnixListener,
+    path: PathBuf,
+    explicit: bool,
+    log: &Arc<Logger>,
+) -> Result<(), StartError> {
+    let engine = Arc::new(engine);
+    if let Err(e) = engine.adopt_uids() {
+        log.error(&format!(
+            "recording the uids of older enrollments failed: {e}"
+        ));
+    }
+    let housekeeper = engine.clone();
+    std::thread::Builder::new()
+        .name("housekeeping".into())
+        .spawn(move || loop {
+            housekeeper.housekeeping(clock::now());
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        })
+        .map_err(|e| StartError::Refused(format!("cannot start housekeeping: {e}")))?;
+    reload_on_sighup(engine.clone(), path, explicit)
+        .map_err(|e| StartError::Refused(format!("cannot handle SIGHUP: {e}")))?;
+    server::serve(listener, engine, log.clone())
+        .map_err(|e| StartError::Refused(format!("server stopped: {e}")))
+}
+
+/// SIGHUP re-reads the configuration file; an invalid file keeps the policy in force.
+fn reload_on_sighup(engine: Arc<Engine>, path: PathBuf, explicit: bool) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let checked = Config::load(&path, explicit)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| users::check_groups(&c.require_groups).map(|()| c));
+                match checked {
+                    Ok(config) => engine.reload(config, clock::now()),
+                    Err(e) => engine.reload_refused(&e, clock::now()),
+                }
+            }
+        })?;
+    Ok(())
+}
