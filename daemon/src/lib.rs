@@ -1,27 +1,28 @@
-//! twofoldd and the twofold CLI, as a library: the binaries are thin.
+//! twofoldd and the twofold CLI, as a library: the binaries are thin (`startup::run`,
+//! `cli::main`). Public is only what they, the benchmark (`store`) and the fuzz targets
+//! (`backup`, `email`) use; the rest is the crate's own, so the compiler sees dead code.
 #![forbid(unsafe_code)]
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod backup;
 pub mod cli;
-pub mod clock;
-pub mod config;
+pub(crate) mod clock;
+pub(crate) mod config;
 #[cfg(test)]
 mod conformance;
-pub mod doctor;
+pub(crate) mod doctor;
 pub mod email;
-pub mod engine;
-pub mod files;
-pub mod import;
-pub mod limits;
-pub mod migrate;
-
-pub mod policy;
-pub mod seal;
-pub mod server;
+pub(crate) mod engine;
+pub(crate) mod files;
+pub(crate) mod import;
+pub(crate) mod limits;
+pub(crate) mod migrate;
+pub(crate) mod policy;
+pub(crate) mod seal;
+pub(crate) mod server;
 pub mod startup;
 pub mod store;
-pub mod throttle;
+pub(crate) mod throttle;
 #[cfg(test)]
 mod transcript;
-pub mod users;
+pub(crate) mod users;

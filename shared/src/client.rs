@@ -199,8 +199,3 @@ fn connect(path: &Path, deadline: Instant) -> Result<UnixStream, ClientError> {
         .map_err(ClientError::Unreachable)?;
     Ok(stream)
 }
-
-/// Convenience for callers that only need to know a response is an error.
-pub fn is_error(body: &ResponseBody) -> bool {
-    matches!(body, ResponseBody::Error { .. })
-}

@@ -127,6 +127,7 @@ impl Engine {
     }
 
     /// Sends mail through `mailer` instead of the configured transport (tests).
+    #[cfg(test)]
     pub fn with_mailer(mut self, mailer: Arc<dyn Mailer>) -> Engine {
         self.mailer = MailerSlot(Some(mailer));
         self
@@ -252,6 +253,7 @@ impl Engine {
     /// [`REFUSAL_TIME`] after it arrived, whoever it was for: a name with no account costs a
     /// name-service miss, an enrolled one a database write, and the difference must not tell
     /// an attacker which names exist or are enrolled.
+    #[cfg(test)]
     pub fn handle(&self, uid: u32, body: RequestBody, now: u64) -> ResponseBody {
         self.handle_from(uid, None, body, now)
     }

@@ -106,12 +106,4 @@ impl Store {
         let check = self.read(|tx| tx.seal_check())?;
         Ok(check.is_some_and(|c| key.matches(&c)))
     }
-
-    /// Whether secrets are sealed.
-    pub fn sealed(&self) -> bool {
-        match &*self.0 {
-            Backend::Sqlite(s) => s.sealed(),
-            Backend::Postgres(p) => p.sealed(),
-        }
-    }
 }

@@ -127,10 +127,6 @@ impl PgStore {
         Ok((store, which))
     }
 
-    pub fn sealed(&self) -> bool {
-        self.seal.is_some()
-    }
-
     pub(crate) fn lease(&self) -> Result<Lease<'_>> {
         let deadline = Instant::now() + TIMEOUT;
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());

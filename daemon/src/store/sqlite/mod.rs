@@ -203,10 +203,6 @@ impl Sqlite {
         Ok((store, which))
     }
 
-    pub(crate) fn sealed(&self) -> bool {
-        self.seal.read().map(|s| s.is_some()).unwrap_or(true)
-    }
-
     /// Re-encrypts every secret under `new`, in one transaction of its own; from its commit on,
     /// every read and write uses `new`. Returns how many secrets were re-encrypted.
     pub fn rekey(&self, new: Sealer) -> Result<usize> {
