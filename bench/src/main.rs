@@ -4,7 +4,7 @@
 //! clients against a real twofoldd (release build) on a real SQLite file, every acceptance
 //! durable (synchronous=FULL, committed before the reply). The store is seeded through the
 //! library with N users and no backup codes (their Argon2id cost belongs to enrollment, not
-//! to logins; DESIGN §6 allows this).
+//! to logins; BENCHMARKS.md says so).
 #![deny(unsafe_code)]
 #![allow(clippy::print_stdout)]
 

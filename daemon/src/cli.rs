@@ -1,4 +1,4 @@
-//! The `twofold` command: self-service for users, administration for root (DESIGN §5).
+//! The `twofold` command: self-service for users, administration for root (ARCHITECTURE.md §5).
 
 use clap::{Parser, Subcommand};
 use qrcode::render::{svg, unicode};

@@ -1,4 +1,4 @@
-//! Who may do what: one pure function of the caller, the target and the operation (DESIGN §2).
+//! Who may do what: one pure function of the caller, the target and the operation (ARCHITECTURE.md §2).
 
 /// The operations a client can ask for, without their arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The brute-force throttle (DESIGN §3), as pure functions of the stored state and `now`.
+//! The brute-force throttle (ARCHITECTURE.md §3), as pure functions of the stored state and `now`.
 
 use crate::store::ThrottleRecord;
 use serde::Deserialize;

@@ -1,4 +1,4 @@
-//! The module's arguments from the PAM stack line (DESIGN §4).
+//! The module's arguments from the PAM stack line (ARCHITECTURE.md §4).
 
 use std::ffi::CStr;
 use std::fmt;

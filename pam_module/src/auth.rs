@@ -1,5 +1,5 @@
 //! One login: read the PAM items, ask twofoldd whether to prompt, prompt once, ask twofoldd to
-//! verify, and map its answer to a PAM result (DESIGN §4). Plain Rust over the [`Pam`] trait.
+//! verify, and map its answer to a PAM result (ARCHITECTURE.md §4). Plain Rust over the [`Pam`] trait.
 
 use crate::args::{self, Args};
 use crate::text;
@@ -113,7 +113,7 @@ pub enum Message {
 }
 
 impl Outcome {
-    /// The one table from outcomes to PAM results and messages (DESIGN §4).
+    /// The one table from outcomes to PAM results and messages (ARCHITECTURE.md §4).
     pub fn result(self) -> (PamCode, Option<Message>) {
         let err = |s: &str| Some(Message::Error(s.to_string()));
         match self {

@@ -1,4 +1,4 @@
-//! pam_twofold.so: asks twofoldd for a second factor (DESIGN §4).
+//! pam_twofold.so: asks twofoldd for a second factor (ARCHITECTURE.md §4).
 //!
 //! `ffi` holds the exported hooks and the only `unsafe` code; the login itself is plain Rust
 //! over the [`auth::Pam`] trait so that it is tested without libpam.

@@ -372,7 +372,7 @@ pub struct AuditEntry {
     pub event: String,
     pub user: Option<String>,
     pub outcome: String,
-    /// totp or backup-code, for logins that got as far as a method.
+    /// totp, backup-code, email or remembered, for logins that got as far as a method.
     pub method: Option<String>,
     pub service: Option<String>,
     pub rhost: Option<String>,

@@ -21,8 +21,6 @@ impl Engine {
         }
     }
 
-    /// An administrative change, its audit entry and its log line: all of it, or an error and
-    /// none of it.
     /// `twofold seal rekey`: a new key file, every secret re-encrypted under it in one
     /// transaction, then the file put in place. A crash between the commit and the rename
     /// leaves the new key at `FILE.new`, which twofoldd finds and promotes at its next start.

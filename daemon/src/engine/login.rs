@@ -25,8 +25,6 @@ impl Engine {
         }
     }
 
-    /// Before prompting: enrolled users (and names with no account, which must look the same)
-    /// are asked for a code; known accounts without enrollment follow `unenrolled`.
     /// Logs and stores a login that met no enrollment: refused or let through by policy.
     /// Recorded once a minute per user and outcome (any local user can ask about their own
     /// unenrolled account thousands of times a second), with the count of those left out.
@@ -124,6 +122,8 @@ impl Engine {
         })
     }
 
+    /// Before prompting: enrolled users (and names with no account, which must look the same)
+    /// are asked for a code; known accounts without enrollment follow `unenrolled`.
     /// `grace`: the device and how long a login from it is remembered (module argument grace=).
     pub(super) fn preflight(
         &self,

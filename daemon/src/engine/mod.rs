@@ -1,4 +1,5 @@
-//! The verification rules (DESIGN §3) and every operation of the protocol, over the store.
+//! Every operation of the protocol, over the store; the verification rules are in
+//! `verdict.rs` (ARCHITECTURE.md §3), the routing in `route.rs` (§7).
 //! Time is a parameter: the server reads the clock once per request and passes `now`.
 
 mod account;
@@ -146,7 +147,9 @@ impl Engine {
         }
     }
 
-    /// Puts a new policy in force (SIGHUP). Socket and database stay as they are.
+    /// Puts a new policy in force (SIGHUP). What twofoldd opened at start (the socket, the
+    /// store and its database or URL, the seal key, the connection limits) stays as it is
+    /// until a restart; changes to the first three are logged as such.
     pub fn reload(&self, mut new: Config, now: u64) {
         let old = self.config();
         if new.socket != old.socket
@@ -312,6 +315,8 @@ impl Engine {
         }
     }
 
+    /// An administrative change, its audit entry and its log line: all of it, or an error and
+    /// none of it.
     fn apply_admin(
         &self,
         entry: AuditEntry,

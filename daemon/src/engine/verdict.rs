@@ -1,6 +1,7 @@
-//! The verification rules that run inside the deciding transaction (DESIGN §3): the throttle
-//! gate, the window and the high-water mark, backup and mailed codes, failure accounting,
-//! the audit row and the remembered device, so that parallel submissions succeed exactly once.
+//! The verification rules that run inside the deciding transaction (ARCHITECTURE.md §3): the
+//! throttle gate, the window and the high-water mark, backup and mailed codes, failure
+//! accounting, the audit row and the remembered device, so that parallel submissions succeed
+//! exactly once.
 
 use super::*;
 
@@ -108,8 +109,6 @@ pub(super) fn decoy_secret() -> Secret {
     Secret::from_bytes(vec![0x5a; GENERATED_SECRET_BYTES])
 }
 
-/// Stores a login's outcome in the audit trail, in the transaction that decided it; a failure
-/// that reached the lockout limit also records the lockout.
 /// A login's audit entry, and whether a refusal by the throttle goes unrecorded because one
 /// was recorded for the same user less than [`limits::QUIET_SECS`] ago: a flood of guesses at a
 /// throttled account (a local user can send thousands a second at their own) must not fill
@@ -121,6 +120,8 @@ pub(super) struct LoginBase {
     pub(super) quiet: bool,
 }
 
+/// Stores a login's outcome in the audit trail, in the transaction that decided it; a failure
+/// that reached the lockout limit also records the lockout.
 pub(super) fn record_login(
     tx: &dyn Tx,
     base: &LoginBase,

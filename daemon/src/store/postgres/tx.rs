@@ -43,8 +43,6 @@ pub(crate) fn count(n: i64) -> u32 {
 }
 
 impl PgTx<'_> {
-    /// In a write, every statement about a user runs under that user's lock: another host's
-    /// transaction about the same user waits for this one to commit.
     /// `sql` prepared on this connection, once.
     pub(crate) fn statement(&self, sql: Sql) -> Result<Statement> {
         if let Some(s) = self.statements.borrow().get(sql) {
@@ -55,6 +53,8 @@ impl PgTx<'_> {
         Ok(prepared)
     }
 
+    /// In a write, every statement about a user runs under that user's lock: another host's
+    /// transaction about the same user waits for this one to commit.
     pub(crate) fn lock(&self, name: &str) -> Result<()> {
         if !self.write || self.locked.borrow().contains(name) {
             return Ok(());
