@@ -136,8 +136,16 @@ fn transcript(store: Store) -> Value {
         steps: Vec::new(),
     };
     let nobody = crate::users::uid_of("nobody").expect("the nobody account");
-    let me = |user: &str| Some(user.to_string());
 
+    logins(&mut s, nobody);
+    email_and_self_service(&mut s, nobody);
+    administration(&mut s);
+    json!({ "steps": s.steps })
+}
+
+/// Enrollment by root, then logins of every kind, the throttle and unlocking.
+fn logins(s: &mut Script, nobody: u32) {
+    let me = |user: &str| Some(user.to_string());
     s.ask("ping", nobody, RequestBody::Ping {}, T0);
     // Enrollment: root enrolls root; a wrong first code, then the right one.
     let ResponseBody::Enrollment(info) = s.ask(
@@ -244,6 +252,11 @@ fn transcript(store: Store) -> Value {
         },
         T0 + 61,
     );
+}
+
+/// What an unprivileged account may ask, and codes by email.
+fn email_and_self_service(s: &mut Script, nobody: u32) {
+    let me = |user: &str| Some(user.to_string());
     // Self-service by an unprivileged account.
     s.ask(
         "status self",
@@ -320,6 +333,11 @@ fn transcript(store: Store) -> Value {
         },
         T0 + 77,
     );
+}
+
+/// Import, root's reports and changes, the trail and housekeeping.
+fn administration(s: &mut Script) {
+    let me = |user: &str| Some(user.to_string());
     // Import, administration, reports.
     s.ask(
         "import",
@@ -393,7 +411,6 @@ fn transcript(store: Store) -> Value {
         },
         T0 + 90 * 86_400 + 101,
     );
-    json!({ "steps": s.steps })
 }
 
 #[test]

@@ -1,0 +1,114 @@
+//! `twofold import google-authenticator`: reading the user's file safely, sending it over.
+
+use super::*;
+
+/// Reads a google-authenticator file the way its owner's login would: not through a symlink
+/// (a user must not make root read another file, cf. CVE-2024-47191), only a regular file
+/// owned by the user or root, at most 64 KiB.
+pub(super) fn read_google_authenticator(
+    user: &str,
+    file: Option<PathBuf>,
+) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let account = nix::unistd::User::from_name(user).ok().flatten();
+    let path = match (file, &account) {
+        (Some(f), _) => f,
+        (None, Some(a)) => a.dir.join(".google_authenticator"),
+        (None, None) => {
+            return Err(format!(
+                "{user} has no account here; name the file to import"
+            ))
+        }
+    };
+    let shown = path.display().to_string();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("{shown} is a symbolic link; refusing to follow it"),
+            _ => format!("cannot open {shown}: {e}"),
+        })?;
+    let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    // A second name for the file (where fs.protected_hardlinks is off, any user can link
+    // root's files) would make root read what the user points at.
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{shown} has {} names (hard links); refusing it",
+            meta.nlink()
+        ));
+    }
+    let owner_ok = meta.uid() == 0
+        || account
+            .as_ref()
+            .is_some_and(|a| a.uid.as_raw() == meta.uid());
+    if !owner_ok {
+        return Err(format!(
+            "{shown} belongs to uid {}, neither {user} nor root; refusing it",
+            meta.uid()
+        ));
+    }
+    if meta.len() > 64 * 1024 {
+        return Err(format!(
+            "{shown} is larger than 64 KiB: not a google-authenticator file"
+        ));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes)
+        .map_err(|e| format!("reading {shown}: {e}"))?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{shown} is not a text file"))
+}
+
+pub(super) fn import_google_authenticator(
+    ctx: &Ctx,
+    user: &str,
+    file: Option<PathBuf>,
+    force: bool,
+) -> u8 {
+    let fail = |msg: String| ctx.fail(&msg);
+    let text = match read_google_authenticator(user, file) {
+        Ok(t) => zeroize::Zeroizing::new(t),
+        Err(e) => return fail(e),
+    };
+    let parsed = match crate::import::parse_google_authenticator(&text) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("not imported: {e}")),
+    };
+    for note in &parsed.notes {
+        if !ctx.json {
+            eprintln!("note: {note}");
+        }
+    }
+    let weak = !parsed.scratch.is_empty();
+    let request = RequestBody::Import {
+        user: user.to_string(),
+        secret: SecretText::new(parsed.secret.to_base32()),
+        params: parsed.params,
+        window: parsed.window,
+        backup_codes: parsed
+            .scratch
+            .iter()
+            .map(|c| SecretText::new(c.as_str()))
+            .collect(),
+        last_used_step: parsed.last_used_step,
+        force,
+    };
+    match ctx.call(request) {
+        Ok(reply @ ResponseBody::Done { .. }) => {
+            let status = ctx.report(reply);
+            if weak && !ctx.json {
+                println!("The scratch codes (8 digits) work once each as backup codes; they are weaker than");
+                println!(
+                    "twofold's own. Give the user new ones: twofold backup-codes --user {user}"
+                );
+            }
+            status
+        }
+        Ok(other) => ctx.report(other),
+        Err(e) => e,
+    }
+}

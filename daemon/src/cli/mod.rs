@@ -1,0 +1,467 @@
+//! The `twofold` command: self-service for users, administration for root (ARCHITECTURE.md §5).
+
+mod codes;
+mod ctx;
+mod doctor;
+mod enroll;
+mod import;
+mod local;
+mod show;
+
+use codes::*;
+use ctx::*;
+use doctor::*;
+use enroll::*;
+use import::*;
+use local::*;
+use show::*;
+
+use clap::{Parser, Subcommand};
+use qrcode::render::{svg, unicode};
+use qrcode::QrCode;
+use serde_json::json;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use twofold_shared::client::{Client, ClientError};
+use twofold_shared::otp::{Algorithm, TotpParams};
+use twofold_shared::secret::group4;
+use twofold_shared::wire::{
+    EnrollmentInfo, ErrorKind, Method, RequestBody, ResponseBody, SecretText, UserStatus,
+};
+
+/// Exit statuses: a stable interface that scripts rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const REJECTED: u8 = 1;
+    pub const ERROR: u8 = 2;
+    pub const THROTTLED: u8 = 3;
+    pub const NOT_ENROLLED: u8 = 4;
+    pub const DENIED: u8 = 5;
+    pub const UNAVAILABLE: u8 = 6;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "twofold", version, about = "Two-factor codes (TOTP) for Linux logins", long_about = None)]
+pub struct Cli {
+    /// twofoldd's socket (default: $TWOFOLD_SOCKET, else /run/twofold/twofold.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print one JSON document on standard output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set up an authenticator app: shows a QR code, asks for the first code, prints backup codes.
+    Enroll {
+        /// Account to enroll (root only; default: yourself).
+        #[arg(long)]
+        user: Option<String>,
+        /// Replace an existing enrollment.
+        #[arg(long)]
+        force: bool,
+        /// Also write the QR code as an SVG image to FILE (created 0600; it holds the key).
+        #[arg(long, value_name = "FILE")]
+        qr_svg: Option<PathBuf>,
+        /// Current code, when replacing your own enrollment ('-': read from standard input).
+        #[arg(long)]
+        code: Option<String>,
+        /// HMAC algorithm: sha1 (default; every app), sha256 or sha512 (not every app).
+        #[arg(long, value_name = "ALG", value_parser = parse_algorithm)]
+        algorithm: Option<Algorithm>,
+        /// Digits per code: 6 (default) or 8.
+        #[arg(long, value_name = "N")]
+        digits: Option<u32>,
+        /// Seconds per code: 30 (default), 15 to 300.
+        #[arg(long, value_name = "SECONDS")]
+        period: Option<u64>,
+    },
+    /// Activate a pending enrollment with the code the app shows ('-': read it from standard input).
+    Confirm {
+        code: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Show what is set up: enrollment, backup codes left, last success, throttle.
+    Status {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Replace all backup codes with new ones.
+    BackupCodes {
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code or backup code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Remove the enrollment.
+    Disable {
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code or backup code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// List every enrolled or pending user (root).
+    List,
+    /// Clear a user's failure count and lock (root).
+    Unlock { user: String },
+    /// Check a code exactly as a login would, consuming it (root; '-' reads it from standard input).
+    Verify { user: String, code: String },
+    /// Show the policy in force and whom each rule affects (root).
+    Policy,
+    /// Take over an enrollment from another tool, so that the user's phone keeps working (root).
+    #[command(subcommand)]
+    Import(ImportSource),
+    /// Show the audit trail: enrollments, logins, lockouts, unlocks, resets, reloads (root).
+    Audit {
+        #[arg(long)]
+        user: Option<String>,
+        /// Only the last DURATION: 90s, 15m, 12h, 7d, 2w.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<u64>,
+    },
+    /// Email codes: register, confirm or remove the address codes can be mailed to.
+    #[command(subcommand)]
+    Email(EmailCommand),
+    /// Seal TOTP secrets at rest with a key kept outside the database (root).
+    #[command(subcommand)]
+    Seal(SealCommand),
+    /// The PostgreSQL store shared by a fleet of hosts (root).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Copy this host's SQLite store into the PostgreSQL store (root; twofoldd stopped).
+    Migrate {
+        /// The store to copy into: postgres.
+        #[arg(long, value_name = "STORE")]
+        to: String,
+        /// twofoldd's configuration file (its database, postgres_url, postgres_password_file).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check this host's set-up (daemon, files, sshd, PAM stacks, clock, users) and say what to fix.
+    Doctor {
+        /// twofoldd's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EmailCommand {
+    /// Register ADDRESS: a code is mailed to it, then asked for here (or give it to 'confirm').
+    Set {
+        address: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code, when you change your own address ('-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Verify the registered address with the code mailed to it ('-': standard input).
+    Confirm {
+        code: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Forget the address.
+    Remove {
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SealCommand {
+    /// Create the key file that `seal_key_file` names (32 random bytes, mode 0400), then
+    /// restart twofoldd: it seals every secret at its next start.
+    Init {
+        /// twofoldd's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Re-encrypt every secret under a new key, which replaces the key file.
+    Rekey,
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create twofold's schema in the empty PostgreSQL database that postgres_url names (with
+    /// seal_key_file: sealed with that key), once for the fleet; twofoldd never creates it.
+    Init {
+        /// twofoldd's configuration file (postgres_url, postgres_password_file, seal_key_file).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportSource {
+    /// google-authenticator-libpam: the TOTP key, step size, window and scratch codes (as
+    /// backup codes) of ~NAME/.google_authenticator or FILE, which is left untouched.
+    GoogleAuthenticator {
+        #[arg(long)]
+        user: String,
+        file: Option<PathBuf>,
+        /// Replace an existing twofold enrollment.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+struct Ctx {
+    client: Client,
+    json: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let named = cli
+        .socket
+        .or_else(|| std::env::var_os("TWOFOLD_SOCKET").map(PathBuf::from));
+    if let Command::Doctor { config } = cli.command {
+        return ExitCode::from(run_doctor(named, config, cli.json));
+    }
+    if let Command::Seal(SealCommand::Init { config }) = cli.command {
+        return ExitCode::from(seal_init(config, cli.json));
+    }
+    if let Command::Fleet(FleetCommand::Init { config }) = cli.command {
+        return ExitCode::from(fleet_init(config, cli.json));
+    }
+    if let Command::Migrate { to, config } = cli.command {
+        return ExitCode::from(migrate(&to, config, named, cli.json));
+    }
+    let socket = named.unwrap_or_else(|| PathBuf::from(twofold_shared::DEFAULT_SOCKET));
+    let me = nix::unistd::geteuid().as_raw();
+    let mut trusted = vec![0];
+    if me != 0 {
+        trusted.push(me);
+    }
+    let mut client = Client::new(socket, Duration::from_secs(30), trusted);
+    client.max_response = twofold_shared::wire::MAX_LARGE_FRAME;
+    let ctx = Ctx {
+        client,
+        json: cli.json,
+    };
+    ExitCode::from(run(&ctx, cli.command))
+}
+
+fn run(ctx: &Ctx, command: Command) -> u8 {
+    match command {
+        Command::Enroll {
+            user,
+            force,
+            qr_svg,
+            code,
+            algorithm,
+            digits,
+            period,
+        } => {
+            let params = (algorithm.is_some() || digits.is_some() || period.is_some()).then(|| {
+                let d = TotpParams::default();
+                TotpParams {
+                    algorithm: algorithm.unwrap_or(d.algorithm),
+                    digits: digits.unwrap_or(d.digits),
+                    period: period.unwrap_or(d.period),
+                }
+            });
+            match code_arg(ctx, code) {
+                Ok(code) => enroll(ctx, user, force, qr_svg, code, params),
+                Err(e) => e,
+            }
+        }
+        Command::Confirm { code, user } => match read_code_arg(&code) {
+            Some(code) => match ctx.call(RequestBody::Confirm { user, code }) {
+                Ok(ResponseBody::BackupCodes { user, codes }) => {
+                    print_backup_codes(ctx, &user, &codes, true);
+                    exit::OK
+                }
+                Ok(other) => ctx.report(other),
+                Err(e) => e,
+            },
+            None => ctx.fail(NO_CODE),
+        },
+        Command::Status { user } => ctx.show(RequestBody::Status { user }, |ctx, r| match r {
+            ResponseBody::Status(s) => {
+                print_status(ctx, s);
+                true
+            }
+            _ => false,
+        }),
+        Command::BackupCodes { user, code } => match code_arg(ctx, code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::BackupCodes {
+                    user: user.clone(),
+                    code,
+                },
+                |ctx, r| match r {
+                    ResponseBody::BackupCodes { user, codes } => {
+                        print_backup_codes(ctx, &user, &codes, false);
+                        exit::OK
+                    }
+                    other => ctx.report(other),
+                },
+            ),
+            Err(e) => e,
+        },
+        Command::Disable { user, code } => match code_arg(ctx, code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::Disable {
+                    user: user.clone(),
+                    code,
+                },
+                |ctx, r| ctx.report(r),
+            ),
+            Err(e) => e,
+        },
+        Command::List => ctx.show(RequestBody::List {}, |ctx, r| match r {
+            ResponseBody::Users { users } => {
+                print_list(ctx, users);
+                true
+            }
+            _ => false,
+        }),
+        Command::Unlock { user } => ctx.ask(RequestBody::Unlock { user }),
+        Command::Verify { user, code } => match read_code_arg(&code) {
+            Some(code) => ctx.ask(RequestBody::Verify {
+                grace_secs: 0,
+                user,
+                code,
+                pam: Default::default(),
+            }),
+            None => ctx.fail(NO_CODE),
+        },
+        Command::Policy => ctx.show(RequestBody::Policy {}, |ctx, r| match r {
+            ResponseBody::Policy(p) => {
+                print_policy(ctx, p);
+                true
+            }
+            _ => false,
+        }),
+        Command::Audit { user, since } => {
+            let request = RequestBody::Audit {
+                user,
+                since_secs: since,
+            };
+            ctx.show(request, |ctx, r| match r {
+                ResponseBody::Audit { entries, omitted } => {
+                    print_audit(ctx, entries, *omitted);
+                    true
+                }
+                _ => false,
+            })
+        }
+        Command::Import(ImportSource::GoogleAuthenticator { user, file, force }) => {
+            import_google_authenticator(ctx, &user, file, force)
+        }
+        Command::Email(command) => run_email(ctx, command),
+        Command::Seal(SealCommand::Rekey) => ctx.ask(RequestBody::SealRekey {}),
+        Command::Doctor { .. }
+        | Command::Seal(SealCommand::Init { .. })
+        | Command::Fleet(_)
+        | Command::Migrate { .. } => exit::ERROR, // in main
+    }
+}
+
+/// `twofold email ...`.
+fn run_email(ctx: &Ctx, command: EmailCommand) -> u8 {
+    match command {
+        EmailCommand::Set {
+            address,
+            user,
+            code,
+        } => match code_arg(ctx, code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::EmailSet {
+                    user: user.clone(),
+                    address: address.clone(),
+                    code,
+                },
+                |ctx, r| email_sent(ctx, user.clone(), r),
+            ),
+            Err(e) => e,
+        },
+        EmailCommand::Confirm { code, user } => match read_code_arg(&code) {
+            Some(code) => ctx.ask(RequestBody::EmailConfirm { user, code }),
+            None => ctx.fail(NO_CODE),
+        },
+        EmailCommand::Remove { user, code } => match code_arg(ctx, code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::EmailRemove {
+                    user: user.clone(),
+                    code,
+                },
+                |ctx, r| ctx.report(r),
+            ),
+            Err(e) => e,
+        },
+    }
+}
+
+/// The error of a command run without the daemon (`seal init`, `migrate`): JSON or a line.
+fn local_failure(json_out: bool, message: &str) -> u8 {
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({"result": "error", "kind": "usage", "message": message})
+        );
+    } else {
+        eprintln!("twofold: {message}");
+    }
+    exit::ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("45"), Ok(45));
+        for bad in ["", "h", "5y", "-5m", "1.5h", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_time_secs(1_234_567_890), "2009-02-13 23:31:30 UTC");
+    }
+
+    #[test]
+    fn time_formatting() {
+        assert_eq!(format_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_time(1_234_567_890), "2009-02-13 23:31 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
+    fn qr_renders_half_blocks_and_svg() {
+        let uri = "otpauth://totp/host:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=host";
+        let text = qr_text(uri).unwrap();
+        assert!(text.contains('▀') || text.contains('▄') || text.contains('█'));
+        // Two module rows per text line: about half as many lines as modules.
+        let lines = text.lines().count();
+        assert!(lines > 10 && lines < 40, "{lines}");
+        assert!(qr_svg(uri).unwrap().starts_with("<?xml"));
+    }
+}
