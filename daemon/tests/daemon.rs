@@ -3,9 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -13,12 +10,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twofold_shared::wire::{self, ErrorKind, Response, ResponseBody};
+use twofold_tests::*;
 
 #[test]
 fn enroll_confirm_verify_and_replay() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     ensure_step_time(5);
-    let (secret, codes) = d.enroll("alice");
+    let (secret, codes) = d.enroll_now("alice");
     assert_eq!(codes.len(), 12);
     // The app's next code is accepted once, refused the second time.
     let next = oathtool(&secret, 1);
@@ -58,7 +56,7 @@ fn enroll_confirm_verify_and_replay() {
 
 #[test]
 fn otpauth_uri_follows_key_uri_format() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     let e = d
         .cli(&["enroll", "--user", "bob.smith@example.org", "--json"])
         .json();
@@ -83,9 +81,9 @@ fn otpauth_uri_follows_key_uri_format() {
 
 #[test]
 fn one_code_100_parallel_submissions_exactly_one_accepted() {
-    let d = Arc::new(Daemon::start(""));
+    let d = Arc::new(Daemon::start_with(""));
     ensure_step_time(10);
-    let (secret, _) = d.enroll("carol");
+    let (secret, _) = d.enroll_now("carol");
     let code = oathtool(&secret, 1);
     let handles: Vec<_> = (0..100)
         .map(|_| {
@@ -104,7 +102,7 @@ fn one_code_100_parallel_submissions_exactly_one_accepted() {
 #[test]
 fn hundred_users_verifying_in_parallel_all_accepted() {
     // One backup code each keeps the Argon2id cost of enrolling 100 users small.
-    let d = Arc::new(Daemon::start("backup_codes = 1"));
+    let d = Arc::new(Daemon::start_with("backup_codes = 1"));
     let users: Vec<(String, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|part| {
@@ -113,7 +111,7 @@ fn hundred_users_verifying_in_parallel_all_accepted() {
                     (0..25)
                         .map(|i| {
                             let name = format!("user{:03}", part * 25 + i);
-                            let (secret, _) = d.enroll(&name);
+                            let (secret, _) = d.enroll_now(&name);
                             (name, secret)
                         })
                         .collect::<Vec<_>>()
@@ -155,8 +153,8 @@ fn hundred_users_verifying_in_parallel_all_accepted() {
 
 #[test]
 fn six_wrong_codes_throttle_and_it_survives_a_restart() {
-    let mut d = Daemon::start("");
-    let (secret, _) = d.enroll("dave");
+    let mut d = Daemon::start_with("");
+    let (secret, _) = d.enroll_now("dave");
     for i in 0..5 {
         let r = d.cli(&["verify", "dave", "000000"]);
         assert_eq!(r.code(), 1, "attempt {i}: {}", r.stderr());
@@ -182,11 +180,11 @@ fn six_wrong_codes_throttle_and_it_survives_a_restart() {
 
 #[test]
 fn lockout_at_the_limit_until_unlocked() {
-    let d = Daemon::start(
+    let d = Daemon::start_with(
         "[throttle]\nfree_failures = 5\nbase_delay = 0\nmax_delay = 0\nlockout_after = 8",
     );
     ensure_step_time(8);
-    let (secret, _) = d.enroll("erin");
+    let (secret, _) = d.enroll_now("erin");
     for _ in 0..8 {
         assert_eq!(d.cli(&["verify", "erin", "111111"]).code(), 1);
     }
@@ -210,8 +208,8 @@ fn lockout_at_the_limit_until_unlocked() {
 
 #[test]
 fn backup_code_works_once_and_counts_down() {
-    let d = Daemon::start("");
-    let (_, codes) = d.enroll("frank");
+    let d = Daemon::start_with("");
+    let (_, codes) = d.enroll_now("frank");
     // Typed loosely: upper case, spaces instead of hyphens.
     let typed = codes[3].to_uppercase().replace('-', " ");
     let first = d.cli(&["verify", "frank", &typed, "--json"]);
@@ -237,8 +235,8 @@ fn backup_code_works_once_and_counts_down() {
 
 #[test]
 fn database_file_holds_no_backup_code() {
-    let d = Daemon::start("");
-    let (_, codes) = d.enroll("grace");
+    let d = Daemon::start_with("");
+    let (_, codes) = d.enroll_now("grace");
     let mut files = vec![d.database.clone()];
     let wal = d.database.with_extension("db-wal");
     if wal.exists() {
@@ -270,8 +268,8 @@ fn database_file_holds_no_backup_code() {
 
 #[test]
 fn socket_is_0666_and_database_0600() {
-    let d = Daemon::start("");
-    d.enroll("henry");
+    let d = Daemon::start_with("");
+    d.enroll_now("henry");
     let sock = std::fs::metadata(&d.socket).unwrap();
     assert!(sock.file_type().is_socket());
     assert_eq!(sock.permissions().mode() & 0o777, 0o666);
@@ -284,9 +282,9 @@ fn socket_is_0666_and_database_0600() {
 
 #[test]
 fn stale_socket_is_replaced_and_a_live_one_is_not() {
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start_with("");
     // A second daemon on the same socket refuses to start.
-    let second = Command::new(TWOFOLDD)
+    let second = Command::new(twofoldd())
         .arg("--config")
         .arg(&d.config)
         .arg("--database")
@@ -309,7 +307,7 @@ fn corrupt_or_unreadable_database_is_refused_at_start() {
     let db = dir.path().join("bad.db");
     std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = Command::new(TWOFOLDD)
+    let out = Command::new(twofoldd())
         .args(["--config", "/nonexistent-config-is-fine-when-not-given"])
         .output()
         .unwrap();
@@ -318,7 +316,7 @@ fn corrupt_or_unreadable_database_is_refused_at_start() {
         Some(2),
         "a named config that is missing is an error"
     );
-    let out = Command::new(TWOFOLDD)
+    let out = Command::new(twofoldd())
         .arg("--socket")
         .arg(dir.path().join("s"))
         .arg("--database")
@@ -337,7 +335,7 @@ fn corrupt_or_unreadable_database_is_refused_at_start() {
 
 #[test]
 fn exit_statuses_for_unavailable_and_not_enrolled() {
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start_with("");
     // root exists on every system: a known account without enrollment.
     let r = d.cli(&["verify", "root", "123456"]);
     assert_eq!(r.code(), 4, "{}", r.stderr());
@@ -360,8 +358,8 @@ fn exit_statuses_for_unavailable_and_not_enrolled() {
 
 #[test]
 fn replacing_an_enrollment_needs_force_and_keeps_the_throttle() {
-    let d = Daemon::start("");
-    let (old, _) = d.enroll("ivan");
+    let d = Daemon::start_with("");
+    let (old, _) = d.enroll_now("ivan");
     assert_eq!(d.cli(&["verify", "ivan", "000000"]).code(), 1);
     let r = d.cli(&["enroll", "--user", "ivan", "--json"]);
     assert_eq!(r.code(), 2);
@@ -398,10 +396,10 @@ fn replacing_an_enrollment_needs_force_and_keeps_the_throttle() {
 
 #[test]
 fn interactive_enroll_shows_qr_key_label_and_backup_codes() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     let svg = d.dir.path().join("qr.svg");
     ensure_step_time(8);
-    let mut child = Command::new(TWOFOLD)
+    let mut child = Command::new(twofold_cli())
         .args([
             "--socket",
             path_str(&d.socket),
@@ -498,7 +496,7 @@ fn expect_error(reply: Option<ResponseBody>, want: ErrorKind, case: &str) -> Str
 
 #[test]
 fn malformed_frames_get_clean_errors_and_the_daemon_keeps_serving() {
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start_with("");
     let m = expect_error(
         raw_exchange(&d, &[0, 0, 0, 0], false),
         ErrorKind::BadRequest,
@@ -582,7 +580,7 @@ fn malformed_frames_get_clean_errors_and_the_daemon_keeps_serving() {
 
 #[test]
 fn slow_clients_are_cut_off_and_do_not_block_others() {
-    let d = Daemon::start("request_timeout = 1");
+    let d = Daemon::start_with("request_timeout = 1");
     // Ten clients that connect and trickle one byte at a time.
     let slow: Vec<_> = (0..10)
         .map(|_| {
@@ -620,7 +618,7 @@ fn slow_clients_are_cut_off_and_do_not_block_others() {
 
 #[test]
 fn connection_cap_answers_busy() {
-    let d = Daemon::start("max_connections = 4\nrequest_timeout = 30");
+    let d = Daemon::start_with("max_connections = 4\nrequest_timeout = 30");
     // Let the start-up probe's connection finish so that it does not take one of the four.
     std::thread::sleep(Duration::from_millis(500));
     let held: Vec<_> = (0..4)
@@ -659,10 +657,10 @@ fn a_non_root_user_manages_only_their_own_account() {
         );
         return;
     }
-    let d = Daemon::start("");
-    let me = TempUser::create("tf-u");
-    let other = TempUser::create("tf-o");
-    let (other_secret, _) = d.enroll(&other.name);
+    let d = Daemon::start_with("");
+    let me = TestUser::create_unique("tf-u");
+    let other = TestUser::create_unique("tf-o");
+    let (other_secret, _) = d.enroll_now(&other.name);
     let mine = d.cli_as(Some(&me.name), &["enroll", "--json"], None);
     assert_eq!(mine.code(), 0, "self-enrollment: {}", mine.stderr());
     let secret = mine.json()["secret"].as_str().unwrap().to_string();
@@ -714,8 +712,8 @@ fn self_enrollment_can_be_switched_off() {
         eprintln!("SKIP self_enrollment_can_be_switched_off: needs root to create a test user");
         return;
     }
-    let d = Daemon::start("self_enroll = false");
-    let me = TempUser::create("tf-s");
+    let d = Daemon::start_with("self_enroll = false");
+    let me = TestUser::create_unique("tf-s");
     let r = d.cli_as(Some(&me.name), &["enroll"], None);
     assert_eq!(r.code(), 5);
     assert!(
@@ -724,13 +722,13 @@ fn self_enrollment_can_be_switched_off() {
         r.stderr()
     );
     // Root still can.
-    d.enroll(&me.name);
+    d.enroll_now(&me.name);
 }
 
 #[test]
 fn doctor_reports_daemon_files_and_users() {
-    let mut d = Daemon::start("unenrolled = \"deny\"");
-    d.enroll("kate");
+    let mut d = Daemon::start_with("unenrolled = \"deny\"");
+    d.enroll_now("kate");
     let config = path_str(&d.config).to_string();
     let r = d.cli(&["doctor", "--config", &config, "--json"]);
     let report = r.json();
@@ -775,7 +773,7 @@ fn doctor_reports_daemon_files_and_users() {
 
 #[test]
 fn list_of_a_large_host_exceeds_the_request_frame_limit() {
-    let d = Arc::new(Daemon::start(""));
+    let d = Arc::new(Daemon::start_with(""));
     // Pending enrollments are listed too and cost no Argon2id: 400 of them make an answer of
     // well over 64 KiB.
     std::thread::scope(|s| {
@@ -822,8 +820,8 @@ fn reconfigure(d: &Daemon, extra: &str, expect: &str) {
 
 #[test]
 fn policy_switch_reloads_on_sighup_and_keeps_the_old_policy_when_invalid() {
-    let d = Daemon::start("");
-    d.enroll("liam");
+    let d = Daemon::start_with("");
+    d.enroll_now("liam");
     let p = d.cli(&["policy", "--json"]).json();
     assert_eq!(p["enabled"], true);
     assert_eq!(p["unenrolled"], "allow");
@@ -894,14 +892,14 @@ fn require_groups_refuse_members_until_enrolled() {
         }
     }
     let _g = Group(group.clone());
-    let member = TempUser::create("tf-m");
-    let outsider = TempUser::create("tf-n");
+    let member = TestUser::create_unique("tf-m");
+    let outsider = TestUser::create_unique("tf-n");
     assert!(Command::new("usermod")
         .args(["-aG", &group, &member.name])
         .status()
         .unwrap()
         .success());
-    let d = Daemon::start(&format!(
+    let d = Daemon::start_with(&format!(
         "unenrolled = \"allow\"\nrequire_groups = [\"{group}\"]"
     ));
     let required =
@@ -931,7 +929,7 @@ fn require_groups_refuse_members_until_enrolled() {
         "reload refused",
     );
     assert_eq!(required(&member.name), true);
-    let out = Command::new(TWOFOLDD)
+    let out = Command::new(twofoldd())
         .arg("--config")
         .arg(&d.config)
         .arg("--socket")
@@ -943,7 +941,7 @@ fn require_groups_refuse_members_until_enrolled() {
         String::from_utf8_lossy(&out.stderr).contains("group \"no-such-group-tf\" does not exist")
     );
     // Once enrolled, the member is asked for a code like everyone enrolled.
-    let (secret, _) = d.enroll(&member.name);
+    let (secret, _) = d.enroll_now(&member.name);
     assert_eq!(
         d.cli(&["verify", &member.name, &oathtool(&secret, 1)])
             .code(),
@@ -953,11 +951,11 @@ fn require_groups_refuse_members_until_enrolled() {
 
 #[test]
 fn audit_trail_records_every_event_and_never_a_code() {
-    let d = Daemon::start(
+    let d = Daemon::start_with(
         "[throttle]\nfree_failures = 5\nbase_delay = 0\nmax_delay = 0\nlockout_after = 3",
     );
     ensure_step_time(8);
-    let (secret, codes) = d.enroll("mia");
+    let (secret, codes) = d.enroll_now("mia");
     let good = oathtool(&secret, 1);
     assert_eq!(d.cli(&["verify", "mia", &good]).code(), 0);
     assert_eq!(d.cli(&["verify", "mia", &codes[0]]).code(), 0);
@@ -1050,9 +1048,9 @@ fn one_user_cannot_take_every_connection() {
         eprintln!("SKIP one_user_cannot_take_every_connection: needs root to create a second user");
         return;
     }
-    let d = Daemon::start("max_connections = 16\nrequest_timeout = 30");
+    let d = Daemon::start_with("max_connections = 16\nrequest_timeout = 30");
     std::thread::sleep(Duration::from_millis(300)); // let the start-up probe finish
-    let hog = TempUser::create("tf-h");
+    let hog = TestUser::create_unique("tf-h");
     // The user opens 40 idle connections and keeps them open.
     let mut holder = Command::new("setpriv")
         .args(["--reuid", &hog.name, "--regid", &hog.name, "--init-groups", "--", "/usr/bin/python3", "-c"])
@@ -1087,7 +1085,7 @@ fn full_disk_fails_closed_and_loses_nothing() {
         );
         return;
     }
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start_with("");
     // Move the database onto a 3 MiB tmpfs.
     let fs = d.dir.path().join("small");
     std::fs::create_dir(&fs).unwrap();
@@ -1115,7 +1113,7 @@ fn full_disk_fails_closed_and_loses_nothing() {
     .unwrap();
     d.restart();
     ensure_step_time(20);
-    let (secret, codes) = d.enroll("nora");
+    let (secret, codes) = d.enroll_now("nora");
     // Fill the file system to the last byte.
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k"])
@@ -1158,8 +1156,8 @@ fn full_disk_fails_closed_and_loses_nothing() {
 
 #[test]
 fn names_without_account_meet_the_same_throttle_as_enrolled_users() {
-    let d = Daemon::start("");
-    let (_s, _c) = d.enroll("olga"); // no local account either, but enrolled
+    let d = Daemon::start_with("");
+    let (_s, _c) = d.enroll_now("olga"); // no local account either, but enrolled
     for name in ["olga", "no-such-account-qq"] {
         let codes: Vec<i32> = (0..7)
             .map(|_| d.cli(&["verify", name, "000000"]).code())
@@ -1189,7 +1187,7 @@ fn google_authenticator(file: &std::path::Path, args: &[&str], stdin: &str) {
 
 #[test]
 fn import_from_google_authenticator_keeps_the_phone_and_the_scratch_codes() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     let file = d.dir.path().join("ga-defaults");
     google_authenticator(&file, &["-t", "-d", "-r", "3", "-R", "30", "-w", "3"], "");
     let before = std::fs::read(&file).unwrap();
@@ -1268,7 +1266,7 @@ fn import_from_google_authenticator_keeps_the_phone_and_the_scratch_codes() {
 
 #[test]
 fn import_keeps_step_size_and_window() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     let file = d.dir.path().join("ga-wide");
     google_authenticator(
         &file,
@@ -1313,7 +1311,7 @@ fn import_keeps_step_size_and_window() {
 
 #[test]
 fn import_refuses_hotp_and_malformed_files_with_the_reason() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     let hotp = d.dir.path().join("ga-hotp");
     google_authenticator(&hotp, &["-c", "-w", "3"], "n\n");
     let r = d.cli(&[
@@ -1382,8 +1380,8 @@ fn import_reads_the_users_own_file_but_never_through_a_symlink() {
         eprintln!("SKIP import_reads_the_users_own_file_but_never_through_a_symlink: needs root to create a user");
         return;
     }
-    let d = Daemon::start("");
-    let u = TempUser::create("tf-ga");
+    let d = Daemon::start_with("");
+    let u = TestUser::create_unique("tf-ga");
     let home = std::path::PathBuf::from(format!("/home/{}", u.name));
     let own = home.join(".google_authenticator");
     // Written by the user, as they would have, with the real tool.
@@ -1482,12 +1480,12 @@ fn a_user_changes_their_own_email_address_only_with_a_current_code() {
     )
     .unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = Daemon::start(&format!(
+    let d = Daemon::start_with(&format!(
         "email_codes = true\nemail_resend_secs = 0\n[email]\nsendmail = {program:?}\n"
     ));
-    let me = TempUser::create("tf-e");
-    let other = TempUser::create("tf-f");
-    let (secret, _) = d.enroll(&me.name);
+    let me = TestUser::create_unique("tf-e");
+    let other = TestUser::create_unique("tf-f");
+    let (secret, _) = d.enroll_now(&me.name);
     let mailed = || {
         let m = std::fs::read_to_string(spool.path().join("message")).unwrap();
         m.split_whitespace()
@@ -1572,9 +1570,9 @@ fn an_email_only_user_adds_an_app_only_with_a_mailed_code() {
         return;
     }
     let (spool, config) = sendmail_spool();
-    let d = Daemon::start(&config);
-    let me = TempUser::create("tf-g");
-    let other = TempUser::create("tf-h");
+    let d = Daemon::start_with(&config);
+    let me = TestUser::create_unique("tf-g");
+    let other = TestUser::create_unique("tf-h");
     for u in [&me.name, &other.name] {
         let set = d.cli(&["email", "set", "x@example.org", "--user", u]);
         assert_eq!(set.code(), 0, "{}", set.stderr());
@@ -1626,8 +1624,8 @@ fn root_writes_the_qr_image_only_into_a_directory_of_roots() {
         eprintln!("SKIP root_writes_the_qr_image_only_into_a_directory_of_roots: needs root");
         return;
     }
-    let d = Daemon::start("");
-    let u = TempUser::create("tf-qr");
+    let d = Daemon::start_with("");
+    let u = TestUser::create_unique("tf-qr");
     let home = std::path::PathBuf::from(format!("/home/{}", u.name));
     let target = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(target.path(), home.join("link")).unwrap();
@@ -1664,7 +1662,7 @@ fn root_writes_the_qr_image_only_into_a_directory_of_roots() {
 
 #[test]
 fn json_mode_prints_json_even_for_local_errors() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     // No code on standard input.
     let r = d.cli(&["verify", "root", "-", "--json"]);
     assert_eq!(r.code(), 2);
@@ -1687,8 +1685,8 @@ fn json_mode_prints_json_even_for_local_errors() {
 
 #[test]
 fn a_flood_at_a_throttled_account_is_recorded_once_a_minute() {
-    let d = Daemon::start("[throttle]\nfree_failures = 1\nlockout_after = 0");
-    d.enroll("flo");
+    let d = Daemon::start_with("[throttle]\nfree_failures = 1\nlockout_after = 0");
+    d.enroll_now("flo");
     // One wrong code (free), then a flood at the throttled account.
     assert_eq!(d.cli(&["verify", "flo", "000000"]).code(), 1);
     let mut throttled = 0;
@@ -1753,7 +1751,7 @@ fn oathtool_with(secret: &str, algorithm: &str, digits: u32, period: u64, steps:
 
 #[test]
 fn enrollment_with_sha256_eight_digits_and_a_minute_step() {
-    let d = Daemon::start("");
+    let d = Daemon::start_with("");
     for (user, alg, digits, period, key_bytes) in [
         ("alg256", "sha256", 8u32, 60u64, 32usize),
         ("alg512", "sha512", 6, 30, 64),

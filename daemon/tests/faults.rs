@@ -6,13 +6,11 @@
 //! gone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use twofold_tests::*;
 
 fn integrity(db: &Path) -> String {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -49,7 +47,7 @@ fn enroll_many(d: &Daemon, prefix: &str, count: usize) -> Vec<(String, String)> 
                         .step_by(4)
                         .map(|i| {
                             let name = format!("{prefix}{i:02}");
-                            let (secret, _) = d.enroll(&name);
+                            let (secret, _) = d.enroll_now(&name);
                             (name, secret)
                         })
                         .collect::<Vec<_>>()
@@ -65,7 +63,7 @@ fn enroll_many(d: &Daemon, prefix: &str, count: usize) -> Vec<(String, String)> 
 
 #[test]
 fn sigkill_while_verifying_leaves_every_code_used_or_unused() {
-    let mut d = Daemon::start("backup_codes = 1");
+    let mut d = Daemon::start_with("backup_codes = 1");
     let users = enroll_many(&d, "kv", 48);
     let mut interrupted = 0;
     // Three rounds of 16 parallel logins, killed after 2, 8 and 20 ms.
@@ -84,7 +82,7 @@ fn sigkill_while_verifying_leaves_every_code_used_or_unused() {
             .map(|(name, code)| {
                 let socket = socket.clone();
                 std::thread::spawn(move || {
-                    let out = Command::new(TWOFOLD)
+                    let out = Command::new(twofold_cli())
                         .arg("--socket")
                         .arg(&socket)
                         .args(["verify", &name, &code])
@@ -127,7 +125,7 @@ fn sigkill_while_verifying_leaves_every_code_used_or_unused() {
 /// exactly its old or its new state, and the database is intact.
 #[test]
 fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
-    let mut d = Daemon::start("backup_codes = 2");
+    let mut d = Daemon::start_with("backup_codes = 2");
     for (i, delay) in [0u64, 3, 10, 25].into_iter().enumerate() {
         // Enrollment (a pending secret) killed: no enrollment, or a pending one.
         let user = format!("ke{i}");
@@ -135,7 +133,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
         let s = status(&d, &user);
         assert_eq!(s["enrolled"], false, "{s}");
         // Either way a new enrollment can start and finish.
-        let (secret, _) = d.enroll(&user);
+        let (secret, _) = d.enroll_now(&user);
         assert!(!secret.is_empty());
 
         // Confirmation killed: still pending (confirm again works) or enrolled (codes work).
@@ -162,7 +160,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
 
         // Regeneration of backup codes killed: the old set or a full new one.
         let user = format!("kb{i}");
-        let (_, old) = d.enroll(&user);
+        let (_, old) = d.enroll_now(&user);
         kill_during(&mut d, &["backup-codes", "--user", &user], delay);
         assert_eq!(status(&d, &user)["backup_codes_left"], 2);
         let first = d.cli(&["verify", &user, &old[0]]).code();
@@ -174,7 +172,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
 
         // Reset killed: still enrolled (codes work) or not enrolled at all.
         let user = format!("kr{i}");
-        let (secret, _) = d.enroll(&user);
+        let (secret, _) = d.enroll_now(&user);
         kill_during(&mut d, &["disable", "--user", &user], delay);
         let s = status(&d, &user);
         ensure_step_time(5);
@@ -192,7 +190,7 @@ fn sigkill_during_enroll_confirm_regenerate_and_reset_keeps_old_or_new_state() {
 /// Runs `twofold ARGS` and SIGKILLs the daemon `delay_ms` later; restarts it and checks the
 /// database's integrity.
 fn kill_during(d: &mut Daemon, args: &[&str], delay_ms: u64) {
-    let mut child = Command::new(TWOFOLD)
+    let mut child = Command::new(twofold_cli())
         .arg("--socket")
         .arg(&d.socket)
         .args(args)
@@ -215,8 +213,8 @@ fn kill_during(d: &mut Daemon, args: &[&str], delay_ms: u64) {
 /// a login is refused within the PAM timeout with the reason logged, and works once released.
 #[test]
 fn database_locked_by_another_process_fails_closed_then_recovers() {
-    let d = Daemon::start("");
-    let (secret, _) = d.enroll("lena");
+    let d = Daemon::start_with("");
+    let (secret, _) = d.enroll_now("lena");
     let holder = rusqlite::Connection::open(&d.database).unwrap();
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     ensure_step_time(12);
@@ -256,8 +254,8 @@ fn read_only_database_fails_closed_then_recovers() {
         eprintln!("SKIP read_only_database_fails_closed_then_recovers: chattr +i needs root");
         return;
     }
-    let mut d = Daemon::start("");
-    let (secret, codes) = d.enroll("rosa");
+    let mut d = Daemon::start_with("");
+    let (secret, codes) = d.enroll_now("rosa");
     // The database and its write-ahead log; not the -shm index, which SQLite maps into memory
     // (a write to a mapped page of an immutable file is SIGBUS, not an error SQLite could
     // report; a file system that fails that way takes the daemon down, which also fails closed).
@@ -321,7 +319,7 @@ fn read_only_database_fails_closed_then_recovers() {
 }
 
 fn start_error(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new(TWOFOLDD)
+    let out = Command::new(twofoldd())
         .arg("--config")
         .arg(config)
         .stdout(Stdio::null())
@@ -337,8 +335,8 @@ fn start_error(config: &Path) -> (Option<i32>, String) {
 /// again once the administrator puts the good copy back.
 #[test]
 fn corrupt_database_is_refused_with_the_reason_and_a_restored_copy_works() {
-    let mut d = Daemon::start("");
-    let (secret, _) = d.enroll("cora");
+    let mut d = Daemon::start_with("");
+    let (secret, _) = d.enroll_now("cora");
     d.stop();
     // Fold the WAL into the file so that the copy is the whole database.
     {
@@ -381,8 +379,8 @@ fn corrupt_database_is_refused_with_the_reason_and_a_restored_copy_works() {
 /// A database path others could read or swap: twofoldd refuses to start and says why.
 #[test]
 fn unsafe_database_paths_are_refused_at_start() {
-    let mut d = Daemon::start("");
-    d.enroll("pia");
+    let mut d = Daemon::start_with("");
+    d.enroll_now("pia");
     d.stop();
     let state = d.database.parent().unwrap().to_path_buf();
     let set_mode =
@@ -432,8 +430,8 @@ fn idle_and_trickling_connections_of_a_user_do_not_starve_root() {
         );
         return;
     }
-    let d = Daemon::start("request_timeout = 5");
-    let (secret, _) = d.enroll("ida");
+    let d = Daemon::start_with("request_timeout = 5");
+    let (secret, _) = d.enroll_now("ida");
     let script = r#"
 import socket, sys, time
 path = sys.argv[1]
@@ -509,13 +507,13 @@ fn clock_set_back_an_hour_does_not_revive_old_codes() {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("libfaketime is required (Debian package faketime; scripts/deps.sh installs it)");
-    let mut d = Daemon::start("");
-    let (secret, _) = d.enroll("tara");
+    let mut d = Daemon::start_with("");
+    let (secret, _) = d.enroll_now("tara");
     ensure_step_time(8);
     assert_eq!(d.cli(&["verify", "tara", &oathtool(&secret, 1)]).code(), 0);
     d.stop();
     let log = std::fs::File::create(d.dir.path().join("twofoldd-faketime.log")).unwrap();
-    let mut child = Command::new(TWOFOLDD)
+    let mut child = Command::new(twofoldd())
         .arg("--config")
         .arg(&d.config)
         .env("LD_PRELOAD", faketime)
@@ -580,7 +578,7 @@ fn processes_are_not_dumpable() {
     )
     .unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let as_nobody = |program: &str| {
+    let as_nobody = |program: PathBuf| {
         let mut c = Command::new("setpriv");
         c.args([
             "--reuid",
@@ -593,7 +591,7 @@ fn processes_are_not_dumpable() {
         .arg(program);
         c
     };
-    let mut daemon = as_nobody(TWOFOLDD)
+    let mut daemon = as_nobody(twofoldd())
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())
@@ -613,7 +611,7 @@ fn processes_are_not_dumpable() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The CLI waits for a code on standard input (`-`) before it does anything.
-    let mut cli = as_nobody(TWOFOLD)
+    let mut cli = as_nobody(twofold_cli())
         .arg("--socket")
         .arg(&socket)
         .args(["confirm", "-"])
@@ -634,7 +632,7 @@ fn processes_are_not_dumpable() {
     let _ = daemon.kill();
     let _ = daemon.wait();
     // Control: a dumpable process of nobody's owns its /proc entry.
-    let mut sleeper = as_nobody("sleep").arg("5").spawn().unwrap();
+    let mut sleeper = as_nobody(PathBuf::from("sleep")).arg("5").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let s_owner = owner(sleeper.id());
     let _ = sleeper.kill();

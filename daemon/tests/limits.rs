@@ -4,10 +4,9 @@
 //! account over the real socket.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use twofold_tests::*;
 
 /// Speaks the wire protocol (u32 length + JSON) from 8 threads, `total` requests in all,
 /// cycling through every request an unprivileged user may send about their own account,
@@ -85,8 +84,8 @@ fn four_thousand_requests_from_one_user_add_at_most_100_audit_rows_and_2_mb() {
         return;
     }
     let mail = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&sendmail_stub(mail.path()));
-    let me = TempUser::create("tf-fl");
+    let d = Daemon::start_with(&sendmail_stub(mail.path()));
+    let me = TestUser::create_unique("tf-fl");
     let script = d.dir.path().join("flood.py");
     std::fs::write(&script, FLOOD).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -139,8 +138,8 @@ fn an_unprivileged_user_gets_a_few_changes_a_minute() {
         eprintln!("SKIP an_unprivileged_user_gets_a_few_changes_a_minute: needs root to create a test user");
         return;
     }
-    let d = Daemon::start("");
-    let me = TempUser::create("tf-bu");
+    let d = Daemon::start_with("");
+    let me = TestUser::create_unique("tf-bu");
     let mut refused = None;
     for i in 0..25 {
         let r = d.cli_as(Some(&me.name), &["enroll", "--json"], None);

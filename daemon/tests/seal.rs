@@ -4,12 +4,10 @@
 //! and the key file's replacement finished at the next start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use twofold_tests::*;
 
 fn b32_decode(s: &str) -> Vec<u8> {
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -54,7 +52,7 @@ fn write_config(d: &Daemon, extra: &str) {
 
 /// twofoldd's exit status and standard error when started on `config` (expected to refuse).
 fn refused_start(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new(TWOFOLDD)
+    let out = Command::new(twofoldd())
         .arg("--config")
         .arg(config)
         .stdout(Stdio::null())
@@ -92,8 +90,8 @@ fn copy_database(d: &Daemon, name: &str, extra: &str) -> (tempfile::TempDir, Pat
 
 #[test]
 fn sealed_database_reveals_nothing_and_needs_its_key() {
-    let mut d = Daemon::start("backup_codes = 2");
-    let (sam, _) = d.enroll("sam"); // enrolled before sealing
+    let mut d = Daemon::start_with("backup_codes = 2");
+    let (sam, _) = d.enroll_now("sam"); // enrolled before sealing
     let pending = d.cli(&["enroll", "--user", "pat", "--json"]);
     assert_eq!(pending.code(), 0);
     let pat = pending.json()["secret"].as_str().unwrap().to_string();
@@ -131,7 +129,7 @@ fn sealed_database_reveals_nothing_and_needs_its_key() {
     assert_eq!(d.cli(&["verify", "sam", &oathtool(&sam, 1)]).code(), 0);
     let c = d.cli(&["confirm", &oathtool(&pat, 0), "--user", "pat"]);
     assert_eq!(c.code(), 0, "{}", c.stderr());
-    let (kim, _) = d.enroll("kim"); // enrolled while sealed
+    let (kim, _) = d.enroll_now("kim"); // enrolled while sealed
     d.stop();
     assert!(!contains(&database_bytes(&d.database), &b32_decode(&kim)));
 
@@ -204,14 +202,14 @@ fn who_b32(raw: &[u8]) -> String {
 #[test]
 fn rekey_replaces_the_key_and_an_interrupted_one_is_finished_at_start() {
     let dir_key = |d: &Daemon| d.database.parent().unwrap().join("seal.key");
-    let mut d = Daemon::start("backup_codes = 2");
+    let mut d = Daemon::start_with("backup_codes = 2");
     let key = dir_key(&d);
     write_config(&d, &format!("backup_codes = 2\nseal_key_file = {key:?}"));
     let config = d.config.to_str().unwrap().to_string();
     assert_eq!(d.cli(&["seal", "init", "--config", &config]).code(), 0);
     d.restart();
-    let (ula, _) = d.enroll("ula");
-    let (vic, _) = d.enroll("vic");
+    let (ula, _) = d.enroll_now("ula");
+    let (vic, _) = d.enroll_now("vic");
     let old_key = std::fs::read(&key).unwrap();
 
     let r = d.cli(&["seal", "rekey"]);
@@ -288,13 +286,13 @@ fn rekey_replaces_the_key_and_an_interrupted_one_is_finished_at_start() {
     // step's was used above, a replay (1); never a storage error (6). A new enrollment works.
     let c = d.cli(&["verify", "ula", &oathtool(&ula, 1)]).code();
     assert!(c == 0 || c == 1, "exit {c}: {}", d.log());
-    let (wes, _) = d.enroll("wes");
+    let (wes, _) = d.enroll_now("wes");
     ensure_step_time(8);
     assert_eq!(d.cli(&["verify", "wes", &oathtool(&wes, 1)]).code(), 0);
 
     // Without sealing configured, rekey says so.
     write_config(&d, "");
-    let plain = Daemon::start("");
+    let plain = Daemon::start_with("");
     let r = plain.cli(&["seal", "rekey"]);
     assert_eq!(r.code(), 2, "{} {}", r.stdout(), r.stderr());
     assert!(r.stderr().contains("not sealed"), "{}", r.stderr());

@@ -7,12 +7,10 @@
 //! of the size a name-service miss or a database write makes (0.1–0.4 ms), not a microsecond.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
 use std::time::{Duration, Instant};
 use twofold_shared::client::Client;
 use twofold_shared::wire::{RequestBody, ResponseBody, SecretText};
+use twofold_tests::*;
 
 const ROUNDS: usize = 150;
 
@@ -55,10 +53,10 @@ fn ks_distance(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn refusals_take_the_same_time_whoever_they_are_for() {
-    let d = Daemon::start(
+    let d = Daemon::start_with(
         "unenrolled = \"deny\"\n[throttle]\nfree_failures = 1000000\nlockout_after = 0",
     );
-    d.enroll("tilda");
+    d.enroll_now("tilda");
     let client = Client::new(&d.socket, Duration::from_secs(10), vec![0]);
     // "root" has an account and no enrollment; the third name has neither.
     let kinds = [
