@@ -879,19 +879,7 @@ fn require_groups_refuse_members_until_enrolled() {
         return;
     }
     let group = format!("tf-g{}", std::process::id() % 100_000);
-    let _ = Command::new("groupdel").arg(&group).output();
-    assert!(Command::new("groupadd")
-        .arg(&group)
-        .status()
-        .unwrap()
-        .success());
-    struct Group(String);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            let _ = Command::new("groupdel").arg(&self.0).output();
-        }
-    }
-    let _g = Group(group.clone());
+    let _g = TestGroup::create(&group);
     let member = TestUser::create_unique("tf-m");
     let outsider = TestUser::create_unique("tf-n");
     assert!(Command::new("usermod")

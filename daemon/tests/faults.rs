@@ -318,19 +318,6 @@ fn read_only_database_fails_closed_then_recovers() {
     assert_eq!(status(&d, "rosa")["failures"], 0);
 }
 
-fn start_error(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new(twofoldd())
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A flipped header or a truncated file: twofoldd refuses to start and says why, and starts
 /// again once the administrator puts the good copy back.
 #[test]
@@ -352,7 +339,7 @@ fn corrupt_database_is_refused_with_the_reason_and_a_restored_copy_works() {
         *b ^= 0xff;
     }
     std::fs::write(&d.database, &flipped).unwrap();
-    let (code, err) = start_error(&d.config);
+    let (code, err) = refused_start(&d.config);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot open database"), "{err}");
     assert!(err.contains("not a database"), "{err}");
@@ -363,7 +350,7 @@ fn corrupt_database_is_refused_with_the_reason_and_a_restored_copy_works() {
     );
 
     std::fs::write(&d.database, &good[..good.len() / 2]).unwrap();
-    let (code, err) = start_error(&d.config);
+    let (code, err) = refused_start(&d.config);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("malformed") || err.contains("corrupt") || err.contains("not a database"),
@@ -387,7 +374,7 @@ fn unsafe_database_paths_are_refused_at_start() {
         |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
 
     set_mode(&d.database, 0o644);
-    let (code, err) = start_error(&d.config);
+    let (code, err) = refused_start(&d.config);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("open to group or others") && err.contains("chmod 600"),
@@ -396,11 +383,11 @@ fn unsafe_database_paths_are_refused_at_start() {
     set_mode(&d.database, 0o600);
 
     set_mode(&state, 0o755);
-    let (code, err) = start_error(&d.config);
+    let (code, err) = refused_start(&d.config);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("readable by others"), "{err}");
     set_mode(&state, 0o777);
-    let (code, err) = start_error(&d.config);
+    let (code, err) = refused_start(&d.config);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("writable by others"), "{err}");
     set_mode(&state, 0o700);
@@ -409,7 +396,7 @@ fn unsafe_database_paths_are_refused_at_start() {
     let real = state.join("real.db");
     std::fs::rename(&d.database, &real).unwrap();
     std::os::unix::fs::symlink(&real, &d.database).unwrap();
-    let (code, err) = start_error(&d.config);
+    let (code, err) = refused_start(&d.config);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("symbolic link"), "{err}");
     std::fs::remove_file(&d.database).unwrap();

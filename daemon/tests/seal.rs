@@ -6,7 +6,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use twofold_tests::*;
 
 fn b32_decode(s: &str) -> Vec<u8> {
@@ -48,20 +47,6 @@ fn write_config(d: &Daemon, extra: &str) {
         ),
     )
     .unwrap();
-}
-
-/// twofoldd's exit status and standard error when started on `config` (expected to refuse).
-fn refused_start(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new(twofoldd())
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A copy of the stopped daemon's database in a directory of its own, with a config.

@@ -337,6 +337,54 @@ impl Drop for Daemon {
     }
 }
 
+/// twofoldd's exit status and standard error when started on `config` (expected to refuse).
+pub fn refused_start(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(twofoldd())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A name unique to this process and test: `PREFIX-PID-N`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// A group made for the test (root only), removed when dropped.
+#[derive(Debug)]
+pub struct TestGroup(pub String);
+
+impl TestGroup {
+    pub fn create(name: &str) -> TestGroup {
+        let _ = Command::new("groupdel").arg(name).output();
+        let out = run_account_tool("groupadd", &[name], None);
+        assert!(
+            out.status.success(),
+            "groupadd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestGroup(name.to_string())
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = run_account_tool("groupdel", &[&self.0], None);
+    }
+}
+
 /// A path as the `&str` an argument list wants.
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -61,19 +61,7 @@ fn require_groups_refuse_members_until_enrolled() {
         return;
     }
     let group = format!("tf-pg{}", std::process::id() % 100_000);
-    let _ = Command::new("groupdel").arg(&group).output();
-    assert!(Command::new("groupadd")
-        .arg(&group)
-        .status()
-        .unwrap()
-        .success());
-    struct Group(String);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            let _ = Command::new("groupdel").arg(&self.0).output();
-        }
-    }
-    let _group = Group(group.clone());
+    let _group = TestGroup::create(&group);
     let member = TestUser::create(&format!("tf-pm{}", std::process::id() % 100_000));
     let outsider = TestUser::create(&format!("tf-po{}", std::process::id() % 100_000));
     assert!(Command::new("usermod")

@@ -11,7 +11,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use twofold_tests::*;
 
@@ -19,17 +18,6 @@ const PROMPT: &str = "Verification code:";
 const SSH_DEADLINE: Duration = Duration::from_secs(30);
 /// What the remote command prints; a refused login never prints it.
 const MARKER: &str = "tf-remote-command-ran";
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and test: `PREFIX-PID-N`.
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 fn skip(test: &str) -> bool {
     skip_unless_root(

@@ -10,7 +10,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use twofold_tests::*;
 
@@ -18,16 +17,6 @@ const CODE_PROMPT: &str = "Verification code: ";
 const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'.";
 const INVALID: &str = "Invalid verification code.";
 const SUDO_DEADLINE: Duration = Duration::from_secs(30);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 fn skip(test: &str) -> bool {
     skip_unless_root(
