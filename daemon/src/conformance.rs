@@ -127,6 +127,9 @@ fn enrollments(s: &Store) {
         [("bob".to_string(), None)]
     );
     assert_eq!(w(s, |tx| tx.names_without_uid()), ["bob"]);
+    assert_eq!(w(s, |tx| tx.recorded_uid("bob")), Some(None));
+    assert_eq!(w(s, |tx| tx.recorded_uid("alice")), Some(Some(1000)));
+    assert_eq!(w(s, |tx| tx.recorded_uid("nobody-here")), None);
     w(s, |tx| tx.set_user_uid("bob", 2000));
     assert!(w(s, |tx| tx.names_without_uid()).is_empty());
     assert_eq!(w(s, |tx| tx.user("bob")).unwrap().uid, Some(2000));

@@ -1456,31 +1456,14 @@ fn a_user_changes_their_own_email_address_only_with_a_current_code() {
         );
         return;
     }
-    // A stand-in sendmail that keeps the last message (run by twofoldd, root here).
-    let spool = tempfile::tempdir().unwrap();
-    let program = spool.path().join("sendmail");
-    std::fs::write(
-        &program,
-        format!(
-            "#!/bin/sh\ncat > {0}/m.tmp && mv {0}/m.tmp {0}/message\n",
-            spool.path().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (spool, program) = sendmail_spool();
     let d = Daemon::start_with(&format!(
         "email_codes = true\nemail_resend_secs = 0\n[email]\nsendmail = {program:?}\n"
     ));
     let me = TestUser::create_unique("tf-e");
     let other = TestUser::create_unique("tf-f");
     let (secret, _) = d.enroll_now(&me.name);
-    let mailed = || {
-        let m = std::fs::read_to_string(spool.path().join("message")).unwrap();
-        m.split_whitespace()
-            .find(|w| w.len() == 7 && w.as_bytes()[3] == b'-')
-            .unwrap()
-            .to_string()
-    };
+    let mailed = || last_mailed(&spool);
     // Enrolled: registering an address changes the second factor, so it needs a code.
     let no_code = d.cli_as(Some(&me.name), &["email", "set", "me@example.org"], None);
     assert_eq!(no_code.code(), 2, "{}", no_code.stderr());
@@ -1521,8 +1504,9 @@ fn a_user_changes_their_own_email_address_only_with_a_current_code() {
     assert!(d.log().contains("outcome=sent"), "{}", d.log());
 }
 
-/// A stand-in sendmail (run by twofoldd) keeping the last message; returns its code reader.
-fn sendmail_spool() -> (tempfile::TempDir, String) {
+/// A stand-in sendmail (run by twofoldd, root here) keeping the last message in the directory
+/// returned; and the program's path.
+fn sendmail_spool() -> (tempfile::TempDir, std::path::PathBuf) {
     let spool = tempfile::tempdir().unwrap();
     let program = spool.path().join("sendmail");
     std::fs::write(
@@ -1534,10 +1518,7 @@ fn sendmail_spool() -> (tempfile::TempDir, String) {
     )
     .unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = format!(
-        "email_codes = true\nemail_auto = true\nemail_resend_secs = 0\n[email]\nsendmail = {program:?}\n"
-    );
-    (spool, config)
+    (spool, program)
 }
 
 fn last_mailed(spool: &tempfile::TempDir) -> String {
@@ -1557,8 +1538,10 @@ fn an_email_only_user_adds_an_app_only_with_a_mailed_code() {
         eprintln!("SKIP an_email_only_user_adds_an_app_only_with_a_mailed_code: needs root to create a test user");
         return;
     }
-    let (spool, config) = sendmail_spool();
-    let d = Daemon::start_with(&config);
+    let (spool, program) = sendmail_spool();
+    let d = Daemon::start_with(&format!(
+        "email_codes = true\nemail_auto = true\nemail_resend_secs = 0\n[email]\nsendmail = {program:?}\n"
+    ));
     let me = TestUser::create_unique("tf-g");
     let other = TestUser::create_unique("tf-h");
     for u in [&me.name, &other.name] {

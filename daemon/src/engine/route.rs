@@ -94,7 +94,8 @@ impl Engine {
                 format!("a PAM item is longer than {MAX_ITEM} bytes"),
             );
         }
-        let account = match self.resolve(target, uid, now) {
+        let login = matches!(operation, Operation::Preflight | Operation::Verify);
+        let account = match self.resolve(target, uid, caller.admin && login, now) {
             Ok(a) => a,
             Err(refusal) => return *refusal,
         };
@@ -107,7 +108,18 @@ impl Engine {
     /// Resolves who the request is about: named, or the caller's own account. A name with an
     /// account is replaced by the account's own name for its uid (see users::canonical), so
     /// that every name of one account meets the same enrollment and throttle.
-    fn resolve(&self, target: Target, uid: u32, now: u64) -> Result<Account, Box<ResponseBody>> {
+    /// `pam_login`: a preflight or verify from root's PAM services. A name enrolled under
+    /// exactly that spelling with no uid recorded (a name that had no account when it was
+    /// enrolled, and none when twofoldd started) is taken as it is, without asking the name
+    /// service: its answer could only be "no such account" (which costs the most, tens of
+    /// microseconds a miss here) or an account the enrollment is not bound to anyway.
+    fn resolve(
+        &self,
+        target: Target,
+        uid: u32,
+        pam_login: bool,
+        now: u64,
+    ) -> Result<Account, Box<ResponseBody>> {
         match target {
             Target::None => Ok(Account {
                 name: String::new(),
@@ -116,6 +128,9 @@ impl Engine {
             Target::Named(name) => {
                 users::validate_name(&name)
                     .map_err(|why| Box::new(error(ErrorKind::BadRequest, why)))?;
+                if pam_login && self.unbound_enrollment(&name) {
+                    return Ok(Account { name, uid: None });
+                }
                 match users::canonical(&name) {
                     Ok(Some((canonical, account_uid))) => Ok(Account {
                         name: canonical,
@@ -354,6 +369,13 @@ impl Engine {
             ));
         }
         None
+    }
+
+    /// Whether `name` is enrolled under exactly that spelling with no uid recorded. A store
+    /// error says no: the name service is asked, and the error is met again where it is
+    /// reported.
+    fn unbound_enrollment(&self, name: &str) -> bool {
+        matches!(self.store.read(|tx| tx.recorded_uid(name)), Ok(Some(None)))
     }
 
     /// Whether enrollments are bound to uids: on this host's own store, yes; on a fleet's

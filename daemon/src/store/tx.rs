@@ -14,6 +14,8 @@ pub trait Tx {
     fn set_user_uid(&self, name: &str, uid: u32) -> Result<()>;
     /// Names enrolled with no recorded uid.
     fn names_without_uid(&self) -> Result<Vec<String>>;
+    /// Whether `name` is enrolled (`Some`), and the uid recorded with it.
+    fn recorded_uid(&self, name: &str) -> Result<Option<Option<u32>>>;
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;
     fn pending_names(&self) -> Result<Vec<String>>;
     fn throttle(&self, name: &str) -> Result<ThrottleRecord>;

@@ -170,6 +170,19 @@ impl Tx for PgTx<'_> {
             .collect())
     }
 
+    fn recorded_uid(&self, name: &str) -> Result<Option<Option<u32>>> {
+        Ok(self
+            .one(
+                Some(name),
+                "SELECT uid FROM users WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| {
+                let uid: Option<i64> = r.get(0);
+                uid.and_then(|u| u32::try_from(u).ok())
+            }))
+    }
+
     fn names_without_uid(&self) -> Result<Vec<String>> {
         Ok(self
             .all(

@@ -120,6 +120,15 @@ impl Tx for SqliteTx<'_> {
             .collect())
     }
 
+    fn recorded_uid(&self, name: &str) -> Result<Option<Option<u32>>> {
+        let uid = self
+            .0
+            .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, Option<i64>>(0))
+            .optional()?;
+        Ok(uid.map(|u| u.and_then(|u| u32::try_from(u).ok())))
+    }
+
     fn names_without_uid(&self) -> Result<Vec<String>> {
         let mut stmt = self
             .0
