@@ -5,7 +5,6 @@
 use crate::audit::Logger;
 use crate::clock;
 use crate::engine::Engine;
-use crate::users;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -303,7 +302,7 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
 fn handle(stream: UnixStream, uid: u32, pid: i32, engine: &Engine, timeout: Duration) {
     let mut input = DeadlineStream::new(stream, Instant::now() + timeout);
     let reply = match wire::read_frame(&mut input) {
-        Ok(payload) => engine.handle_payload(uid, users::session_of(pid), &payload, clock::now()),
+        Ok(payload) => engine.handle_payload(uid, Some(pid), &payload, clock::now()),
         // Connected and left: nothing to answer (also what health checks do).
         Err(FrameError::Closed) => return,
         Err(e) => {

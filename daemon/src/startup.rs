@@ -169,17 +169,22 @@ fn serve(
     log: &Arc<Logger>,
 ) -> Result<(), StartError> {
     let engine = Arc::new(engine);
-    if let Err(e) = engine.adopt_uids() {
-        log.error(&format!(
-            "recording the uids of older enrollments failed: {e}"
-        ));
-    }
     let housekeeper = engine.clone();
+    let housekeeper_log = log.clone();
     std::thread::Builder::new()
         .name("housekeeping".into())
-        .spawn(move || loop {
-            housekeeper.housekeeping(clock::now());
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+        .spawn(move || {
+            // In the background: a name-service lookup per older enrollment must not hold
+            // up the logins (until it is done, those enrollments stay unbound, as before).
+            if let Err(e) = housekeeper.adopt_uids() {
+                housekeeper_log.error(&format!(
+                    "recording the uids of older enrollments failed: {e}"
+                ));
+            }
+            loop {
+                housekeeper.housekeeping(clock::now());
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         })
         .map_err(|e| StartError::Refused(format!("cannot start housekeeping: {e}")))?;
     reload_on_sighup(engine.clone(), path, explicit)

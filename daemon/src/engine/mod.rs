@@ -209,12 +209,13 @@ impl Engine {
         }
     }
 
-    /// Decodes one request frame and answers it. `session`: the caller's audit session (see
+    /// Decodes one request frame and answers it. `pid`: the caller's process, whose audit
+    /// session (read only when a remembered device is asked about) is its login's (see
     /// [`grace_key`]).
     pub fn handle_payload(
         &self,
         uid: u32,
-        session: Option<u32>,
+        pid: Option<i32>,
         payload: &[u8],
         now: u64,
     ) -> ResponseBody {
@@ -229,7 +230,7 @@ impl Engine {
             }
         }
         match wire::decode::<Request>(payload) {
-            Ok(request) => self.handle_from(uid, session, request.body, now),
+            Ok(request) => self.handle_from(uid, pid, request.body, now),
             Err(e) => {
                 self.warn_repeated(
                     &format!("bad-request:{uid}"),
@@ -261,17 +262,17 @@ impl Engine {
         self.handle_from(uid, None, body, now)
     }
 
-    /// [`Engine::handle`] for a caller in a known login session.
+    /// [`Engine::handle`] for a caller whose process is known.
     pub fn handle_from(
         &self,
         uid: u32,
-        session: Option<u32>,
+        pid: Option<i32>,
         body: RequestBody,
         now: u64,
     ) -> ResponseBody {
         let started = std::time::Instant::now();
         let login = matches!(body, RequestBody::Verify { .. });
-        let reply = self.answer(uid, session, body, now);
+        let reply = self.answer(uid, pid, body, now);
         if login && !matches!(reply, ResponseBody::Accepted { .. }) {
             if let Some(rest) = REFUSAL_TIME.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);

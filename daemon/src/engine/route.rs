@@ -69,7 +69,7 @@ impl Engine {
     pub(super) fn answer(
         &self,
         uid: u32,
-        session: Option<u32>,
+        pid: Option<i32>,
         body: RequestBody,
         now: u64,
     ) -> ResponseBody {
@@ -100,7 +100,7 @@ impl Engine {
             Err(refusal) => return *refusal,
         };
         match self.admit(caller, operation, body.op_name(), &account, now) {
-            Ok(needs_code) => self.dispatch(body, account, needs_code, uid, session, now),
+            Ok(needs_code) => self.dispatch(body, account, needs_code, uid, pid, now),
             Err(refusal) => *refusal,
         }
     }
@@ -243,7 +243,7 @@ impl Engine {
         account: Account,
         needs_code: bool,
         uid: u32,
-        session: Option<u32>,
+        pid: Option<i32>,
         now: u64,
     ) -> ResponseBody {
         let Account {
@@ -254,8 +254,13 @@ impl Engine {
         // unit may not see in /proc) the one their module read.
         let admin = uid == 0 || uid == self.daemon_uid;
         let device = |pam: &PamItems, grace_secs: u64| {
-            let session = session.or(pam.session.filter(|_| admin));
-            (grace_secs > 0).then(|| grace_key(pam, session)).flatten()
+            let session = || {
+                pid.and_then(users::session_of)
+                    .or(pam.session.filter(|_| admin))
+            };
+            (grace_secs > 0)
+                .then(|| grace_key(pam, session()))
+                .flatten()
         };
         match body {
             RequestBody::Ping {} => ResponseBody::Pong {
@@ -385,20 +390,24 @@ impl Engine {
         self.config().store == crate::config::StoreKind::Sqlite
     }
 
-    /// At start: records the uid of each enrollment made before uids were recorded, as the
-    /// name service gives it now (so that no later caller can claim it). Names with no account
-    /// stay without. Returns how many were recorded.
+    /// At start: records the uid of each enrollment made before uids were recorded (the
+    /// upgrade marked them), as the name service gives it now, so that no later caller can
+    /// claim it; names with no account are recorded as having none. Once per enrollment.
+    /// Returns how many uids were recorded.
     pub fn adopt_uids(&self) -> Result<usize, StoreError> {
         if !self.binds_uids() {
             return Ok(0);
         }
-        let names = self.store.read(|tx| tx.names_without_uid())?;
-        let found: Vec<(String, u32)> = names
+        let names = self.store.read(|tx| tx.names_to_adopt())?;
+        let found: Vec<(String, Option<u32>)> = names
             .into_iter()
-            .filter_map(|n| users::uid_of(&n).map(|uid| (n, uid)))
+            .map(|n| {
+                let uid = users::uid_of(&n);
+                (n, uid)
+            })
             .collect();
-        let count = found.len();
-        if count > 0 {
+        let count = found.iter().filter(|(_, uid)| uid.is_some()).count();
+        if !found.is_empty() {
             self.store.write(move |tx| {
                 found
                     .iter()

@@ -10,10 +10,11 @@ pub trait Tx {
     fn user_names(&self) -> Result<Vec<String>>;
     /// The enrollments stored under `name` or recorded for `uid`: each name and its uid.
     fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>>;
-    /// Records the uid of an enrollment made before uids were recorded.
-    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()>;
-    /// Names enrolled with no recorded uid.
-    fn names_without_uid(&self) -> Result<Vec<String>>;
+    /// Records the uid of an enrollment (`None`: its name is no account).
+    fn set_user_uid(&self, name: &str, uid: Option<u32>) -> Result<()>;
+    /// Enrollments made before uids were recorded, whose account was not looked up yet
+    /// (the upgrade marks them uid -1).
+    fn names_to_adopt(&self) -> Result<Vec<String>>;
     /// Whether `name` is enrolled (`Some`), and the uid recorded with it.
     fn recorded_uid(&self, name: &str) -> Result<Option<Option<u32>>>;
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>>;

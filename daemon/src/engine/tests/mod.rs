@@ -517,14 +517,10 @@ fn a_remembered_device_is_a_remote_host_or_a_login_session_and_who_asked() {
 
 /// An enrollment as twofold stored it before uids were recorded (or for a name that had no
 /// account then): the same row with no uid.
-fn forget_uid(e: &Engine, name: &str) {
-    let owned = name.to_string();
-    e.store
-        .write(move |tx| {
-            let mut u = tx.user(&owned)?.expect("enrolled");
-            u.uid = None;
-            tx.activate(&u, &[])
-        })
+/// Makes `name`'s enrollment look as the upgrade to recorded uids leaves an older one.
+fn as_before_uids(dir: &tempfile::TempDir, name: &str) {
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    db.execute("UPDATE users SET uid = -1 WHERE name = ?1", [name])
         .unwrap();
 }
 
@@ -539,16 +535,21 @@ fn recorded_uid(e: &Engine, name: &str) -> Option<u32> {
 /// now twofoldd records every one at start, from the name service.
 #[test]
 fn enrollments_without_a_uid_take_their_accounts_at_start() {
-    let (e, _dir) = engine("");
+    let (e, dir) = engine("");
     enrolled(&e, "root", T0);
     assert_eq!(recorded_uid(&e, "root"), Some(0), "recorded at enrollment");
     enrolled(&e, "ghost-without-account", T0);
     assert_eq!(recorded_uid(&e, "ghost-without-account"), None);
-    forget_uid(&e, "root");
+    as_before_uids(&dir, "root");
+    as_before_uids(&dir, "ghost-without-account");
+    assert_eq!(recorded_uid(&e, "root"), None, "not bound until looked up");
     assert_eq!(e.adopt_uids().unwrap(), 1);
     assert_eq!(recorded_uid(&e, "root"), Some(0));
     assert_eq!(recorded_uid(&e, "ghost-without-account"), None);
+    // Looked up once: nothing is left to adopt, and nothing is looked up again.
     assert_eq!(e.adopt_uids().unwrap(), 0);
+    let left = e.store.read(|tx| tx.names_to_adopt()).unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Switched off, logins pass untouched even when the store holds an enrollment that is not
@@ -557,7 +558,9 @@ fn enrollments_without_a_uid_take_their_accounts_at_start() {
 fn switched_off_passes_even_a_mismatched_enrollment() {
     let (e, _dir) = engine("enabled = false");
     enrolled(&e, "root", T0);
-    e.store.write(|tx| tx.set_user_uid("root", 4242)).unwrap();
+    e.store
+        .write(|tx| tx.set_user_uid("root", Some(4242)))
+        .unwrap();
     let pre = e.handle(
         0,
         RequestBody::Preflight {

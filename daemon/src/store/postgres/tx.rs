@@ -183,22 +183,19 @@ impl Tx for PgTx<'_> {
             }))
     }
 
-    fn names_without_uid(&self) -> Result<Vec<String>> {
+    fn names_to_adopt(&self) -> Result<Vec<String>> {
         Ok(self
-            .all(
-                "SELECT name FROM users WHERE uid IS NULL ORDER BY name",
-                &[],
-            )?
+            .all("SELECT name FROM users WHERE uid = -1 ORDER BY name", &[])?
             .iter()
             .map(|r| r.get(0))
             .collect())
     }
 
-    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {
+    fn set_user_uid(&self, name: &str, uid: Option<u32>) -> Result<()> {
         self.exec(
             Some(name),
             "UPDATE users SET uid = $2 WHERE name = $1",
-            &[&name, &i64::from(uid)],
+            &[&name, &uid.map(i64::from)],
         )?;
         Ok(())
     }

@@ -107,6 +107,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 7: an enrollment belongs to an account: its uid
     "ALTER TABLE users ADD COLUMN uid INTEGER;
+    UPDATE users SET uid = -1;
     CREATE INDEX users_by_uid ON users (uid);",
     // 8: a new address waits beside the verified one until it is verified itself
     "ALTER TABLE emails ADD COLUMN pending TEXT;",

@@ -129,17 +129,17 @@ impl Tx for SqliteTx<'_> {
         Ok(uid.map(|u| u.and_then(|u| u32::try_from(u).ok())))
     }
 
-    fn names_without_uid(&self) -> Result<Vec<String>> {
+    fn names_to_adopt(&self) -> Result<Vec<String>> {
         let mut stmt = self
             .0
-            .prepare_cached("SELECT name FROM users WHERE uid IS NULL ORDER BY name")?;
+            .prepare_cached("SELECT name FROM users WHERE uid = -1 ORDER BY name")?;
         let names = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(names)
     }
 
-    fn set_user_uid(&self, name: &str, uid: u32) -> Result<()> {
+    fn set_user_uid(&self, name: &str, uid: Option<u32>) -> Result<()> {
         self.0
             .prepare_cached("UPDATE users SET uid = ?2 WHERE name = ?1")?
             .execute(params![name, uid])?;
