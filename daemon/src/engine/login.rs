@@ -81,16 +81,10 @@ impl Engine {
             return None;
         }
         let entry = AuditEntry {
-            time: now,
-            event: "login".into(),
-            user: Some(name.to_string()),
             outcome: "accepted".into(),
             method: Some("remembered".into()),
-            service: pam.service.clone(),
-            rhost: pam.rhost.clone(),
-            tty: pam.tty.clone(),
-            caller_uid: Some(uid),
             detail: Some(format!("code given {} s ago", now - at)),
+            ..pam_entry(now, "login", name, pam, uid)
         };
         // Accepted only once the acceptance is on record. A user asking about their own
         // account (a screen locker) is recorded once a minute per device: they could ask in
@@ -154,17 +148,7 @@ impl Engine {
                     }
                 }
                 let reply = self.not_enrolled(name);
-                let base = AuditEntry {
-                    time: now,
-                    event: "login".into(),
-                    user: Some(name.to_string()),
-                    service: pam.service.clone(),
-                    rhost: pam.rhost.clone(),
-                    tty: pam.tty.clone(),
-                    caller_uid: Some(uid),
-                    ..Default::default()
-                };
-                self.record_not_enrolled(base, &reply);
+                self.record_not_enrolled(pam_entry(now, "login", name, pam, uid), &reply);
                 reply
             }
             Ok(false) => ResponseBody::Prompt,
@@ -198,16 +182,7 @@ impl Engine {
         uid: u32,
         now: u64,
     ) -> ResponseBody {
-        let base = AuditEntry {
-            time: now,
-            event: "login".into(),
-            user: Some(name.to_string()),
-            service: pam.service.clone(),
-            rhost: pam.rhost.clone(),
-            tty: pam.tty.clone(),
-            caller_uid: Some(uid),
-            ..Default::default()
-        };
+        let base = pam_entry(now, "login", name, pam, uid);
         let quiet = self.quiet.quiet(name, now);
         let login = LoginBase {
             entry: base.clone(),

@@ -42,16 +42,9 @@ impl Engine {
             .mailer(&cfg)
             .and_then(|m| m.send(address, &subject, &body));
         let mut entry = AuditEntry {
-            time: now,
-            event: "email".into(),
-            user: Some(name.to_string()),
             outcome: "sent".into(),
-            service: pam.service.clone(),
-            rhost: pam.rhost.clone(),
-            tty: pam.tty.clone(),
-            caller_uid: Some(uid),
             detail: Some(format!("{what} to {masked}")),
-            ..Default::default()
+            ..pam_entry(now, "email", name, pam, uid)
         };
         if let Err(why) = sent {
             self.log.error(&format!(

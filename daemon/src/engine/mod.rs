@@ -98,6 +98,21 @@ fn storage_error() -> ResponseBody {
     )
 }
 
+/// An audit entry for an event of a PAM service (a login, a mail asked for at a prompt):
+/// who, from where, asked by which uid.
+fn pam_entry(now: u64, event: &str, name: &str, pam: &PamItems, uid: u32) -> AuditEntry {
+    AuditEntry {
+        time: now,
+        event: event.into(),
+        user: Some(name.to_string()),
+        service: pam.service.clone(),
+        rhost: pam.rhost.clone(),
+        tty: pam.tty.clone(),
+        caller_uid: Some(uid),
+        ..Default::default()
+    }
+}
+
 /// An audit entry for an administrative event.
 fn admin_entry(now: u64, event: &str, name: &str, outcome: &str, uid: u32) -> AuditEntry {
     AuditEntry {
