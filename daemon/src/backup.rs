@@ -100,6 +100,43 @@ pub fn normalize(input: &str) -> Option<Zeroizing<String>> {
     (ours || scratch).then_some(code)
 }
 
+/// Digits of a helpdesk code (`twofold bypass`): 20 digits, 66 bits, read aloud over the
+/// phone in five groups of four. No TOTP code or backup code has this shape.
+pub const HELPDESK_DIGITS: usize = 20;
+
+/// A fresh helpdesk code, `1234-5678-9012-3456-7890`.
+pub fn generate_helpdesk() -> Result<SecretText, RandomError> {
+    let mut text = Zeroizing::new(String::with_capacity(HELPDESK_DIGITS + 4));
+    let mut digits = 0;
+    while digits < HELPDESK_DIGITS {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        random_bytes(raw.as_mut())?;
+        // Bytes of 250 and above are dropped: the digits stay uniform.
+        for b in raw.iter().filter(|&&b| b < 250) {
+            if digits == HELPDESK_DIGITS {
+                break;
+            }
+            if digits > 0 && digits % 4 == 0 {
+                text.push('-');
+            }
+            text.push(char::from(b'0' + b % 10));
+            digits += 1;
+        }
+    }
+    Ok(SecretText::new(text.as_str()))
+}
+
+/// A typed helpdesk code without its spaces and hyphens, or `None` if it is not one.
+pub fn normalize_helpdesk(input: &str) -> Option<Zeroizing<String>> {
+    let code: Zeroizing<String> = Zeroizing::new(
+        input
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '\t'))
+            .collect(),
+    );
+    (code.len() == HELPDESK_DIGITS && code.bytes().all(|b| b.is_ascii_digit())).then_some(code)
+}
+
 /// Argon2id of a normalised code under `salt`. The only error is a salt shorter than
 /// Argon2's minimum, which twofold never stores.
 pub fn hash(normalized: &str, salt: &[u8]) -> Option<BackupHash> {
@@ -163,6 +200,27 @@ mod tests {
             "abcd-efgh-ijkl-mnø",
         ] {
             assert!(normalize(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn helpdesk_codes() {
+        let a = generate_helpdesk().unwrap();
+        let b = generate_helpdesk().unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), 24);
+        assert_eq!(a.expose().matches('-').count(), 4);
+        let n = normalize_helpdesk(a.expose()).unwrap();
+        assert_eq!(n.len(), HELPDESK_DIGITS);
+        assert!(normalize(a.expose()).is_none(), "not a backup code");
+        assert!(normalize_helpdesk(" 1234 5678-9012 3456 7890 ").is_some());
+        for bad in [
+            "",
+            "123456",
+            "1234-5678-9012-3456-789",
+            "1234-5678-9012-3456-789x",
+        ] {
+            assert!(normalize_helpdesk(bad).is_none(), "{bad}");
         }
     }
 

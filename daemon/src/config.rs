@@ -32,6 +32,28 @@ pub enum Unenrolled {
     Deny,
 }
 
+/// Who may enroll in the login's own conversation (QR code, first code, backup codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EnrollAtLogin {
+    Never,
+    /// Accounts root invited (`twofold invite`), while the invitation is open.
+    #[default]
+    Invited,
+    /// Every account without a factor, at its first login (trust on first use).
+    Always,
+}
+
+impl EnrollAtLogin {
+    pub fn name(self) -> &'static str {
+        match self {
+            EnrollAtLogin::Never => "never",
+            EnrollAtLogin::Invited => "invited",
+            EnrollAtLogin::Always => "always",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -48,6 +70,7 @@ pub struct Config {
     pub require_groups: Vec<String>,
     /// Whether users may enroll themselves (otherwise only root enrolls).
     pub self_enroll: bool,
+    pub enroll_at_login: EnrollAtLogin,
     /// Backup codes issued per user.
     pub backup_codes: u32,
     /// Connections served at once; more are answered "busy".
@@ -92,6 +115,7 @@ impl Default for Config {
             unenrolled: Unenrolled::Allow,
             require_groups: Vec::new(),
             self_enroll: true,
+            enroll_at_login: EnrollAtLogin::Invited,
             backup_codes: 12,
             max_connections: 256,
             request_timeout: 5,
@@ -282,6 +306,7 @@ mod tests {
             window = 2
             unenrolled = "deny"
             self_enroll = false
+            enroll_at_login = "always"
             backup_codes = 10
             [throttle]
             free_failures = 3
@@ -290,6 +315,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.unenrolled, Unenrolled::Deny);
+        assert_eq!(c.enroll_at_login, EnrollAtLogin::Always);
+        assert!(Config::parse("enroll_at_login = \"sometimes\"").is_err());
+        assert_eq!(Config::default().enroll_at_login, EnrollAtLogin::Invited);
         assert_eq!(c.throttle.free_failures, 3);
         assert_eq!(c.throttle.base_delay, 30); // default kept inside the table
         assert!(!c.enabled);

@@ -18,6 +18,7 @@ pub(crate) mod import;
 pub(crate) mod limits;
 pub(crate) mod migrate;
 pub(crate) mod policy;
+pub(crate) mod qr;
 pub(crate) mod seal;
 pub(crate) mod server;
 pub mod startup;

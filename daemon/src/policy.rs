@@ -21,9 +21,24 @@ pub enum Operation {
     EmailRemove,
     SendEmailCode,
     SealRekey,
+    /// The first code of an enrollment made in the login's conversation.
+    ConfirmLogin,
+    Invite,
+    InviteList,
+    InviteRevoke,
+    Bypass,
+    BypassRevoke,
 }
 
 impl Operation {
+    /// A step of a login, asked by a PAM service.
+    pub fn is_login(self) -> bool {
+        matches!(
+            self,
+            Operation::Preflight | Operation::Verify | Operation::ConfirmLogin
+        )
+    }
+
     /// Whether the operation changes an account's factors or mails a code: what an
     /// unprivileged caller may ask for only a few times a minute.
     pub fn changes(self) -> bool {
@@ -72,16 +87,16 @@ pub fn authorize(
     }
     match op {
         Ping => return Decision::Allow,
-        List | Unlock | Policy | Audit | Import | SealRekey => {
-            return Decision::Deny("only root may do this")
-        }
+        List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
+        | InviteRevoke | Bypass | BypassRevoke => return Decision::Deny("only root may do this"),
         _ => {}
     }
     if target_uid != Some(caller.uid) {
         return Decision::Deny("you may only act on your own account");
     }
     match op {
-        Preflight | Verify | Status | SendEmailCode => Decision::Allow,
+        // A login: what it may enroll is the invitation's (or enroll_at_login's) to say.
+        Preflight | Verify | ConfirmLogin | Status | SendEmailCode => Decision::Allow,
         // Registering an address is enrolling a second factor.
         Enroll | Confirm | EmailSet | EmailConfirm if !self_enroll => {
             Decision::Deny("self-enrollment is switched off; ask an administrator")
@@ -90,9 +105,8 @@ pub fn authorize(
         // Changing where second-factor codes go is changing the second factor.
         EmailSet | EmailRemove => Decision::AllowWithCode,
         Enroll | BackupCodes | Disable => Decision::AllowWithCode,
-        Ping | List | Unlock | Policy | Audit | Import | SealRekey => {
-            Decision::Deny("only root may do this")
-        }
+        Ping | List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
+        | InviteRevoke | Bypass | BypassRevoke => Decision::Deny("only root may do this"),
     }
 }
 
@@ -180,6 +194,17 @@ mod tests {
             (ALICE, EmailSet, BOB_UID, true, deny_other),
             (ALICE, EmailConfirm, BOB_UID, true, deny_other),
             (ALICE, EmailRemove, BOB_UID, true, deny_other),
+            // enrollment at the login prompt, invitations, helpdesk codes
+            (ALICE, ConfirmLogin, ALICE_UID, false, Allow),
+            (ALICE, ConfirmLogin, BOB_UID, true, deny_other),
+            (ROOT, ConfirmLogin, BOB_UID, true, Allow),
+            (ROOT, Invite, BOB_UID, true, Allow),
+            (ROOT, Bypass, BOB_UID, true, Allow),
+            (ALICE, Invite, ALICE_UID, true, deny_root),
+            (ALICE, InviteList, NOBODY, true, deny_root),
+            (ALICE, InviteRevoke, ALICE_UID, true, deny_root),
+            (ALICE, Bypass, ALICE_UID, true, deny_root),
+            (ALICE, BypassRevoke, ALICE_UID, true, deny_root),
         ];
         for (caller, op, target, self_enroll, want) in table {
             assert_eq!(

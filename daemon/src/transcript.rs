@@ -104,6 +104,7 @@ impl Script {
             user: user.into(),
             pam: sshd(),
             grace_secs: grace,
+            can_enroll: false,
         };
         self.ask(label, 0, body, now);
     }

@@ -77,7 +77,7 @@ fn refusals_take_the_same_time_whoever_they_are_for() {
             let (took, reply) = verify(&client, user, "000000");
             match (k, &reply) {
                 (0 | 2, ResponseBody::Rejected) => {}
-                (1, ResponseBody::NotEnrolled { required: true }) => {}
+                (1, ResponseBody::NotEnrolled { required: true, .. }) => {}
                 _ => panic!("{label}: unexpected answer {reply:?}"),
             }
             times[k].push(took.as_secs_f64() * 1000.0);

@@ -23,6 +23,9 @@ pub struct Args {
     /// "Remember this device": seconds after a successful code during which the same user,
     /// service and remote host (or tty) is not asked again; 0 = off.
     pub grace_secs: u64,
+    /// This service cannot show a QR code (a prompt-only application): an account invited to
+    /// enroll is refused with the reason instead of being shown the enrollment.
+    pub noenroll: bool,
 }
 
 impl Default for Args {
@@ -35,6 +38,7 @@ impl Default for Args {
             debug: false,
             daemon_uid: None,
             grace_secs: 0,
+            noenroll: false,
         }
     }
 }
@@ -128,6 +132,7 @@ pub fn parse(raw: &[&CStr]) -> Result<Args, ArgError> {
             }
             ("echo", None) => args.echo = true,
             ("debug", None) => args.debug = true,
+            ("noenroll", None) => args.noenroll = true,
             ("socket" | "prompt", Some(_)) => return Err(bad()),
             _ => return Err(ArgError::Unknown(arg.clone())),
         }
@@ -166,8 +171,10 @@ mod tests {
             "debug",
             "daemon_uid=1000",
             "grace=1800",
+            "noenroll",
         ])
         .unwrap();
+        assert!(a.noenroll);
         assert_eq!(a.grace_secs, 1800);
         assert!(parse_strs(&["grace=604801"]).is_err());
         assert!(parse_strs(&["grace=-1"]).is_err());

@@ -2,11 +2,13 @@
 //! verify, and map its answer to a PAM result (ARCHITECTURE.md §4). Plain Rust over the [`Pam`] trait.
 
 use crate::args::{self, Args};
+use crate::enroll;
 use crate::text;
 use std::ffi::CStr;
 use twofold_shared::client::Client;
 use twofold_shared::wire::{
-    self as wire, Method, PamItems, RequestBody, ResponseBody, SecretText, MAX_CODE, MAX_ITEM,
+    self as wire, LoginEnrollment, Method, PamItems, RequestBody, ResponseBody, SecretText,
+    MAX_CODE, MAX_ITEM,
 };
 
 /// The PAM results this module returns.
@@ -82,7 +84,7 @@ pub const MSG_MAIL_TOO_SOON: &str =
 pub const EMAIL_WORD: &str = "email";
 
 /// What a login came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
     AcceptedBackup {
@@ -95,7 +97,13 @@ pub enum Outcome {
         retry_after_secs: u64,
     },
     Locked,
-    EnrollmentRequired,
+    /// Refused until enrolled; the daemon's reason (and the administrator's next step) when
+    /// enrollment at the login prompt was not possible.
+    EnrollmentRequired(Option<String>),
+    /// Enrolled in this login's conversation: its first code was right.
+    Enrolled,
+    /// Enrollment in the conversation was not confirmed (wrong first codes).
+    EnrollmentNotConfirmed,
     Unavailable,
     /// The daemon could not mail a code (relay down): fail closed.
     MailFailed,
@@ -114,10 +122,10 @@ pub enum Message {
 
 impl Outcome {
     /// The one table from outcomes to PAM results and messages (ARCHITECTURE.md §4).
-    pub fn result(self) -> (PamCode, Option<Message>) {
+    pub fn result(&self) -> (PamCode, Option<Message>) {
         let err = |s: &str| Some(Message::Error(s.to_string()));
-        match self {
-            Outcome::Accepted => (PamCode::Success, None),
+        match *self {
+            Outcome::Accepted | Outcome::Enrolled => (PamCode::Success, None),
             Outcome::AcceptedBackup { left } => (
                 PamCode::Success,
                 Some(Message::Info(format!("Backup code used; {left} left."))),
@@ -134,7 +142,11 @@ impl Outcome {
                 )
             }
             Outcome::Locked => (PamCode::MaxTries, err(MSG_LOCKED)),
-            Outcome::EnrollmentRequired => (PamCode::AuthErr, err(MSG_ENROLL)),
+            Outcome::EnrollmentRequired(ref reason) => (
+                PamCode::AuthErr,
+                err(reason.as_deref().unwrap_or(MSG_ENROLL)),
+            ),
+            Outcome::EnrollmentNotConfirmed => (PamCode::AuthErr, err(enroll::MSG_NOT_CONFIRMED)),
             Outcome::Unavailable => (PamCode::AuthInfoUnavail, err(MSG_UNAVAILABLE)),
             Outcome::MailFailed => (PamCode::AuthInfoUnavail, err(MSG_MAIL_FAILED)),
             Outcome::MailTooSoon => (PamCode::AuthErr, err(MSG_MAIL_TOO_SOON)),
@@ -143,7 +155,7 @@ impl Outcome {
         }
     }
 
-    fn name(self) -> &'static str {
+    fn name(&self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
             Outcome::AcceptedBackup { .. } => "accepted-backup-code",
@@ -151,7 +163,9 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Throttled { .. } => "throttled",
             Outcome::Locked => "locked",
-            Outcome::EnrollmentRequired => "enrollment-required",
+            Outcome::EnrollmentRequired(_) => "enrollment-required",
+            Outcome::Enrolled => "enrolled",
+            Outcome::EnrollmentNotConfirmed => "enrollment-not-confirmed",
             Outcome::Unavailable => "unavailable",
             Outcome::MailFailed => "mail-failed",
             Outcome::MailTooSoon => "mail-too-soon",
@@ -167,6 +181,8 @@ enum Ask {
     Code,
     /// The code just mailed to this (masked) address.
     Mailed(String),
+    /// Enroll now: show this and ask for its first code.
+    Enroll(Box<LoginEnrollment>),
 }
 
 /// The prompt for a mailed code; the address is daemon text: control characters go.
@@ -180,6 +196,7 @@ fn preflight_outcome(answer: &ResponseBody) -> Result<Ask, Outcome> {
         ResponseBody::Prompt => Ok(Ask::Code),
         // email_auto: a user without an app was mailed a code.
         ResponseBody::EmailSent { masked } => Ok(Ask::Mailed(masked.clone())),
+        ResponseBody::EnrollAtLogin(offer) => Ok(Ask::Enroll(Box::new(offer.clone()))),
         other => Err(preflight_final(other)),
     }
 }
@@ -198,21 +215,28 @@ fn preflight_final(answer: &ResponseBody) -> Outcome {
 }
 
 /// The daemon's answer to a verification. Anything unexpected fails closed.
-fn final_outcome(answer: &ResponseBody) -> Outcome {
-    match *answer {
+pub(crate) fn final_outcome(answer: &ResponseBody) -> Outcome {
+    match answer {
         ResponseBody::Accepted {
             method: Method::BackupCode,
             backup_codes_left: Some(left),
-        } => Outcome::AcceptedBackup { left },
+        } => Outcome::AcceptedBackup { left: *left },
         ResponseBody::Accepted {
-            method: Method::Totp | Method::BackupCode | Method::Email,
+            method: Method::Totp | Method::BackupCode | Method::Email | Method::Bypass,
             ..
         } => Outcome::Accepted,
         ResponseBody::Rejected => Outcome::Rejected,
-        ResponseBody::Throttled { retry_after_secs } => Outcome::Throttled { retry_after_secs },
+        ResponseBody::Throttled { retry_after_secs } => Outcome::Throttled {
+            retry_after_secs: *retry_after_secs,
+        },
         ResponseBody::Locked => Outcome::Locked,
-        ResponseBody::NotEnrolled { required: false } => Outcome::NotApplicable,
-        ResponseBody::NotEnrolled { required: true } => Outcome::EnrollmentRequired,
+        ResponseBody::NotEnrolled {
+            required: false, ..
+        } => Outcome::NotApplicable,
+        ResponseBody::NotEnrolled {
+            required: true,
+            reason,
+        } => Outcome::EnrollmentRequired(reason.as_ref().map(|r| text::printable(r))),
         ResponseBody::Disabled => Outcome::NotApplicable,
         _ => Outcome::Unavailable,
     }
@@ -221,7 +245,7 @@ fn final_outcome(answer: &ResponseBody) -> Outcome {
 /// Once a code prompt was shown, only an explicit acceptance lets the login through: "not
 /// enrolled" or "switched off" (a `disable` between preflight and verify, a daemon that
 /// changed its mind) is a refusal, never `PAM_IGNORE`.
-fn after_prompt(outcome: Outcome) -> Outcome {
+pub(crate) fn after_prompt(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::NotApplicable => Outcome::Rejected,
         other => other,
@@ -247,7 +271,11 @@ fn pam_items(pam: &mut impl Pam) -> PamItems {
 }
 
 /// One call to twofoldd; errors are logged here and become `Unavailable`.
-fn ask(pam: &mut impl Pam, client: &Client, request: RequestBody) -> Result<ResponseBody, Outcome> {
+pub(crate) fn ask(
+    pam: &mut impl Pam,
+    client: &Client,
+    request: RequestBody,
+) -> Result<ResponseBody, Outcome> {
     let op = request.op_name();
     match client.call(request) {
         Ok(ResponseBody::Error { kind, message }) => {
@@ -332,14 +360,14 @@ fn ask_email(
 }
 
 /// Prompts once; `None` when the conversation gave no answer.
-fn read_code(pam: &mut impl Pam, text: &str, echo: bool) -> Option<SecretText> {
+pub(crate) fn read_code(pam: &mut impl Pam, text: &str, echo: bool) -> Option<SecretText> {
     match pam.prompt(text, echo) {
         Ok(Some(code)) => Some(bounded_code(code)),
         Ok(None) | Err(ConvError) => None,
     }
 }
 
-fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
+fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>, flags: u32) -> Outcome {
     let mut trusted = vec![0];
     trusted.extend(args.daemon_uid);
     let client = Client::new(&args.socket, args.timeout, trusted);
@@ -350,6 +378,8 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
             user: user.to_string(),
             pam: items.clone(),
             grace_secs: args.grace_secs,
+            // A login that may not show messages cannot show a QR code.
+            can_enroll: flags & PAM_SILENT == 0 && !args.noenroll,
         };
         match ask(pam, &client, request) {
             Ok(answer) => match preflight_outcome(&answer) {
@@ -360,9 +390,13 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>) -> Outcome {
         }
     }
     // No connection is open while the user types.
-    let mut code = match &want {
-        Ask::Code => read_code(pam, &args.prompt, args.echo),
-        Ask::Mailed(masked) => read_code(pam, &mailed_prompt(masked), args.echo),
+    let mut code = match (&want, user) {
+        (Ask::Code, _) => read_code(pam, &args.prompt, args.echo),
+        (Ask::Mailed(masked), _) => read_code(pam, &mailed_prompt(masked), args.echo),
+        (Ask::Enroll(offer), Some(user)) => {
+            return enroll::at_login(pam, &client, user, &items, offer, args.echo)
+        }
+        (Ask::Enroll(_), None) => return Outcome::Unavailable,
     };
     if matches!(want, Ask::Code)
         && code
@@ -413,7 +447,7 @@ pub fn authenticate(pam: &mut impl Pam, raw_args: &[&CStr], flags: u32) -> PamCo
             return PamCode::ServiceErr;
         }
     };
-    let outcome = login(pam, &args, user.as_deref());
+    let outcome = login(pam, &args, user.as_deref(), flags);
     if args.debug {
         let who = user
             .as_deref()

@@ -6,5 +6,6 @@
 
 pub mod args;
 pub mod auth;
+mod enroll;
 mod ffi;
 pub mod text;

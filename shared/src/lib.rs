@@ -4,6 +4,7 @@
 //! - [`secret`]: the shared-secret type (zeroed on drop, never printed) and base32.
 //! - [`uri`]: otpauth:// URIs (Google's Key Uri Format), built and parsed.
 //! - [`wire`]: request/response types and the length-prefixed JSON framing.
+//! - [`display`]: what the CLI and the login prompt show a user who enrolls.
 //! - [`client`]: the blocking client used by the PAM module and the CLI.
 //!
 //! This crate is linked into `pam_twofold.so`: it must never panic on input, and it keeps its
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod display;
 pub mod otp;
 pub mod secret;
 pub mod uri;

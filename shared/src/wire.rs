@@ -104,6 +104,18 @@ pub enum RequestBody {
         pam: PamItems,
         #[serde(default)]
         grace_secs: u64,
+        /// The login can show an enrollment (a QR code, the key) and ask for its first code:
+        /// an invited account without a factor is then enrolled in the login itself.
+        #[serde(default, skip_serializing_if = "is_false")]
+        can_enroll: bool,
+    },
+    /// At the login prompt: the first code of the enrollment the preflight showed. A right
+    /// code activates it and accepts the login.
+    ConfirmLogin {
+        user: String,
+        code: SecretText,
+        #[serde(default)]
+        pam: PamItems,
     },
     /// Check (and consume) a TOTP code or a backup code, exactly as a login does. With
     /// `grace_secs`, a success is remembered for later preflights.
@@ -195,6 +207,32 @@ pub enum RequestBody {
         #[serde(default)]
         pam: PamItems,
     },
+    /// Let an account enroll at its next login, for `for_secs` (root). With `replace`, an
+    /// enrolled account (a lost phone): its factor keeps working until the new one is confirmed.
+    Invite {
+        user: String,
+        #[serde(default)]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        replace: bool,
+    },
+    /// Every open (or recently expired) invitation (root).
+    InviteList {},
+    InviteRevoke {
+        user: String,
+    },
+    /// A helpdesk code: logs the user in `uses` times within `for_secs` without their phone
+    /// (root). Replaces any earlier one.
+    Bypass {
+        user: String,
+        #[serde(default)]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        uses: Option<u32>,
+    },
+    BypassRevoke {
+        user: String,
+    },
     /// The audit trail, newest last; optionally one user's, and only the last `since_secs`.
     Audit {
         #[serde(default)]
@@ -233,6 +271,12 @@ impl RequestBody {
             RequestBody::EmailRemove { .. } => "email_remove",
             RequestBody::SendEmailCode { .. } => "send_email_code",
             RequestBody::SealRekey {} => "seal_rekey",
+            RequestBody::ConfirmLogin { .. } => "confirm_login",
+            RequestBody::Invite { .. } => "invite",
+            RequestBody::InviteList {} => "invite_list",
+            RequestBody::InviteRevoke { .. } => "invite_revoke",
+            RequestBody::Bypass { .. } => "bypass",
+            RequestBody::BypassRevoke { .. } => "bypass_revoke",
         }
     }
 }
@@ -273,6 +317,12 @@ pub enum Method {
     Remembered,
     /// A one-time code mailed to the user's verified address.
     Email,
+    /// A helpdesk code issued by root (`twofold bypass`).
+    Bypass,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -302,10 +352,29 @@ pub enum ResponseBody {
     /// The user has no active enrollment; `required` says whether policy refuses the login.
     NotEnrolled {
         required: bool,
+        /// Why, and what to do, when enrollment at the login prompt was not possible.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The administrator switched two-factor off for this host.
     Disabled,
     Enrollment(EnrollmentInfo),
+    /// Preflight: this account enrolls now, in the login's conversation.
+    EnrollAtLogin(LoginEnrollment),
+    /// ConfirmLogin: the first code was right; the enrollment is active and the login accepted.
+    EnrolledAtLogin {
+        codes: Vec<SecretText>,
+    },
+    Invitations {
+        invitations: Vec<InvitationInfo>,
+    },
+    /// A helpdesk code, shown once.
+    BypassCode {
+        user: String,
+        code: SecretText,
+        expires_at: u64,
+        uses: u32,
+    },
     BackupCodes {
         user: String,
         codes: Vec<SecretText>,
@@ -343,6 +412,29 @@ pub struct EnrollmentInfo {
     pub period: u64,
 }
 
+/// An enrollment shown in the login's conversation: what `twofold enroll` shows, and the QR
+/// code as text lines in both polarities (`qr` reads on a dark terminal, `qr_inverted` on a
+/// light one; no colour escapes, which OpenSSH would not pass).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginEnrollment {
+    pub info: EnrollmentInfo,
+    pub qr: SecretText,
+    pub qr_inverted: SecretText,
+}
+
+/// An administrator's invitation to enroll at the login prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationInfo {
+    pub user: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// For an enrolled account: the new enrollment replaces the old one once confirmed.
+    pub replace: bool,
+    pub expired: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserStatus {
@@ -361,6 +453,12 @@ pub struct UserStatus {
     pub email: Option<String>,
     #[serde(default)]
     pub email_verified: bool,
+    /// An open invitation to enroll at the login prompt, until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_until: Option<u64>,
+    /// A helpdesk code works until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypass_until: Option<u64>,
 }
 
 /// One line of the audit trail. Never holds a code or a secret.
@@ -390,6 +488,9 @@ pub struct PolicyReport {
     /// `allow` or `deny`.
     pub unenrolled: String,
     pub self_enroll: bool,
+    /// `never`, `invited` or `always`.
+    #[serde(default)]
+    pub enroll_at_login: String,
     pub window: u32,
     pub require_groups: Vec<GroupReport>,
     /// Local login accounts considered (root and uids 1000–59999 with a login shell).

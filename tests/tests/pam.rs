@@ -257,6 +257,7 @@ fn socket_served_by_a_non_root_process_is_refused() {
             user: my_name(),
             pam: Default::default(),
             grace_secs: 0,
+            can_enroll: false,
         })
         .unwrap();
     assert!(

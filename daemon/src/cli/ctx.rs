@@ -82,6 +82,10 @@ impl Ctx {
                 method: Method::Remembered,
                 ..
             } => (exit::OK, "Accepted (remembered device).".to_string()),
+            ResponseBody::Accepted {
+                method: Method::Bypass,
+                ..
+            } => (exit::OK, "Helpdesk code accepted.".to_string()),
             ResponseBody::Rejected => (exit::REJECTED, "Invalid verification code.".into()),
             ResponseBody::Throttled { retry_after_secs } => (
                 exit::THROTTLED,

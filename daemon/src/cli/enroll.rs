@@ -2,20 +2,6 @@
 
 use super::*;
 
-/// The QR code as UTF-8 half blocks, dark modules as spaces on a light block background so
-/// that it scans on dark and light terminals alike (bright white on black is forced when
-/// printing to a terminal).
-pub fn qr_text(data: &str) -> Option<String> {
-    let code = QrCode::new(data.as_bytes()).ok()?;
-    Some(
-        code.render::<unicode::Dense1x2>()
-            .dark_color(unicode::Dense1x2::Dark)
-            .light_color(unicode::Dense1x2::Light)
-            .quiet_zone(true)
-            .build(),
-    )
-}
-
 pub fn qr_svg(data: &str) -> Option<String> {
     let code = QrCode::new(data.as_bytes()).ok()?;
     Some(code.render::<svg::Color>().min_dimensions(256, 256).build())
@@ -138,8 +124,8 @@ pub(super) fn user_flag(user: &Option<String>) -> String {
 
 pub(super) fn show_enrollment(info: &EnrollmentInfo, svg: Option<&PathBuf>) {
     let tty = std::io::stdout().is_terminal();
-    println!("Scan this QR code with your authenticator app (Google Authenticator, Authy, Duo Mobile, ...):\n");
-    if let Some(qr) = qr_text(info.otpauth_uri.expose()) {
+    println!("{}\n", display::SCAN);
+    if let Some(qr) = crate::qr::text(info.otpauth_uri.expose(), crate::qr::Polarity::Dark) {
         for line in qr.lines() {
             if tty {
                 // Black modules on white, whatever the terminal's colours.
@@ -156,12 +142,15 @@ pub(super) fn show_enrollment(info: &EnrollmentInfo, svg: Option<&PathBuf>) {
         );
     }
     println!();
-    println!("Account:  {}", info.label);
-    println!("Key:      {}", group4(info.secret.expose()));
-    println!(
-        "          (to type it in: time-based, {}, {} digits, every {} seconds)",
-        info.algorithm, info.digits, info.period
-    );
+    for line in display::key_lines(
+        &info.label,
+        info.secret.expose(),
+        info.algorithm,
+        info.digits,
+        info.period,
+    ) {
+        println!("{line}");
+    }
     println!();
     let _ = std::io::stdout().flush();
 }
@@ -177,12 +166,12 @@ pub(super) fn print_backup_codes(ctx: &Ctx, user: &str, codes: &[SecretText], fi
     } else {
         println!("New backup codes for {user}; the old ones no longer work.\n");
     }
-    println!("Backup codes: each works once, at the same prompt as the app's codes, if you");
-    println!("lose your phone. Store them somewhere safe and away from this host (a password");
-    println!("manager or on paper). They will not be shown again.\n");
-    for pair in codes.chunks(2) {
-        let line: Vec<&str> = pair.iter().map(|c| c.expose()).collect();
-        println!("    {}", line.join("    "));
+    for line in display::BACKUP_ADVICE {
+        println!("{line}");
+    }
+    println!();
+    for line in display::backup_code_lines(codes) {
+        println!("{line}");
     }
     println!();
 }

@@ -5,6 +5,7 @@ mod ctx;
 mod doctor;
 mod enroll;
 mod import;
+mod invite;
 mod local;
 mod show;
 
@@ -13,11 +14,12 @@ use ctx::*;
 use doctor::*;
 use enroll::*;
 use import::*;
+use invite::*;
 use local::*;
 use show::*;
 
 use clap::{Parser, Subcommand};
-use qrcode::render::{svg, unicode};
+use qrcode::render::svg;
 use qrcode::QrCode;
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
@@ -26,8 +28,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use twofold_shared::client::{Client, ClientError};
+use twofold_shared::display;
 use twofold_shared::otp::{Algorithm, TotpParams};
-use twofold_shared::secret::group4;
 use twofold_shared::wire::{
     EnrollmentInfo, ErrorKind, Method, RequestBody, ResponseBody, SecretText, UserStatus,
 };
@@ -120,6 +122,38 @@ enum Command {
     /// Take over an enrollment from another tool, so that the user's phone keeps working (root).
     #[command(subcommand)]
     Import(ImportSource),
+    /// Let an account enroll at its next login: the QR code is shown at the login prompt (root).
+    Invite {
+        /// The account to invite.
+        user: Option<String>,
+        /// How long the invitation is open: 90m, 12h, 7d (default 24h, at most 30d).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        for_secs: Option<u64>,
+        /// The account is enrolled (a lost phone): the new enrollment replaces the old one once
+        /// confirmed; until then the old one keeps working.
+        #[arg(long)]
+        replace: bool,
+        /// List the invitations.
+        #[arg(long)]
+        list: bool,
+        /// Withdraw NAME's invitation.
+        #[arg(long, value_name = "NAME")]
+        revoke: Option<String>,
+    },
+    /// A helpdesk code: lets the account log in without its phone, once within 1 h unless
+    /// --uses and --for say otherwise; its enrollment and backup codes stay as they are (root).
+    Bypass {
+        user: Option<String>,
+        /// How long the code works: 15m, 2h, 1d (default 1h, at most 7d).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        for_secs: Option<u64>,
+        /// Logins the code lets through (default 1, at most 100).
+        #[arg(long, value_name = "N")]
+        uses: Option<u32>,
+        /// Withdraw NAME's helpdesk code.
+        #[arg(long, value_name = "NAME")]
+        revoke: Option<String>,
+    },
     /// Show the audit trail: enrollments, logins, lockouts, unlocks, resets, reloads (root).
     Audit {
         #[arg(long)]
@@ -368,6 +402,19 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         Command::Import(ImportSource::GoogleAuthenticator { user, file, force }) => {
             import_google_authenticator(ctx, &user, file, force)
         }
+        Command::Invite {
+            user,
+            for_secs,
+            replace,
+            list,
+            revoke,
+        } => invite(ctx, user, for_secs, replace, list, revoke),
+        Command::Bypass {
+            user,
+            for_secs,
+            uses,
+            revoke,
+        } => bypass(ctx, user, for_secs, uses, revoke),
         Command::Email(command) => run_email(ctx, command),
         Command::Seal(SealCommand::Rekey) => ctx.ask(RequestBody::SealRekey {}),
         Command::Doctor { .. }
@@ -457,7 +504,7 @@ mod tests {
     #[test]
     fn qr_renders_half_blocks_and_svg() {
         let uri = "otpauth://totp/host:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=host";
-        let text = qr_text(uri).unwrap();
+        let text = crate::qr::text(uri, crate::qr::Polarity::Dark).unwrap();
         assert!(text.contains('▀') || text.contains('▄') || text.contains('█'));
         // Two module rows per text line: about half as many lines as modules.
         let lines = text.lines().count();

@@ -57,6 +57,14 @@ pub(super) fn print_policy(ctx: &Ctx, p: &twofold_shared::wire::PolicyReport) {
             "root only"
         }
     );
+    println!(
+        "Enroll at login:    {}",
+        match p.enroll_at_login.as_str() {
+            "invited" => "invited accounts ('twofold invite NAME')",
+            "always" => "every account without a factor, at its first login",
+            _ => "never",
+        }
+    );
     println!("Window:             ±{} step(s) of 30 s", p.window);
     println!();
     println!("Local accounts:     {}", p.accounts);
@@ -151,38 +159,16 @@ pub(super) fn print_audit(ctx: &Ctx, entries: &[twofold_shared::wire::AuditEntry
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn format_time_secs(t: u64) -> String {
-    let minutes = format_time(t);
-    minutes.replacen(" UTC", &format!(":{:02} UTC", t % 60), 1)
-}
-
-/// `YYYY-MM-DD HH:MM UTC` from Unix seconds (civil-from-days, proleptic Gregorian).
-pub fn format_time(t: u64) -> String {
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60
-    )
-}
+pub use crate::clock::{format_time, format_time_secs};
 
 pub(super) fn state_word(s: &UserStatus) -> &'static str {
-    match (s.enrolled, s.pending) {
-        (true, false) => "enrolled",
-        (true, true) => "enrolled (replacement pending)",
-        (false, true) => "pending confirmation",
-        (false, false) => "not enrolled",
+    match (s.enrolled, s.pending, s.invited_until.is_some()) {
+        (true, false, false) => "enrolled",
+        (true, false, true) => "enrolled (invited to replace)",
+        (true, true, _) => "enrolled (replacement pending)",
+        (false, true, _) => "pending confirmation",
+        (false, false, true) => "invited",
+        (false, false, false) => "not enrolled",
     }
 }
 
@@ -228,6 +214,15 @@ pub(super) fn print_status(ctx: &Ctx, s: &UserStatus) {
                 "not verified"
             }
         );
+    }
+    if let Some(t) = s.invited_until {
+        println!(
+            "Invited:       to enroll at login, until {}",
+            format_time(t)
+        );
+    }
+    if let Some(t) = s.bypass_until {
+        println!("Helpdesk code: works until {}", format_time(t));
     }
     println!(
         "Failures:      {} consecutive ({})",

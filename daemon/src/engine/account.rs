@@ -19,7 +19,10 @@ impl Engine {
             Err(e) => return self.store_failed("disable", name, &e),
         };
         if !enrolled && !pending {
-            return ResponseBody::NotEnrolled { required: false };
+            return ResponseBody::NotEnrolled {
+                required: false,
+                reason: None,
+            };
         }
         if enrolled && needs_code {
             if let Some(refusal) = self.prove(name, code, uid, now) {
@@ -103,6 +106,15 @@ impl Engine {
             locked,
             email: tx.email(name)?.map(|e| email::mask(&e.address)),
             email_verified: tx.email(name)?.is_some_and(|e| e.verified),
+            invited_until: tx
+                .invitation(name)?
+                .map(|i| i.expires_at)
+                .filter(|&t| now < t),
+            bypass_until: tx
+                .bypass(name)?
+                .filter(|b| b.uses_left > 0)
+                .map(|b| b.expires_at)
+                .filter(|&t| now < t),
         })
     }
 
@@ -117,6 +129,7 @@ impl Engine {
         let result = self.store.read(|tx| {
             let mut names = tx.user_names()?;
             names.extend(tx.pending_names()?);
+            names.extend(tx.invitations()?.into_iter().map(|(n, _)| n));
             names.sort();
             names.dedup();
             names

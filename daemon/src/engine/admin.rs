@@ -120,6 +120,7 @@ impl Engine {
             enabled: cfg.enabled,
             unenrolled: cfg.unenrolled.name().into(),
             self_enroll: cfg.self_enroll,
+            enroll_at_login: cfg.enroll_at_login.name().into(),
             window: cfg.window,
             accounts: accounts.len() as u32,
             ..Default::default()
@@ -131,7 +132,7 @@ impl Engine {
                 report.asked_for_code.push(name.clone());
             } else if matches!(
                 self.not_enrolled(name),
-                ResponseBody::NotEnrolled { required: true }
+                ResponseBody::NotEnrolled { required: true, .. }
             ) {
                 report.refused_until_enrolled.push(name.clone());
             } else {

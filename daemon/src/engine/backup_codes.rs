@@ -37,7 +37,12 @@ impl Engine {
     ) -> ResponseBody {
         match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
             Ok(true) => {}
-            Ok(false) => return ResponseBody::NotEnrolled { required: false },
+            Ok(false) => {
+                return ResponseBody::NotEnrolled {
+                    required: false,
+                    reason: None,
+                }
+            }
             Err(e) => return self.store_failed("backup-codes", name, &e),
         }
         if needs_code {
@@ -74,7 +79,10 @@ impl Engine {
                     codes,
                 }
             }
-            Ok(false) => ResponseBody::NotEnrolled { required: false },
+            Ok(false) => ResponseBody::NotEnrolled {
+                required: false,
+                reason: None,
+            },
             Err(e) => self.store_failed("backup-codes", name, &e),
         }
     }

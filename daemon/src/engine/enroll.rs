@@ -33,7 +33,54 @@ pub(super) fn enrollable(params: &TotpParams) -> Result<(), String> {
     Ok(())
 }
 
+/// A pending enrollment with a fresh key as long as the hash's output (RFC 6238 §5.1's test
+/// keys): 20, 32 or 64 bytes.
+pub(super) fn new_pending(
+    params: TotpParams,
+    now: u64,
+) -> Result<PendingRecord, Box<ResponseBody>> {
+    let key_bytes = match params.algorithm {
+        Algorithm::Sha1 => GENERATED_SECRET_BYTES,
+        Algorithm::Sha256 => 32,
+        Algorithm::Sha512 => 64,
+    };
+    let mut bytes = vec![0u8; key_bytes];
+    if backup::random_bytes(&mut bytes).is_err() {
+        return Err(Box::new(error(
+            ErrorKind::Internal,
+            "the system random number generator failed",
+        )));
+    }
+    Ok(PendingRecord {
+        secret: Secret::from_bytes(bytes),
+        params,
+        created_at: now,
+        failed_confirms: 0,
+    })
+}
+
 impl Engine {
+    /// What the user's app needs of a pending enrollment: the key, the label, the URI.
+    pub(super) fn enrollment_info(&self, name: &str, pending: &PendingRecord) -> EnrollmentInfo {
+        let issuer = self.config().issuer_or_hostname();
+        let uri = OtpAuthUri {
+            issuer: Some(issuer.clone()),
+            account: name.to_string(),
+            secret: pending.secret.clone(),
+            params: pending.params,
+        };
+        EnrollmentInfo {
+            user: name.to_string(),
+            label: format!("{issuer}:{name}"),
+            issuer,
+            secret: SecretText::new(pending.secret.to_base32()),
+            otpauth_uri: SecretText::new(uri.to_uri()),
+            algorithm: pending.params.algorithm,
+            digits: pending.params.digits,
+            period: pending.params.period,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn enroll(
         &self,
@@ -68,42 +115,11 @@ impl Engine {
                 return refusal;
             }
         }
-        // A key as long as the hash's output (RFC 6238 §5.1's test keys): 20, 32 or 64 bytes.
-        let key_bytes = match params.algorithm {
-            Algorithm::Sha1 => GENERATED_SECRET_BYTES,
-            Algorithm::Sha256 => 32,
-            Algorithm::Sha512 => 64,
+        let pending = match new_pending(params, now) {
+            Ok(p) => p,
+            Err(reply) => return *reply,
         };
-        let mut bytes = vec![0u8; key_bytes];
-        if backup::random_bytes(&mut bytes).is_err() {
-            return error(
-                ErrorKind::Internal,
-                "the system random number generator failed",
-            );
-        }
-        let pending = PendingRecord {
-            secret: Secret::from_bytes(bytes),
-            params,
-            created_at: now,
-            failed_confirms: 0,
-        };
-        let issuer = self.config().issuer_or_hostname();
-        let uri = OtpAuthUri {
-            issuer: Some(issuer.clone()),
-            account: name.to_string(),
-            secret: pending.secret.clone(),
-            params: pending.params,
-        };
-        let info = EnrollmentInfo {
-            user: name.to_string(),
-            label: format!("{issuer}:{name}"),
-            issuer,
-            secret: SecretText::new(pending.secret.to_base32()),
-            otpauth_uri: SecretText::new(uri.to_uri()),
-            algorithm: pending.params.algorithm,
-            digits: pending.params.digits,
-            period: pending.params.period,
-        };
+        let info = self.enrollment_info(name, &pending);
         let owned = name.to_string();
         let mut entry = admin_entry(now, "enroll", name, "pending", uid);
         entry.detail =
@@ -191,41 +207,9 @@ impl Engine {
             }
             return ResponseBody::Rejected;
         };
-        let FreshCodes {
-            codes,
-            hashes,
-            salt,
-        } = match self.fresh_backup_codes() {
-            Ok(x) => x,
-            Err(reply) => return *reply,
-        };
-        let record = UserRecord {
-            name: name.to_string(),
-            secret: pending.secret.clone(),
-            params: pending.params,
-            enrolled_at: now,
-            // The confirming code is spent: it cannot also open a login.
-            last_step: i64::try_from(step).unwrap_or(i64::MAX),
-            last_success: None,
-            backup_salt: salt,
-            window: None,
-            uid: account.filter(|_| self.binds_uids()),
-        };
-        let expected = pending.secret;
         let entry = admin_entry(now, "confirm", name, "enrolled", uid);
-        let activated = self.store.write(move |tx| {
-            // A second confirm racing this one finds the pending enrollment gone.
-            match tx.pending(&record.name)? {
-                Some(p) if p.secret == expected => {
-                    tx.activate(&record, &hashes)?;
-                    tx.audit(&entry)?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
-        });
-        match activated {
-            Ok(true) => {
+        match self.activate_pending(name, pending, step, account, vec![entry], |_| Ok(true)) {
+            Ok(Some(codes)) => {
                 self.log.info(&format!(
                     "confirm user={} caller_uid={uid} outcome=enrolled",
                     audit::field(name)
@@ -235,11 +219,57 @@ impl Engine {
                     codes,
                 }
             }
-            Ok(false) => error(
+            Ok(None) => error(
                 ErrorKind::NoPendingEnrollment,
                 "the pending enrollment changed meanwhile; run 'twofold enroll' again",
             ),
-            Err(e) => self.store_failed("confirm", name, &e),
+            Err(reply) => *reply,
+        }
+    }
+
+    /// Makes `pending` (its first code matched at `step`) the active enrollment with fresh
+    /// backup codes, if it is still the one waiting and `still` holds, in one transaction with
+    /// `entries` on record. `Ok(None)`: it changed meanwhile (a second confirmation raced this
+    /// one, the invitation was revoked).
+    pub(super) fn activate_pending(
+        &self,
+        name: &str,
+        pending: PendingRecord,
+        step: u64,
+        account: Option<u32>,
+        entries: Vec<AuditEntry>,
+        still: impl FnOnce(&dyn Tx) -> Result<bool, StoreError> + Send + 'static,
+    ) -> Result<Option<Vec<SecretText>>, Box<ResponseBody>> {
+        let FreshCodes {
+            codes,
+            hashes,
+            salt,
+        } = self.fresh_backup_codes()?;
+        let record = UserRecord {
+            name: name.to_string(),
+            secret: pending.secret.clone(),
+            params: pending.params,
+            enrolled_at: entries.first().map_or(0, |e| e.time),
+            // The confirming code is spent: it cannot also open a login.
+            last_step: i64::try_from(step).unwrap_or(i64::MAX),
+            last_success: None,
+            backup_salt: salt,
+            window: None,
+            uid: account.filter(|_| self.binds_uids()),
+        };
+        let expected = pending.secret;
+        let activated = self.store.write(move |tx| match tx.pending(&record.name)? {
+            Some(p) if p.secret == expected && still(tx)? => {
+                tx.activate(&record, &hashes)?;
+                entries.iter().try_for_each(|e| tx.audit(e))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        });
+        match activated {
+            Ok(true) => Ok(Some(codes)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Box::new(self.store_failed("confirm", name, &e))),
         }
     }
 

@@ -10,10 +10,16 @@ impl Engine {
     pub(super) fn not_enrolled(&self, name: &str) -> ResponseBody {
         let cfg = self.config();
         if cfg.unenrolled == Unenrolled::Deny {
-            return ResponseBody::NotEnrolled { required: true };
+            return ResponseBody::NotEnrolled {
+                required: true,
+                reason: None,
+            };
         }
         match users::in_any_group(name, &cfg.require_groups) {
-            Ok(required) => ResponseBody::NotEnrolled { required },
+            Ok(required) => ResponseBody::NotEnrolled {
+                required,
+                reason: None,
+            },
             Err(why) => {
                 self.log.error(&format!(
                     "require_groups for user={}: {}; refusing",
@@ -30,7 +36,7 @@ impl Engine {
     /// unenrolled account thousands of times a second), with the count of those left out.
     pub(super) fn record_not_enrolled(&self, mut entry: AuditEntry, reply: &ResponseBody) {
         entry.outcome = match reply {
-            ResponseBody::NotEnrolled { required: true } => "refused-not-enrolled",
+            ResponseBody::NotEnrolled { required: true, .. } => "refused-not-enrolled",
             _ => "ignored-not-enrolled",
         }
         .into();
@@ -117,20 +123,28 @@ impl Engine {
     }
 
     /// Before prompting: enrolled users (and names with no account, which must look the same)
-    /// are asked for a code; known accounts without enrollment follow `unenrolled`.
+    /// are asked for a code; known accounts without enrollment follow `unenrolled`, or enroll
+    /// now (`enroll_at_login`, when the login `can_enroll`).
     /// `grace`: the device and how long a login from it is remembered (module argument grace=).
     pub(super) fn preflight(
         &self,
         name: &str,
         pam: &PamItems,
         grace: Option<(Device, u64)>,
+        can_enroll: bool,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
-        match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
+        let enrolled = self.store.read(|tx| Ok(tx.user(name)?.is_some()));
+        if let (Ok(true), true) = (&enrolled, can_enroll) {
+            if let Some(offer) = self.replacement_at_login(name, pam, uid, now) {
+                return offer;
+            }
+        }
+        match enrolled {
             Ok(true) if grace.is_some() => grace
                 .as_ref()
                 .and_then(|g| self.remembered(name, pam, g, uid, now))
@@ -147,8 +161,11 @@ impl Engine {
                         Err(e) => return self.store_failed("preflight", name, &e),
                     }
                 }
-                let reply = self.not_enrolled(name);
-                self.record_not_enrolled(pam_entry(now, "login", name, pam, uid), &reply);
+                let policy = self.not_enrolled(name);
+                let reply = self.enrollment_at_login(name, pam, can_enroll, policy, uid, now);
+                if matches!(reply, ResponseBody::NotEnrolled { .. }) {
+                    self.record_not_enrolled(pam_entry(now, "login", name, pam, uid), &reply);
+                }
                 reply
             }
             Ok(false) => ResponseBody::Prompt,
@@ -206,10 +223,13 @@ impl Engine {
                     Method::BackupCode => {
                         format!("accepted method=backup-code left={}", left.unwrap_or(0))
                     }
+                    Method::Bypass => {
+                        format!("accepted method=bypass uses_left={}", left.unwrap_or(0))
+                    }
                 },
                 ResponseBody::Accepted {
                     method,
-                    backup_codes_left: left,
+                    backup_codes_left: left.filter(|_| method == Method::BackupCode),
                 },
             ),
             Outcome::Wrong => ("rejected reason=wrong-code".into(), ResponseBody::Rejected),

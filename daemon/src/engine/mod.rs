@@ -6,6 +6,8 @@ mod account;
 mod admin;
 mod backup_codes;
 mod enroll;
+mod helpdesk;
+mod invite;
 mod login;
 mod mail;
 mod route;
@@ -27,6 +29,7 @@ use crate::throttle::{self, Gate};
 use crate::users;
 use backup_codes::*;
 use enroll::*;
+use helpdesk::*;
 use std::sync::{Arc, Mutex, RwLock};
 use twofold_shared::otp::{self, Algorithm, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
@@ -179,12 +182,13 @@ impl Engine {
         new.database = old.database.clone();
         new.seal_key_file = old.seal_key_file.clone();
         self.log.info(&format!(
-            "policy reloaded: enabled={} unenrolled={} require_groups={} window={} self_enroll={}",
+            "policy reloaded: enabled={} unenrolled={} require_groups={} window={} self_enroll={} enroll_at_login={}",
             new.enabled,
             new.unenrolled.name(),
             audit::field(&new.require_groups.join(",")),
             new.window,
-            new.self_enroll
+            new.self_enroll,
+            new.enroll_at_login.name()
         ));
         let entry = AuditEntry {
             time: now,
@@ -286,7 +290,10 @@ impl Engine {
         now: u64,
     ) -> ResponseBody {
         let started = std::time::Instant::now();
-        let login = matches!(body, RequestBody::Verify { .. });
+        let login = matches!(
+            body,
+            RequestBody::Verify { .. } | RequestBody::ConfirmLogin { .. }
+        );
         let reply = self.answer(uid, pid, body, now);
         if login && !matches!(reply, ResponseBody::Accepted { .. }) {
             if let Some(rest) = REFUSAL_TIME.checked_sub(started.elapsed()) {
@@ -326,6 +333,13 @@ impl Engine {
             Ok((audit, pending, throttle, _, _)) => self.log.info(&format!(
                 "housekeeping: removed {audit} audit entries (older than {} days or beyond the newest {}), {pending} expired pending enrollments, {throttle} stale failure counts",
                 cfg.audit_days, cfg.audit_max_entries
+            )),
+            Err(e) => self.log.error(&format!("housekeeping failed: {e}")),
+        }
+        match self.expire_invitations(now) {
+            Ok(0) => {}
+            Ok(n) => self.log.info(&format!(
+                "housekeeping: {n} invitation(s) to enroll expired"
             )),
             Err(e) => self.log.error(&format!("housekeeping failed: {e}")),
         }

@@ -49,6 +49,12 @@ fn route(body: &RequestBody) -> Route<'_> {
         RequestBody::EmailConfirm { user, .. } => (Op::EmailConfirm, own_or_named(user), None),
         RequestBody::EmailRemove { user, .. } => (Op::EmailRemove, own_or_named(user), None),
         RequestBody::SendEmailCode { user, pam } => (Op::SendEmailCode, named(user), Some(pam)),
+        RequestBody::ConfirmLogin { user, pam, .. } => (Op::ConfirmLogin, named(user), Some(pam)),
+        RequestBody::Invite { user, .. } => (Op::Invite, named(user), None),
+        RequestBody::InviteList {} => (Op::InviteList, Target::None, None),
+        RequestBody::InviteRevoke { user } => (Op::InviteRevoke, named(user), None),
+        RequestBody::Bypass { user, .. } => (Op::Bypass, named(user), None),
+        RequestBody::BypassRevoke { user } => (Op::BypassRevoke, named(user), None),
     };
     Route {
         operation,
@@ -94,7 +100,7 @@ impl Engine {
                 format!("a PAM item is longer than {MAX_ITEM} bytes"),
             );
         }
-        let login = matches!(operation, Operation::Preflight | Operation::Verify);
+        let login = operation.is_login();
         let account = match self.resolve(target, uid, caller.admin && login, now) {
             Ok(a) => a,
             Err(refusal) => return *refusal,
@@ -194,7 +200,7 @@ impl Engine {
         now: u64,
     ) -> Result<bool, Box<ResponseBody>> {
         let uid = caller.uid;
-        let login = matches!(operation, Operation::Preflight | Operation::Verify);
+        let login = operation.is_login();
         // Switched off, logins pass untouched (PAM_IGNORE) whatever the store holds.
         let owner_matters = if login {
             self.config().enabled
@@ -267,11 +273,26 @@ impl Engine {
                 daemon_version: env!("CARGO_PKG_VERSION").into(),
             },
             RequestBody::Preflight {
-                pam, grace_secs, ..
+                pam,
+                grace_secs,
+                can_enroll,
+                ..
             } => {
                 let grace = device(&pam, grace_secs).map(|d| (d, grace_secs.min(MAX_GRACE_SECS)));
-                self.preflight(&name, &pam, grace, uid, now)
+                self.preflight(&name, &pam, grace, can_enroll, uid, now)
             }
+            RequestBody::ConfirmLogin { code, pam, .. } => {
+                self.confirm_at_login(&name, &code, &pam, target_uid, uid, now)
+            }
+            RequestBody::Invite {
+                for_secs, replace, ..
+            } => self.invite(&name, target_uid, for_secs, replace, uid, now),
+            RequestBody::InviteList {} => self.invite_list(now),
+            RequestBody::InviteRevoke { .. } => self.invite_revoke(&name, uid, now),
+            RequestBody::Bypass { for_secs, uses, .. } => {
+                self.bypass(&name, for_secs, uses, uid, now)
+            }
+            RequestBody::BypassRevoke { .. } => self.bypass_revoke(&name, uid, now),
             RequestBody::Verify {
                 code,
                 pam,

@@ -86,6 +86,8 @@ pub(super) enum Outcome {
 pub(super) enum Input {
     Totp(String),
     Backup(zeroize::Zeroizing<String>),
+    /// A helpdesk code (`twofold bypass`).
+    Helpdesk(zeroize::Zeroizing<String>),
     Garbage,
 }
 
@@ -97,6 +99,9 @@ pub(super) fn classify(code: &str, digits: u32) -> Input {
     }
     if let Some(c) = otp::normalize_code(code, digits) {
         return Input::Totp(c);
+    }
+    if let Some(c) = backup::normalize_helpdesk(code) {
+        return Input::Helpdesk(c);
     }
     match backup::normalize(code) {
         Some(c) => Input::Backup(c),
@@ -152,6 +157,14 @@ pub(super) fn record_login(
             Some("backup-code"),
             Some(format!("{} left", left.unwrap_or(0))),
         ),
+        Outcome::Accepted {
+            method: Method::Bypass,
+            left,
+        } => (
+            "accepted",
+            Some("bypass"),
+            Some(format!("helpdesk code; {} use(s) left", left.unwrap_or(0))),
+        ),
         Outcome::Wrong => ("rejected", None, Some("wrong code".to_string())),
         Outcome::Replayed => ("rejected", None, Some("replayed".to_string())),
         Outcome::NowLocked => ("rejected", None, Some("wrong code; now locked".to_string())),
@@ -164,6 +177,18 @@ pub(super) fn record_login(
         detail,
         ..base.clone()
     })?;
+    if let Outcome::Accepted {
+        method: Method::Bypass,
+        left,
+    } = outcome
+    {
+        tx.audit(&AuditEntry {
+            event: "bypass".into(),
+            outcome: "used".into(),
+            detail: Some(format!("{} use(s) left", left.unwrap_or(0))),
+            ..base.clone()
+        })?;
+    }
     if outcome == Outcome::NowLocked {
         tx.audit(&AuditEntry {
             event: "lockout".into(),
@@ -410,6 +435,20 @@ impl Engine {
                     Ok(outcome)
                 })?
             }
+            Input::Helpdesk(c) => {
+                if let Some(blocked) = gate_outcome(&cfg, state, now) {
+                    self.store
+                        .write(move |tx| record_login(tx, &base, blocked))?;
+                    return Ok(Some(blocked));
+                }
+                let attempt = self.bypass_try(name, &c)?;
+                self.store.write(move |tx| {
+                    let outcome = verify_bypass_in_tx(tx, &owned, &attempt, now, &cfg)?;
+                    record_login(tx, &base, outcome)?;
+                    remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
+                    Ok(outcome)
+                })?
+            }
             Input::Garbage => self.store.write(move |tx| {
                 let state = tx.throttle(&owned)?;
                 let outcome = match gate_outcome(&cfg, state, now) {
@@ -505,7 +544,7 @@ impl Engine {
                     window,
                 );
             }
-            Input::Backup(c) => {
+            Input::Backup(c) | Input::Helpdesk(c) => {
                 let _ = self.hash_backup(Lane::Login, c, &[0x5a; backup::SALT_BYTES]);
             }
             Input::Garbage => {}

@@ -119,6 +119,27 @@ pub struct MailedCode {
     pub tries: u32,
 }
 
+/// An administrator's invitation to enroll at the login prompt (`twofold invite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invitation {
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// For an enrolled account: the new enrollment replaces the old once confirmed.
+    pub replace: bool,
+    /// Its expiry is on record in the audit trail.
+    pub expiry_noted: bool,
+}
+
+/// A helpdesk code (`twofold bypass`), stored only as its Argon2id hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BypassRecord {
+    pub hash: Vec<u8>,
+    pub salt: Vec<u8>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub uses_left: u32,
+}
+
 pub(crate) fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {
     let algorithm = Algorithm::parse(&algorithm)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {algorithm:?}")))?;

@@ -110,6 +110,27 @@ pub const TABLES: &[Table] = &[
         name: "meta",
         columns: &[("key", Text), ("value", Blob)],
     },
+    Table {
+        name: "invitations",
+        columns: &[
+            ("name", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("replace", Int),
+            ("expiry_noted", Int),
+        ],
+    },
+    Table {
+        name: "bypass_codes",
+        columns: &[
+            ("name", Text),
+            ("hash", Blob),
+            ("salt", Blob),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("uses_left", Int),
+        ],
+    },
 ];
 
 /// A backend's name for a column's type, as `PRAGMA table_info` or

@@ -67,6 +67,25 @@ pub trait Tx {
     /// that have no enrollment.
     fn prune_throttle(&self, before: u64, lockout: u32) -> Result<usize>;
 
+    fn invitation(&self, name: &str) -> Result<Option<Invitation>>;
+    /// Every invitation, by name.
+    fn invitations(&self) -> Result<Vec<(String, Invitation)>>;
+    /// Opens (or replaces) `name`'s invitation.
+    fn put_invitation(&self, name: &str, invitation: &Invitation) -> Result<()>;
+    /// True when there was one.
+    fn delete_invitation(&self, name: &str) -> Result<bool>;
+    fn note_invitation_expired(&self, name: &str) -> Result<()>;
+    /// Forgets invitations that expired before `before`.
+    fn prune_invitations(&self, before: u64) -> Result<usize>;
+    fn bypass(&self, name: &str) -> Result<Option<BypassRecord>>;
+    /// Issues (or replaces) `name`'s helpdesk code.
+    fn put_bypass(&self, name: &str, bypass: &BypassRecord) -> Result<()>;
+    /// True when there was one.
+    fn delete_bypass(&self, name: &str) -> Result<bool>;
+    fn set_bypass_uses(&self, name: &str, uses_left: u32) -> Result<()>;
+    /// Forgets helpdesk codes that expired before `before`.
+    fn prune_bypass(&self, before: u64) -> Result<usize>;
+
     // ---- Primitives of the rules below: one statement each.
 
     /// Inserts or replaces the enrollment row (the secret sealed when sealing is on).
@@ -99,7 +118,23 @@ pub trait Tx {
         self.put_user(user)?;
         self.replace_backup_codes(&user.name, &user.backup_salt, backup_codes)?;
         self.forget_devices(&user.name)?;
-        self.delete_pending(&user.name)
+        self.delete_pending(&user.name)?;
+        // The invitation was to enroll: done. A helpdesk code stood in for the old factor.
+        self.delete_invitation(&user.name)?;
+        self.delete_bypass(&user.name)?;
+        Ok(())
+    }
+
+    /// Spends one use of `name`'s helpdesk code; the last use removes it. Returns the uses
+    /// left.
+    fn spend_bypass(&self, name: &str, record: &BypassRecord) -> Result<u32> {
+        let left = record.uses_left.saturating_sub(1);
+        if left == 0 {
+            self.delete_bypass(name)?;
+        } else {
+            self.set_bypass_uses(name, left)?;
+        }
+        Ok(left)
     }
 
     fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {
@@ -117,6 +152,7 @@ pub trait Tx {
         self.delete_backup_codes(name)?;
         self.forget_devices(name)?;
         self.delete_pending(name)?;
+        self.delete_bypass(name)?;
         Ok(removed)
     }
 

@@ -242,6 +242,7 @@ fn email_auto_mails_a_code_to_users_without_an_app() {
                 user: "root".into(),
                 pam: PamItems::default(),
                 grace_secs: 0,
+                can_enroll: false,
             },
             now,
         )
@@ -278,6 +279,7 @@ fn an_email_only_login_is_refused_whatever_is_typed() {
             user: "root".into(),
             pam: PamItems::default(),
             grace_secs: 0,
+            can_enroll: false,
         },
         T0 + 100,
     );

@@ -275,6 +275,7 @@ fn switched_off_means_disabled_for_logins() {
             user: "root".into(),
             pam: PamItems::default(),
             grace_secs: 0,
+            can_enroll: false,
         },
         T0,
     );
@@ -380,6 +381,7 @@ fn remembered_devices_expire_and_do_not_outlast_a_lock() {
                 user: "g".into(),
                 pam: pam.clone(),
                 grace_secs: grace,
+                can_enroll: false,
             },
             now,
         )
@@ -458,6 +460,7 @@ fn preflight_hides_which_names_exist() {
                 user: n.into(),
                 pam: PamItems::default(),
                 grace_secs: 0,
+                can_enroll: false,
             },
             T0,
         )
@@ -469,7 +472,7 @@ fn preflight_hides_which_names_exist() {
     ));
     assert!(matches!(
         pre("root"),
-        ResponseBody::NotEnrolled { required: true }
+        ResponseBody::NotEnrolled { required: true, .. }
     ));
 }
 
@@ -567,6 +570,7 @@ fn switched_off_passes_even_a_mismatched_enrollment() {
             user: "root".into(),
             pam: PamItems::default(),
             grace_secs: 0,
+            can_enroll: false,
         },
         T0 + 30,
     );
@@ -586,6 +590,7 @@ fn an_overlong_pam_item_is_refused() {
                 ..Default::default()
             },
             grace_secs: 600,
+            can_enroll: false,
         },
         T0,
     );
@@ -602,6 +607,7 @@ fn an_overlong_pam_item_is_refused() {
 }
 
 mod email;
+mod invite;
 
 /// Under its hardened unit twofoldd cannot read another process's /proc entry, so root's PAM
 /// applications (sudo, su) send the audit session their module read; nobody else's is taken.
@@ -638,6 +644,7 @@ fn a_session_sent_by_the_module_counts_only_from_root() {
                 user: name.into(),
                 pam: items(session),
                 grace_secs: 600,
+                can_enroll: false,
             },
             T0 + 40,
         );

@@ -15,18 +15,20 @@
 //! empty database is refused until `twofold fleet init` (or `twofold migrate`) sets it up.
 
 mod connect;
+mod helpdesk;
 mod schema;
 mod tx;
 
 pub use connect::*;
+use helpdesk::Table;
 pub use schema::*;
 use tx::*;
 
 use crate::backup::BackupHash;
 use crate::seal::Sealer;
 use crate::store::{
-    params_from, CodePurpose, EmailRecord, MailedCode, PendingRecord, Result, StoreError,
-    ThrottleRecord, Tx, UserRecord,
+    params_from, BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode, PendingRecord,
+    Result, StoreError, ThrottleRecord, Tx, UserRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};

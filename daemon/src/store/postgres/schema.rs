@@ -91,6 +91,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX users_by_uid ON users (uid);",
     // 3: a new address waits beside the verified one until it is verified itself
     "ALTER TABLE emails ADD COLUMN pending TEXT;",
+    // 4: invitations to enroll at the login prompt, helpdesk codes
+    "CREATE TABLE invitations (
+        name TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        replace BIGINT NOT NULL DEFAULT 0,
+        expiry_noted BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE bypass_codes (
+        name TEXT PRIMARY KEY,
+        hash BYTEA NOT NULL,
+        salt BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        uses_left BIGINT NOT NULL
+    );",
 ];
 
 /// twofold's tables, the version table first: `fleet init` refuses a database holding any.

@@ -1,6 +1,7 @@
 //! The SQLite store: a host's own file (WAL, synchronous=FULL), its migrations, opening and
 //! sealing it.
 
+mod helpdesk;
 mod tx;
 mod writer;
 
@@ -111,6 +112,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX users_by_uid ON users (uid);",
     // 8: a new address waits beside the verified one until it is verified itself
     "ALTER TABLE emails ADD COLUMN pending TEXT;",
+    // 9: invitations to enroll at the login prompt, helpdesk codes
+    "CREATE TABLE invitations (
+        name TEXT PRIMARY KEY NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        replace INTEGER NOT NULL DEFAULT 0,
+        expiry_noted INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE bypass_codes (
+        name TEXT PRIMARY KEY NOT NULL,
+        hash BLOB NOT NULL,
+        salt BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        uses_left INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// How long a write waits for a lock another process holds on the database (an administrator's

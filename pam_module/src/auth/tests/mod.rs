@@ -305,10 +305,15 @@ fn right_code_is_accepted_with_two_separate_requests() {
             user,
             pam,
             grace_secs,
+            can_enroll,
         } => {
             assert_eq!(user, "alice");
             assert_eq!(pam, &items);
             assert_eq!(*grace_secs, 0);
+            assert!(
+                *can_enroll,
+                "a login without PAM_SILENT can show an enrollment"
+            );
         }
         other => panic!("first request: {other:?}"),
     }
@@ -375,12 +380,18 @@ fn verification_answers_map_to_pam_results() {
         // After a prompt, "not enrolled" or "switched off" (a disable between preflight and
         // verify, or a daemon bypassed as in finding 1 of the 2026-11 review) is a refusal.
         (
-            ResponseBody::NotEnrolled { required: false },
+            ResponseBody::NotEnrolled {
+                required: false,
+                reason: None,
+            },
             PamCode::AuthErr,
             vec![Event::Error(MSG_INVALID.into())],
         ),
         (
-            ResponseBody::NotEnrolled { required: true },
+            ResponseBody::NotEnrolled {
+                required: true,
+                reason: None,
+            },
             PamCode::AuthErr,
             vec![Event::Error(MSG_ENROLL.into())],
         ),
@@ -427,12 +438,18 @@ fn verification_answers_map_to_pam_results() {
 fn preflight_answers_decide_without_prompting() {
     let cases: Vec<(ResponseBody, PamCode, Vec<Event>)> = vec![
         (
-            ResponseBody::NotEnrolled { required: false },
+            ResponseBody::NotEnrolled {
+                required: false,
+                reason: None,
+            },
             PamCode::Ignore,
             vec![],
         ),
         (
-            ResponseBody::NotEnrolled { required: true },
+            ResponseBody::NotEnrolled {
+                required: true,
+                reason: None,
+            },
             PamCode::AuthErr,
             vec![Event::Error(MSG_ENROLL.into())],
         ),
@@ -491,7 +508,9 @@ fn outcome_table() {
             retry_after_secs: 0,
         },
         Outcome::Locked,
-        Outcome::EnrollmentRequired,
+        Outcome::EnrollmentRequired(None),
+        Outcome::EnrollmentRequired(Some("why".into())),
+        Outcome::EnrollmentNotConfirmed,
         Outcome::Unavailable,
         Outcome::ConversationFailed,
         Outcome::Misconfigured,
@@ -808,7 +827,10 @@ fn email_answers_map_to_pam_results() {
         ),
         // The prompt was shown: "not enrolled" or "switched off" now is a refusal.
         (
-            ResponseBody::NotEnrolled { required: false },
+            ResponseBody::NotEnrolled {
+                required: false,
+                reason: None,
+            },
             PamCode::AuthErr,
             MSG_INVALID,
         ),
@@ -867,7 +889,10 @@ fn a_mailed_code_prompt_followed_by_not_enrolled_is_a_refusal() {
     // Finding 1 of the 2026-11 review: a daemon that answers "not enrolled" after it had a
     // code mailed (any answer that was not six digits) must not turn into PAM_IGNORE.
     for late in [
-        ResponseBody::NotEnrolled { required: false },
+        ResponseBody::NotEnrolled {
+            required: false,
+            reason: None,
+        },
         ResponseBody::Disabled,
     ] {
         let d = FakeDaemon::start(vec![email_sent("b***@example.org"), Reply::Body(late)]);
@@ -881,3 +906,5 @@ fn a_mailed_code_prompt_followed_by_not_enrolled_is_a_refusal() {
         assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::AuthErr);
     }
 }
+
+mod enroll;
