@@ -7,6 +7,7 @@ packages=(
   pamtester libpam-wrapper     # PAM end-to-end tests without touching /etc/pam.d
   openssh-server openssh-client sudo   # real sshd and sudo logins in the tests and the demo
   oathtool                     # independent TOTP implementation the tests check against
+  zbar-tools tmux              # a QR code read off a real terminal (tmux) by zbarimg
   faketime                     # the fault tests run twofoldd with its clock set back an hour
   postgresql                   # a real PostgreSQL on 127.0.0.1 for the fleet tests (store = "postgres")
   openssl                      # a self-signed certificate for PostgreSQL over TLS (fleet tests, benchmark)

@@ -15,6 +15,8 @@ mod pam;
 mod postgres;
 mod process;
 mod smtp;
+mod sshd;
+mod terminal;
 
 pub use accounts::*;
 pub use daemon::*;
@@ -23,6 +25,8 @@ pub use pam::*;
 pub use postgres::*;
 pub use process::*;
 pub use smtp::*;
+pub use sshd::*;
+pub use terminal::*;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

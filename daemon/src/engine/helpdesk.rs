@@ -67,10 +67,10 @@ impl Engine {
         now: u64,
     ) -> ResponseBody {
         let secs = for_secs.unwrap_or(DEFAULT_BYPASS_SECS);
-        if !(60..=MAX_BYPASS_SECS).contains(&secs) {
+        if !(10..=MAX_BYPASS_SECS).contains(&secs) {
             return error(
                 ErrorKind::BadRequest,
-                "a helpdesk code lasts from 1 minute to 7 days (--for)",
+                "a helpdesk code lasts from 10 seconds to 7 days (--for)",
             );
         }
         let uses = uses.unwrap_or(1);

@@ -110,10 +110,10 @@ impl Engine {
             );
         }
         let secs = for_secs.unwrap_or(DEFAULT_INVITE_SECS);
-        if !(60..=MAX_INVITE_SECS).contains(&secs) {
+        if !(10..=MAX_INVITE_SECS).contains(&secs) {
             return error(
                 ErrorKind::BadRequest,
-                "an invitation lasts from 1 minute to 30 days (--for)",
+                "an invitation lasts from 10 seconds to 30 days (--for)",
             );
         }
         let enrolled = match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {

@@ -344,7 +344,7 @@ fn the_modes() {
 #[test]
 fn invitations_are_root_s_and_for_accounts() {
     let (e, _dir) = engine("");
-    for bad in [Some(30), Some(31 * 86_400)] {
+    for bad in [Some(9), Some(31 * 86_400)] {
         assert!(matches!(
             invite(&e, "daemon", bad, false, T0),
             ResponseBody::Error {
