@@ -7,8 +7,8 @@
 use crate::backup::{self, BackupHash};
 use crate::seal::Sealer;
 use crate::store::{
-    CodePurpose, EmailRecord, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord,
-    UserRecord,
+    BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode, PendingRecord, Store,
+    StoreError, ThrottleRecord, UserRecord,
 };
 use twofold_shared::otp::{Algorithm, TotpParams};
 use twofold_shared::secret::Secret;
@@ -85,6 +85,7 @@ pub fn run(store: &Store) {
     email(store);
     mailed_codes(store);
     audit(store);
+    invitations_and_helpdesk_codes(store);
     rollback(store);
 }
 
@@ -405,6 +406,71 @@ fn audit(s: &Store) {
         left.iter().map(|e| e.time).collect::<Vec<_>>(),
         [T + 3, T + 4]
     );
+}
+
+fn invitations_and_helpdesk_codes(s: &Store) {
+    let invite = |expires_at, replace| Invitation {
+        created_at: T,
+        expires_at,
+        replace,
+        expiry_noted: false,
+    };
+    assert!(w(s, |tx| tx.invitation("ivy")).is_none());
+    w(s, move |tx| {
+        tx.put_invitation("ivy", &invite(T + 60, false))
+    });
+    w(s, move |tx| tx.put_invitation("ivo", &invite(T + 10, true)));
+    // A new invitation replaces the old one.
+    w(s, move |tx| {
+        tx.put_invitation("ivy", &invite(T + 90, false))
+    });
+    assert_eq!(
+        w(s, |tx| tx.invitations()),
+        [
+            ("ivo".to_string(), invite(T + 10, true)),
+            ("ivy".to_string(), invite(T + 90, false))
+        ]
+    );
+    w(s, |tx| tx.note_invitation_expired("ivo"));
+    assert!(w(s, |tx| tx.invitation("ivo")).unwrap().expiry_noted);
+    assert_eq!(w(s, |tx| tx.prune_invitations(T + 11)), 1);
+    assert!(w(s, |tx| tx.invitation("ivo")).is_none());
+    // Activating an enrollment uses the invitation up.
+    w(s, |tx| tx.activate(&user("ivy", None), &[]));
+    assert!(w(s, |tx| tx.invitation("ivy")).is_none());
+    assert!(!w(s, |tx| tx.delete_invitation("ivy")));
+
+    let code = BypassRecord {
+        hash: vec![3; 32],
+        salt: vec![4; 16],
+        created_at: T,
+        expires_at: T + 3600,
+        uses_left: 2,
+    };
+    let stored = code.clone();
+    w(s, move |tx| tx.put_bypass("ivy", &stored));
+    assert_eq!(w(s, |tx| tx.bypass("ivy")), Some(code.clone()));
+    let spent = code.clone();
+    assert_eq!(w(s, move |tx| tx.spend_bypass("ivy", &spent)), 1);
+    let once_more = BypassRecord {
+        uses_left: 1,
+        ..code.clone()
+    };
+    assert_eq!(w(s, |tx| tx.bypass("ivy")), Some(once_more.clone()));
+    assert_eq!(w(s, move |tx| tx.spend_bypass("ivy", &once_more)), 0);
+    assert!(
+        w(s, |tx| tx.bypass("ivy")).is_none(),
+        "the last use removes it"
+    );
+    let stored = code.clone();
+    w(s, move |tx| tx.put_bypass("ivy", &stored));
+    assert_eq!(w(s, |tx| tx.prune_bypass(T + 3600)), 0);
+    assert_eq!(w(s, |tx| tx.prune_bypass(T + 3601)), 1);
+    // Removing the enrollment removes its helpdesk code.
+    let stored = code.clone();
+    w(s, move |tx| tx.put_bypass("ivy", &stored));
+    w(s, |tx| tx.delete_user("ivy"));
+    assert!(w(s, |tx| tx.bypass("ivy")).is_none());
 }
 
 fn rollback(s: &Store) {

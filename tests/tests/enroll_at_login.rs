@@ -171,7 +171,10 @@ fn refusals_name_the_reason_and_the_administrator_s_next_step() {
     let svc = PamService::required(&d.socket, "");
     let run = svc.authenticate(&user.name, Some("\n"));
     assert!(!run.success);
-    let next_step = format!("ask an administrator to run 'twofold invite {}'", user.name);
+    let next_step = format!(
+        "run 'twofold enroll', or ask an administrator to run 'twofold invite {}'",
+        user.name
+    );
     assert!(run.text().contains(&next_step), "{}", run.text());
     // An invitation and a helpdesk code, both expiring in 10 s.
     assert_eq!(d.cli(&["invite", &user.name, "--for", "10s"]).code(), 0);

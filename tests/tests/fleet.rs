@@ -802,3 +802,40 @@ fn uids_are_not_bound_on_the_shared_store() {
     let run = pam.authenticate("root", Some(&format!("{code}\n")));
     assert!(run.success, "{}", run.text());
 }
+
+/// Enrollment at the login prompt across a fleet: invited on host A, enrolled in a login on
+/// host B, known to both; a helpdesk code issued on A is spent once, on B.
+#[test]
+fn an_invitation_on_one_host_enrolls_at_a_login_on_another() {
+    let Some(pg) = Postgres::start("an_invitation_on_one_host_enrolls_at_a_login_on_another")
+    else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg.socket_url(), "");
+    let user = TestUser::create(&unique("tf-flinv"));
+    assert_eq!(code_of(&a.cli(&["invite", &user.name])), 0);
+    let on_b = PamService::required(&b.socket, "");
+    let shown = on_b.authenticate(&user.name, None);
+    let key: String = shown
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("Key:"))
+        .unwrap_or_else(|| panic!("no key shown on B:\n{}", shown.text()))
+        .split_whitespace()
+        .collect();
+    ensure_step_time(10);
+    let run = on_b.authenticate(&user.name, Some(&format!("{}\n\n", oathtool(&key, 0))));
+    assert!(run.success, "{}\n{}", run.text(), b.log());
+    let s: serde_json::Value =
+        serde_json::from_slice(&a.cli(&["status", "--user", &user.name, "--json"]).stdout).unwrap();
+    assert!(
+        s["enrolled"] == true && s.get("invited_until").is_none(),
+        "{s}"
+    );
+    // A helpdesk code from A, used on B, is gone on A.
+    let issued = a.cli(&["bypass", &user.name, "--json"]);
+    assert_eq!(code_of(&issued), 0);
+    let code = issued.json()["code"].as_str().unwrap().to_string();
+    assert_eq!(code_of(&b.cli(&["verify", &user.name, &code])), 0);
+    assert_eq!(code_of(&a.cli(&["verify", &user.name, &code])), 1);
+}

@@ -15,7 +15,7 @@ use twofold_tests::*;
 const PROMPT: &str = "Verification code: ";
 const INVALID: &str = "Invalid verification code.";
 const UNAVAILABLE: &str = "Two-factor service unavailable.";
-const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'.";
+const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'";
 /// pam_strerror(PAM_AUTHINFO_UNAVAIL), as pamtester prints it.
 const AUTHINFO_UNAVAIL: &str = "Authentication service cannot retrieve authentication info";
 

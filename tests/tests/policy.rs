@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use twofold_tests::*;
 
 const PROMPT: &str = "Verification code: ";
-const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'.";
+const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'";
 
 /// The stack that lets "no opinion" (PAM_IGNORE) through and fails closed on everything else.
 fn ignore_stack(socket: &std::path::Path) -> PamService {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use twofold_tests::*;
 
 const CODE_PROMPT: &str = "Verification code: ";
-const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'.";
+const ENROLL: &str = "Two-factor enrollment required: run 'twofold enroll'";
 const INVALID: &str = "Invalid verification code.";
 const SUDO_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -273,4 +273,50 @@ fn unenrolled_user_under_deny_is_refused() {
     );
     // The user learns why: sudo passes PAM_SILENT, but a refusal still says what to do.
     assert!(run.stderr.contains(ENROLL), "{}", s.context(&run));
+}
+
+/// sudo before 1.9.16 (Debian 12 has 1.9.13) passes PAM_SILENT: no QR code can be shown, so an
+/// invited account is refused with the reason, and nothing about its enrollment changes.
+#[test]
+fn an_invited_account_is_told_to_enroll_where_a_qr_code_can_be_shown() {
+    if skip("an_invited_account_is_told_to_enroll_where_a_qr_code_can_be_shown") {
+        return;
+    }
+    let s = Sudo::new();
+    let invited = s.daemon.cli(&["invite", &s.user.name]);
+    assert_eq!(invited.code(), 0, "{}", invited.stderr());
+    let run = s.sudo(&format!("{}\n123456\n", s.password));
+    s.assert_refused(&run);
+    assert!(
+        run.stderr.contains("this login cannot show the QR code"),
+        "{}",
+        s.context(&run)
+    );
+    let status = s
+        .daemon
+        .cli(&["status", "--user", &s.user.name, "--json"])
+        .json();
+    assert!(
+        status["pending"] == false && status["invited_until"].is_u64(),
+        "{status}"
+    );
+}
+
+/// A helpdesk code stands in for the code once, through the real sudo.
+#[test]
+fn a_helpdesk_code_runs_the_command_once() {
+    if skip("a_helpdesk_code_runs_the_command_once") {
+        return;
+    }
+    let s = Sudo::new();
+    s.daemon.enroll(&s.user.name);
+    let issued = s.daemon.cli(&["bypass", &s.user.name, "--json"]);
+    assert_eq!(issued.code(), 0, "{}", issued.stderr());
+    let code = issued.json()["code"].as_str().unwrap().to_string();
+    let run = s.sudo(&format!("{}\n{code}\n", s.password));
+    s.assert_ran_as_root(&run);
+    assert!(s.daemon_said("method=bypass"), "{}", s.context(&run));
+    s.forget();
+    let again = s.sudo(&format!("{}\n{code}\n", s.password));
+    s.assert_refused(&again);
 }

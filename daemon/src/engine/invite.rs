@@ -39,8 +39,8 @@ impl Why {
     pub(super) fn text(self, name: &str) -> String {
         match self {
             Why::NotInvited => format!(
-                "Two-factor enrollment required, and {name} has no invitation to enroll at \
-                 login: ask an administrator to run 'twofold invite {name}'."
+                "Two-factor enrollment required: run 'twofold enroll', or ask an \
+                 administrator to run 'twofold invite {name}' to enroll at login."
             ),
             Why::Expired => format!(
                 "Two-factor enrollment required; the invitation to enroll expired: ask an \
