@@ -123,7 +123,26 @@ pub struct ModuleLine {
     pub file: String,
     pub control: String,
     pub fail_closed: bool,
+    /// A credential module before it (`required` or `optional`, with no `requisite` between)
+    /// whose failure does not stop the stack: pam_twofold is reached after a wrong password.
+    pub after_failure_of: Option<String>,
 }
+
+/// Modules that check a credential: a failure of theirs must end the stack before an
+/// enrollment is shown at the login prompt.
+const CREDENTIAL_MODULES: &[&str] = &[
+    "pam_unix.so",
+    "pam_sss.so",
+    "pam_ldap.so",
+    "pam_krb5.so",
+    "pam_winbind.so",
+    "pam_userdb.so",
+    "pam_radius_auth.so",
+    "pam_u2f.so",
+    "pam_yubico.so",
+    "pam_google_authenticator.so",
+    "pam_oath.so",
+];
 
 /// Whether a PAM control keeps the user out when the module fails (daemon down, wrong code):
 /// `required`/`requisite`, or a bracket whose default is bad/die and that maps no failure to
@@ -182,42 +201,68 @@ fn pam_fields(line: &str) -> Option<(String, String, String)> {
 /// Every pam_twofold line of the auth stack of `service`, following `@include`, `include` and
 /// `substack`. `read` returns a PAM file's text by service name.
 pub fn twofold_lines(service: &str, read: &dyn Fn(&str) -> Option<String>) -> Vec<ModuleLine> {
-    let mut found = Vec::new();
-    let mut seen = BTreeSet::new();
-    walk(service, read, &mut found, &mut seen, 0);
-    found
+    let mut walk = Walk {
+        read,
+        found: Vec::new(),
+        seen: BTreeSet::new(),
+        soft_failure: None,
+    };
+    walk.file(service, 0);
+    walk.found
 }
 
-fn walk(
-    service: &str,
-    read: &dyn Fn(&str) -> Option<String>,
-    found: &mut Vec<ModuleLine>,
-    seen: &mut BTreeSet<String>,
-    depth: usize,
-) {
-    if depth > 8 || !seen.insert(service.to_string()) {
-        return;
-    }
-    let Some(text) = read(service) else { return };
-    for line in text.lines() {
-        let Some((kind, control, target)) = pam_fields(line) else {
-            continue;
+struct Walk<'a> {
+    read: &'a dyn Fn(&str) -> Option<String>,
+    found: Vec<ModuleLine>,
+    seen: BTreeSet<String>,
+    /// The last credential module whose failure lets the stack go on, in stack order.
+    soft_failure: Option<String>,
+}
+
+impl Walk<'_> {
+    fn file(&mut self, service: &str, depth: usize) {
+        if depth > 8 || !self.seen.insert(service.to_string()) {
+            return;
+        }
+        let Some(text) = (self.read)(service) else {
+            return;
         };
-        let target_name = target.rsplit('/').next().unwrap_or(&target).to_string();
-        if kind == "@include" || (kind == "auth" && (control == "include" || control == "substack"))
-        {
-            walk(&target_name, read, found, seen, depth + 1);
-        } else if kind == "auth" && target_name == "pam_twofold.so" {
-            found.push(ModuleLine {
-                file: service.to_string(),
-                fail_closed: fail_closed(&control),
-                control,
-            });
+        for line in text.lines() {
+            let Some((kind, control, target)) = pam_fields(line) else {
+                continue;
+            };
+            let target_name = target.rsplit('/').next().unwrap_or(&target).to_string();
+            if kind == "@include"
+                || (kind == "auth" && (control == "include" || control == "substack"))
+            {
+                self.file(&target_name, depth + 1);
+            } else if kind == "auth" && target_name == "pam_twofold.so" {
+                self.found.push(ModuleLine {
+                    file: service.to_string(),
+                    fail_closed: fail_closed(&control),
+                    control,
+                    after_failure_of: self.soft_failure.clone(),
+                });
+            } else if kind == "auth" {
+                if control == "requisite" || control.contains("default=die") {
+                    self.soft_failure = None;
+                } else if matches!(control.as_str(), "required" | "optional")
+                    && CREDENTIAL_MODULES.contains(&target_name.as_str())
+                {
+                    self.soft_failure = Some(format!("{target_name} ('{control}', in {service})"));
+                }
+            }
         }
     }
 }
 
-pub fn check_pam(service: &'static str, exists: bool, lines: &[ModuleLine]) -> Vec<Finding> {
+/// `enroll_at_login`: enrollment may be shown at the prompt (any setting but "never").
+pub fn check_pam(
+    service: &'static str,
+    exists: bool,
+    lines: &[ModuleLine],
+    enroll_at_login: bool,
+) -> Vec<Finding> {
     if !exists {
         return vec![ok(
             "pam",
@@ -235,9 +280,22 @@ pub fn check_pam(service: &'static str, exists: bool, lines: &[ModuleLine]) -> V
             },
         )];
     }
-    lines
-        .iter()
-        .map(|l| {
+    let reached_after_failure = lines.iter().filter_map(|l| {
+        let earlier = l.after_failure_of.as_ref().filter(|_| enroll_at_login)?;
+        Some(warn(
+            "pam",
+            format!(
+                "{service}: a failed {earlier} still reaches pam_twofold (in {}): with \
+                 enroll_at_login, an invited account's QR code would be shown to someone who \
+                 knows only its name",
+                l.file
+            ),
+            "make that line 'requisite' (or '[success=ok default=die]') so that a wrong \
+             password ends the login first, or set enroll_at_login = \"never\"",
+        ))
+    });
+    let mut findings: Vec<Finding> = reached_after_failure.collect();
+    findings.extend(lines.iter().map(|l| {
             if l.fail_closed {
                 ok("pam", format!("{service}: pam_twofold with '{}' (in {}), fail-closed", l.control, l.file))
             } else {
@@ -247,8 +305,8 @@ pub fn check_pam(service: &'static str, exists: bool, lines: &[ModuleLine]) -> V
                     "use 'auth required pam_twofold.so' (never sufficient, optional or default=ignore)",
                 )
             }
-        })
-        .collect()
+        }));
+    findings
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,19 +582,40 @@ mod tests {
             vec![ModuleLine {
                 file: "common-auth".into(),
                 control: "required".into(),
-                fail_closed: true
+                fail_closed: true,
+                after_failure_of: None,
             }]
         );
         // Include loops end; the bad control is found.
         let sudo = twofold_lines("sudo", &read);
         assert_eq!(sudo.len(), 1);
         assert!(!sudo[0].fail_closed);
-        assert_eq!(check_pam("sudo", true, &sudo)[0].level, Level::Fail);
+        assert_eq!(check_pam("sudo", true, &sudo, true)[0].level, Level::Fail);
         assert_eq!(
-            check_pam("login", true, &twofold_lines("login", &read))[0].level,
+            check_pam("login", true, &twofold_lines("login", &read), true)[0].level,
             Level::Warn
         );
-        assert_eq!(check_pam("su", false, &[])[0].level, Level::Ok);
+        assert_eq!(check_pam("su", false, &[], true)[0].level, Level::Ok);
+        // Debian's common-auth ends a failed password at pam_deny; a plain `required`
+        // pam_unix does not, and that matters once an enrollment can be shown at the prompt.
+        assert_eq!(check_pam("sshd", true, &sshd, true).len(), 1);
+        let soft: HashMap<&str, &str> = [(
+            "su",
+            "auth required pam_unix.so\nauth required pam_twofold.so\n",
+        )]
+        .into_iter()
+        .collect();
+        let su = twofold_lines("su", &|s: &str| soft.get(s).map(|t| t.to_string()));
+        assert!(su[0]
+            .after_failure_of
+            .as_deref()
+            .unwrap()
+            .starts_with("pam_unix.so"));
+        let findings = check_pam("su", true, &su, true);
+        assert_eq!(findings.len(), 2);
+        assert_eq!(findings[0].level, Level::Warn);
+        assert!(findings[0].message.contains("QR code"), "{findings:?}");
+        assert_eq!(check_pam("su", true, &su, false).len(), 1);
     }
 
     #[test]

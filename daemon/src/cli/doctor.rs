@@ -39,6 +39,7 @@ pub(super) fn run_doctor(
             service,
             exists,
             &doctor::twofold_lines(service, &read),
+            config.enroll_at_login != crate::config::EnrollAtLogin::Never,
         ));
     }
     let ntp = std::process::Command::new("timedatectl")
