@@ -47,7 +47,15 @@ impl Outbox {
 
 /// Replaces what differs from run to run or machine to machine.
 fn redact(mut v: Value) -> Value {
-    const SECRET: &[&str] = &["secret", "otpauth_uri", "codes", "daemon_version"];
+    const SECRET: &[&str] = &[
+        "secret",
+        "otpauth_uri",
+        "codes",
+        "code",
+        "qr",
+        "qr_inverted",
+        "daemon_version",
+    ];
     const MACHINE: &[&str] = &[
         "accounts",
         "asked_for_code",
@@ -141,6 +149,7 @@ fn transcript(store: Store) -> Value {
     logins(&mut s, nobody);
     email_and_self_service(&mut s, nobody);
     administration(&mut s);
+    enrollment_at_login(&mut s, nobody);
     json!({ "steps": s.steps })
 }
 
@@ -411,6 +420,73 @@ fn administration(s: &mut Script) {
             since_secs: None,
         },
         T0 + 90 * 86_400 + 101,
+    );
+}
+
+/// Invitations, an enrollment in a login's conversation, helpdesk codes.
+fn enrollment_at_login(s: &mut Script, nobody: u32) {
+    let t = T0 + 91 * 86_400;
+    let invite = |user: &str| RequestBody::Invite {
+        user: user.into(),
+        for_secs: Some(600),
+        replace: false,
+    };
+    s.ask("invite denied", nobody, invite("nobody"), t);
+    s.ask("invite", 0, invite("daemon"), t);
+    s.ask("invite list", 0, RequestBody::InviteList {}, t);
+    let offer = s.ask(
+        "preflight that can enroll",
+        0,
+        RequestBody::Preflight {
+            user: "daemon".into(),
+            pam: sshd(),
+            grace_secs: 0,
+            can_enroll: true,
+        },
+        t + 1,
+    );
+    let ResponseBody::EnrollAtLogin(offer) = offer else {
+        panic!("no enrollment offered: {offer:?}")
+    };
+    let secret = Secret::from_base32(offer.info.secret.expose()).unwrap();
+    let confirm = |code: &str| RequestBody::ConfirmLogin {
+        user: "daemon".into(),
+        code: SecretText::new(code),
+        pam: sshd(),
+    };
+    s.ask("first code wrong", 0, confirm("000000"), t + 2);
+    s.ask("first code right", 0, confirm(&code(&secret, t + 3)), t + 3);
+    let issued = s.ask(
+        "bypass",
+        0,
+        RequestBody::Bypass {
+            user: "daemon".into(),
+            for_secs: None,
+            uses: None,
+        },
+        t + 4,
+    );
+    let ResponseBody::BypassCode { code: helpdesk, .. } = issued else {
+        panic!("no helpdesk code: {issued:?}")
+    };
+    s.verify("verify helpdesk code", "daemon", helpdesk.expose(), 0, t + 5);
+    s.verify("helpdesk code again", "daemon", helpdesk.expose(), 0, t + 6);
+    let revoke = RequestBody::BypassRevoke {
+        user: "daemon".into(),
+    };
+    s.ask("bypass revoke of none", 0, revoke, t + 7);
+    let revoke = RequestBody::InviteRevoke {
+        user: "daemon".into(),
+    };
+    s.ask("invite revoke of a used one", 0, revoke, t + 7);
+    s.ask(
+        "audit of enrollment at login",
+        0,
+        RequestBody::Audit {
+            user: Some("daemon".into()),
+            since_secs: Some(60),
+        },
+        t + 8,
     );
 }
 
