@@ -469,7 +469,13 @@ fn enrollment_at_login(s: &mut Script, nobody: u32) {
     let ResponseBody::BypassCode { code: helpdesk, .. } = issued else {
         panic!("no helpdesk code: {issued:?}")
     };
-    s.verify("verify helpdesk code", "daemon", helpdesk.expose(), 0, t + 5);
+    s.verify(
+        "verify helpdesk code",
+        "daemon",
+        helpdesk.expose(),
+        0,
+        t + 5,
+    );
     s.verify("helpdesk code again", "daemon", helpdesk.expose(), 0, t + 6);
     let revoke = RequestBody::BypassRevoke {
         user: "daemon".into(),

@@ -20,9 +20,7 @@ pub const MSG_NOT_CONFIRMED: &str =
 pub const ACK_PROMPT: &str = "Press Enter once the backup codes are stored: ";
 
 fn first_code_prompt(digits: u32) -> String {
-    format!(
-        "Enter the {digits}-digit code the app shows now (or '{INVERT_WORD}' if the QR code does not scan): "
-    )
+    format!("{digits}-digit code from the app (or '{INVERT_WORD}' if the QR code won't scan): ")
 }
 
 /// Each line as its own message: no control characters, and well inside any application's

@@ -63,9 +63,9 @@ impl Terminal {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Everything the pane showed, its history included.
+    /// Everything the pane showed, its history included, lines the terminal wrapped joined.
     pub fn screen(&self) -> String {
-        self.tmux_out(&["capture-pane", "-p", "-S", "-", "-t", "t"])
+        self.tmux_out(&["capture-pane", "-p", "-J", "-S", "-", "-t", "t"])
     }
 
     /// The screen once it shows `needle`; panics with the screen after `timeout`.

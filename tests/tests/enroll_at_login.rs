@@ -12,7 +12,7 @@ use twofold_tests::*;
 
 const WRONG_FIRST: &str = "That code is not right.";
 const NOT_CONFIRMED: &str = "Two-factor enrollment not confirmed; log in again to try again.";
-const FIRST_PROMPT: &str = "Enter the 6-digit code the app shows now";
+const FIRST_PROMPT: &str = "6-digit code from the app";
 
 fn skip(test: &str) -> bool {
     skip_unless_root(
@@ -262,9 +262,12 @@ fn over_ssh_the_qr_code_scans_from_the_client_s_screen_and_a_shell_is_reached() 
     assert_eq!(d.cli(&["invite", &user.name]).code(), 0);
     let term = Terminal::start(&ssh_command(&sshd, &user.name, &key));
     let screen = term.wait_for(FIRST_PROMPT, Duration::from_secs(30));
-    let widest = screen.lines().map(|l| l.chars().count()).max().unwrap();
-    assert!(widest <= COLUMNS as usize, "{widest} columns:\n{screen}");
     let blocks = qr_blocks(&screen);
+    let widest = blocks[0].iter().map(|l| l.trim_end().chars().count()).max();
+    assert!(
+        widest <= Some(COLUMNS as usize),
+        "{widest:?} columns:\n{screen}"
+    );
     assert_eq!(blocks.len(), 1, "{screen}");
     let uri = zbar_decode(&blocks[0], true)
         .unwrap_or_else(|| panic!("zbarimg cannot read the code on a dark terminal:\n{screen}"));
@@ -314,9 +317,60 @@ fn ssh_command(sshd: &Sshd, user: &str, key: &Path) -> String {
     format!(
         "ssh -F /dev/null -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
          -o GlobalKnownHostsFile=/dev/null -o NumberOfPasswordPrompts=1 -o IdentitiesOnly=yes \
-         -o IdentityAgent=none -o LogLevel=ERROR \
+         -o IdentityAgent=none \
          -o PreferredAuthentications=publickey,keyboard-interactive -i {} {user}@127.0.0.1",
         sshd.port,
         key.display()
     )
+}
+
+/// Over ssh: three wrong first codes end the login and leave the enrollment pending; once the
+/// invitation expires, the login is refused with that reason.
+#[test]
+fn over_ssh_wrong_first_codes_then_an_expired_invitation_are_refused() {
+    if skip("over_ssh_wrong_first_codes_then_an_expired_invitation_are_refused") {
+        return;
+    }
+    let d = Daemon::start("deny", "");
+    let user = TestUser::create(&unique("tf-insw"));
+    let keys = open_tempdir();
+    let key = keys.path().join("id_ed25519");
+    keygen(&key, "tf-enroll-at-login");
+    user.authorize_ssh_key(&key.with_extension("pub"));
+    let sshd = Sshd::start(&d.socket, &user.name, "publickey,keyboard-interactive");
+    let invited_at = unix_now();
+    assert_eq!(d.cli(&["invite", &user.name, "--for", "20s"]).code(), 0);
+    let term = Terminal::start(&ssh_command(&sshd, &user.name, &key));
+    let screen = term.wait_for(FIRST_PROMPT, Duration::from_secs(30));
+    let secret = uri_secret(&zbar_decode(&qr_blocks(&screen)[0], true).expect("QR code"));
+    let wrong = wrong_code(&secret);
+    for _ in 0..2 {
+        let before = term.screen().matches(FIRST_PROMPT).count();
+        term.type_line(&wrong);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while term.screen().matches(FIRST_PROMPT).count() == before {
+            assert!(std::time::Instant::now() < deadline, "{}", term.screen());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    term.type_line(&wrong);
+    let screen = term.wait_for("tf-terminal-exited-", Duration::from_secs(30));
+    assert!(screen.contains(NOT_CONFIRMED), "{screen}");
+    assert!(screen.contains("Permission denied"), "{screen}");
+    assert_eq!(screen.matches(WRONG_FIRST).count(), 2, "{screen}");
+    let s = status(&d, &user.name);
+    assert!(s["pending"] == true && s["enrolled"] == false, "{s}");
+    // The invitation runs out.
+    let left = (invited_at + 21).saturating_sub(unix_now());
+    std::thread::sleep(Duration::from_secs(left));
+    let refused = sshd.ssh(&user, Some(&key), "000000", "true");
+    assert!(!refused.run.success(), "{}", refused.text());
+    assert!(
+        refused
+            .run
+            .stderr
+            .contains("the invitation to enroll expired"),
+        "{}",
+        refused.text()
+    );
 }

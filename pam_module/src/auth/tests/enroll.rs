@@ -48,9 +48,7 @@ fn shown() -> Vec<Event> {
 
 fn first_code(answer: &str) -> Event {
     Event::Prompt {
-        text:
-            "Enter the 6-digit code the app shows now (or 'invert' if the QR code does not scan): "
-                .into(),
+        text: "6-digit code from the app (or 'invert' if the QR code won't scan): ".into(),
         echo: false,
         answer: Answer::Code(answer.into()),
     }
@@ -141,7 +139,7 @@ fn an_interrupted_enrollment_asks_nothing_more() {
         let d = FakeDaemon::start(vec![offer()]);
         let mut events = shown();
         events.push(Event::Prompt {
-            text: "Enter the 6-digit code the app shows now (or 'invert' if the QR code does not scan): ".into(),
+            text: "6-digit code from the app (or 'invert' if the QR code won't scan): ".into(),
             echo: false,
             answer,
         });
