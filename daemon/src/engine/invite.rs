@@ -202,7 +202,11 @@ impl Engine {
         self.store.write(move |tx| {
             let mut noted = 0;
             for (name, i) in tx.invitations()? {
-                if now >= i.expires_at && !i.expiry_noted {
+                // Read again by name (under the user's lock on PostgreSQL): another host's
+                // housekeeping may have put this expiry on record meanwhile.
+                let unnoted = i.expires_at <= now
+                    && tx.invitation(&name)?.is_some_and(|i| !i.expiry_noted);
+                if unnoted {
                     tx.note_invitation_expired(&name)?;
                     let mut entry = admin_entry(now, "invite", &name, "expired", 0);
                     entry.caller_uid = None;
