@@ -95,8 +95,9 @@ pub fn authorize(
         return Decision::Deny("you may only act on your own account");
     }
     match op {
-        // A login: what it may enroll is the invitation's (or enroll_at_login's) to say.
-        Preflight | Verify | ConfirmLogin | Status | SendEmailCode => Decision::Allow,
+        Preflight | Verify | Status | SendEmailCode => Decision::Allow,
+        // Enrollment at the login prompt is root's PAM services' (see engine/invite.rs).
+        ConfirmLogin => Decision::Deny("only root's PAM services enroll at the login prompt"),
         // Registering an address is enrolling a second factor.
         Enroll | Confirm | EmailSet | EmailConfirm if !self_enroll => {
             Decision::Deny("self-enrollment is switched off; ask an administrator")
@@ -195,7 +196,13 @@ mod tests {
             (ALICE, EmailConfirm, BOB_UID, true, deny_other),
             (ALICE, EmailRemove, BOB_UID, true, deny_other),
             // enrollment at the login prompt, invitations, helpdesk codes
-            (ALICE, ConfirmLogin, ALICE_UID, false, Allow),
+            (
+                ALICE,
+                ConfirmLogin,
+                ALICE_UID,
+                true,
+                Deny("only root's PAM services enroll at the login prompt"),
+            ),
             (ALICE, ConfirmLogin, BOB_UID, true, deny_other),
             (ROOT, ConfirmLogin, BOB_UID, true, Allow),
             (ROOT, Invite, BOB_UID, true, Allow),

@@ -277,7 +277,48 @@ pub(crate) fn ask(
     request: RequestBody,
 ) -> Result<ResponseBody, Outcome> {
     let op = request.op_name();
+    answered(pam, client, op, client.call(request))
+}
+
+/// The preflight. A twofoldd older than this module (between a package's unpack and the
+/// daemon's restart) refuses the field `can_enroll`: it is then asked again without it, as
+/// before. The answer to that second question is taken like any other.
+fn ask_preflight(
+    pam: &mut impl Pam,
+    client: &Client,
+    request: RequestBody,
+) -> Result<ResponseBody, Outcome> {
+    let RequestBody::Preflight {
+        user,
+        pam: items,
+        grace_secs,
+        can_enroll: true,
+    } = &request
+    else {
+        return ask(pam, client, request);
+    };
+    let older = RequestBody::Preflight {
+        user: user.clone(),
+        pam: items.clone(),
+        grace_secs: *grace_secs,
+        can_enroll: false,
+    };
     match client.call(request) {
+        Ok(ResponseBody::Error {
+            kind: wire::ErrorKind::BadRequest,
+            message,
+        }) if message.contains("`can_enroll`") => ask(pam, client, older),
+        result => answered(pam, client, "preflight", result),
+    }
+}
+
+fn answered(
+    pam: &mut impl Pam,
+    client: &Client,
+    op: &str,
+    result: Result<ResponseBody, twofold_shared::client::ClientError>,
+) -> Result<ResponseBody, Outcome> {
+    match result {
         Ok(ResponseBody::Error { kind, message }) => {
             pam.log(
                 LogLevel::Error,
@@ -381,7 +422,7 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>, flags: u32) -> Out
             // A login that may not show messages cannot show a QR code.
             can_enroll: flags & PAM_SILENT == 0 && !args.noenroll,
         };
-        match ask(pam, &client, request) {
+        match ask_preflight(pam, &client, request) {
             Ok(answer) => match preflight_outcome(&answer) {
                 Ok(ask) => want = ask,
                 Err(outcome) => return outcome,

@@ -113,6 +113,16 @@ impl PamService {
 }
 
 impl PamService {
+    /// `pamtester -v SERVICE USER authenticate` under pam_wrapper as a shell command line, for
+    /// a [`Terminal`]: answered as a person would, after reading what it shows.
+    pub fn command_line(&self, user: &str) -> String {
+        format!(
+            "LD_PRELOAD={PAM_WRAPPER} PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR='{}' pamtester -v '{}' '{user}' authenticate",
+            self.dir.path().display(),
+            self.name
+        )
+    }
+
     /// `pamtester -v SERVICE USER authenticate`, answering the first prompt with `first` and the
     /// second with whatever `then` returns once the first answer is in (it may wait for a mail).
     pub fn authenticate_then(

@@ -815,17 +815,19 @@ fn an_invitation_on_one_host_enrolls_at_a_login_on_another() {
     let user = TestUser::create(&unique("tf-flinv"));
     assert_eq!(code_of(&a.cli(&["invite", &user.name])), 0);
     let on_b = PamService::required(&b.socket, "");
-    let shown = on_b.authenticate(&user.name, None);
-    let key: String = shown
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix("Key:"))
-        .unwrap_or_else(|| panic!("no key shown on B:\n{}", shown.text()))
-        .split_whitespace()
-        .collect();
+    let term = Terminal::start(&on_b.command_line(&user.name));
+    let screen = term.wait_for("-digit code from the app", Duration::from_secs(20));
+    let uri = zbar_decode(&qr_blocks(&screen)[0], true).expect("a QR code on B's prompt");
     ensure_step_time(10);
-    let run = on_b.authenticate(&user.name, Some(&format!("{}\n\n", oathtool(&key, 0))));
-    assert!(run.success, "{}\n{}", run.text(), b.log());
+    term.type_line(&oathtool(&uri_secret(&uri), 0));
+    term.wait_for("Press Enter once", Duration::from_secs(20));
+    term.type_line("");
+    let screen = term.wait_for("tf-terminal-exited-", Duration::from_secs(20));
+    assert!(
+        screen.contains("successfully authenticated"),
+        "{screen}\n{}",
+        b.log()
+    );
     let s: serde_json::Value =
         serde_json::from_slice(&a.cli(&["status", "--user", &user.name, "--json"]).stdout).unwrap();
     assert!(

@@ -208,7 +208,9 @@ impl Engine {
             return ResponseBody::Rejected;
         };
         let entry = admin_entry(now, "confirm", name, "enrolled", uid);
-        match self.activate_pending(name, pending, step, account, vec![entry], |_| Ok(true)) {
+        match self.activate_pending(name, pending, step, account, vec![entry], false, |_| {
+            Ok(true)
+        }) {
             Ok(Some(codes)) => {
                 self.log.info(&format!(
                     "confirm user={} caller_uid={uid} outcome=enrolled",
@@ -229,15 +231,18 @@ impl Engine {
 
     /// Makes `pending` (its first code matched at `step`) the active enrollment with fresh
     /// backup codes, if it is still the one waiting and `still` holds, in one transaction with
-    /// `entries` on record. `Ok(None)`: it changed meanwhile (a second confirmation raced this
-    /// one, the invitation was revoked).
+    /// `entries` on record (and, if an invitation is used up by it, that too). `login`: the
+    /// first code also opened a login. `Ok(None)`: it changed meanwhile (a second
+    /// confirmation raced this one, the invitation was revoked).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn activate_pending(
         &self,
         name: &str,
         pending: PendingRecord,
         step: u64,
         account: Option<u32>,
-        entries: Vec<AuditEntry>,
+        mut entries: Vec<AuditEntry>,
+        login: bool,
         still: impl FnOnce(&dyn Tx) -> Result<bool, StoreError> + Send + 'static,
     ) -> Result<Option<Vec<SecretText>>, Box<ResponseBody>> {
         let FreshCodes {
@@ -252,7 +257,7 @@ impl Engine {
             enrolled_at: entries.first().map_or(0, |e| e.time),
             // The confirming code is spent: it cannot also open a login.
             last_step: i64::try_from(step).unwrap_or(i64::MAX),
-            last_success: None,
+            last_success: entries.first().map(|e| e.time).filter(|_| login),
             backup_salt: salt,
             window: None,
             uid: account.filter(|_| self.binds_uids()),
@@ -260,6 +265,17 @@ impl Engine {
         let expected = pending.secret;
         let activated = self.store.write(move |tx| match tx.pending(&record.name)? {
             Some(p) if p.secret == expected && still(tx)? => {
+                let noted = entries.iter().any(|e| e.event == "invite");
+                if let (Some(_), Some(first), false) =
+                    (tx.invitation(&record.name)?, entries.first(), noted)
+                {
+                    entries.push(AuditEntry {
+                        event: "invite".into(),
+                        outcome: "used".into(),
+                        detail: Some("enrolled outside the login prompt".into()),
+                        ..first.clone()
+                    });
+                }
                 tx.activate(&record, &hashes)?;
                 entries.iter().try_for_each(|e| tx.audit(e))?;
                 Ok(true)
@@ -368,6 +384,21 @@ impl Engine {
             "{name} imported: {}",
             entry.detail.as_deref().unwrap_or_default()
         );
-        self.apply_admin(entry, move |tx| tx.activate(&record, &hashes), message)
+        let used = AuditEntry {
+            event: "invite".into(),
+            outcome: "used".into(),
+            detail: Some("an enrollment was imported".into()),
+            ..entry.clone()
+        };
+        self.apply_admin(
+            entry,
+            move |tx| {
+                if tx.invitation(&record.name)?.is_some() {
+                    tx.audit(&used)?;
+                }
+                tx.activate(&record, &hashes)
+            },
+            message,
+        )
     }
 }

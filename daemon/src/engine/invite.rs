@@ -157,9 +157,13 @@ impl Engine {
             );
         }
         let owned = name.to_string();
+        // A key shown at an earlier login of this account is not shown again.
         self.apply_admin(
             entry,
-            move |tx| tx.put_invitation(&owned, &invitation),
+            move |tx| {
+                tx.delete_pending(&owned)?;
+                tx.put_invitation(&owned, &invitation)
+            },
             message,
         )
     }
@@ -191,7 +195,11 @@ impl Engine {
         let owned = name.to_string();
         self.apply_admin(
             admin_entry(now, "invite", name, "revoked", uid),
-            move |tx| tx.delete_invitation(&owned).map(|_| ()),
+            move |tx| {
+                // The key it showed, if any, goes with it.
+                tx.delete_pending(&owned)?;
+                tx.delete_invitation(&owned).map(|_| ())
+            },
             format!("{name}'s invitation revoked"),
         )
     }
@@ -205,7 +213,9 @@ impl Engine {
                 // Read again by name (under the user's lock on PostgreSQL): another host's
                 // housekeeping may have put this expiry on record meanwhile.
                 let unnoted = i.expires_at <= now
-                    && tx.invitation(&name)?.is_some_and(|i| !i.expiry_noted);
+                    && tx
+                        .invitation(&name)?
+                        .is_some_and(|i| i.expires_at <= now && !i.expiry_noted);
                 if unnoted {
                     tx.note_invitation_expired(&name)?;
                     let mut entry = admin_entry(now, "invite", &name, "expired", 0);
@@ -243,6 +253,8 @@ impl Engine {
             at_login(mode, invitation.as_ref(), false, can_enroll, now),
             reply,
         ) {
+            // Policy could not be checked: that error, not an enrollment.
+            (_, reply @ ResponseBody::Error { .. }) => reply,
             (AtLogin::Offer, _) => self.offer_enrollment(name, pam, uid, now),
             (AtLogin::Refuse(why), ResponseBody::NotEnrolled { required: true, .. }) => {
                 ResponseBody::NotEnrolled {
@@ -269,35 +281,26 @@ impl Engine {
             .then(|| self.offer_enrollment(name, pam, uid, now))
     }
 
-    /// The enrollment shown at the prompt: the one already waiting (an interrupted login,
-    /// or `twofold enroll`: the app may have it already) or a new one.
+    /// The enrollment shown at the prompt: a new key each time, replacing any enrollment
+    /// waiting for its first code. One waiting from before may have been made by a process
+    /// running as the user (`twofold enroll` from a stolen shell), whose key that process
+    /// knows; and a key shown once is not shown again.
     fn offer_enrollment(&self, name: &str, pam: &PamItems, uid: u32, now: u64) -> ResponseBody {
-        let fresh = match new_pending(TotpParams::default(), now) {
+        let pending = match new_pending(TotpParams::default(), now) {
             Ok(p) => p,
             Err(reply) => return *reply,
         };
-        let ttl = self.config().pending_ttl;
         let owned = name.to_string();
         let mut entry = pam_entry(now, "enroll", name, pam, uid);
         entry.outcome = "pending".into();
         entry.detail = Some("at the login prompt".into());
-        let shown = self.store.write(move |tx| match tx.pending(&owned)? {
-            Some(p)
-                if now <= p.created_at.saturating_add(ttl)
-                    && p.failed_confirms < MAX_FAILED_CONFIRMS =>
-            {
-                Ok((p, false))
-            }
-            _ => {
-                tx.put_pending(&owned, &fresh)?;
-                tx.audit(&entry)?;
-                Ok((fresh, true))
-            }
-        });
-        let (pending, new) = match shown {
-            Ok(x) => x,
-            Err(e) => return self.store_failed("enroll at login", name, &e),
-        };
+        let stored = pending.clone();
+        if let Err(e) = self.store.write(move |tx| {
+            tx.put_pending(&owned, &stored)?;
+            tx.audit(&entry)
+        }) {
+            return self.store_failed("enroll at login", name, &e);
+        }
         let info = self.enrollment_info(name, &pending);
         let uri = info.otpauth_uri.expose();
         let (Some(qr), Some(qr_inverted)) = (
@@ -310,11 +313,10 @@ impl Engine {
             );
         };
         self.log.info(&format!(
-            "enroll user={} service={} rhost={} caller_uid={uid} outcome=shown-at-login new={}",
+            "enroll user={} service={} rhost={} caller_uid={uid} outcome=shown-at-login",
             audit::field(name),
             audit::opt(pam.service.as_deref()),
             audit::opt(pam.rhost.as_deref()),
-            if new { "yes" } else { "no" }
         ));
         ResponseBody::EnrollAtLogin(LoginEnrollment {
             info,
@@ -440,7 +442,7 @@ impl Engine {
             }
             Ok(ok)
         };
-        match self.activate_pending(name, pending, step, account, entries, still) {
+        match self.activate_pending(name, pending, step, account, entries, true, still) {
             Ok(Some(codes)) => {
                 self.log.info(&format!(
                     "confirm user={} service={} rhost={} caller_uid={} outcome=enrolled at=login invited={}",

@@ -3,6 +3,7 @@
 //! change to one's own factors.
 
 use super::*;
+use crate::config::EnrollAtLogin;
 
 impl Engine {
     /// A known account without enrollment: refused when policy says so for everyone
@@ -138,13 +139,20 @@ impl Engine {
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
-        let enrolled = self.store.read(|tx| Ok(tx.user(name)?.is_some()));
-        if let (Ok(true), true) = (&enrolled, can_enroll) {
+        // One read: whether the account is enrolled and, where a replacement could be shown
+        // here, whether root invited one.
+        let shows = can_enroll && self.config().enroll_at_login != EnrollAtLogin::Never;
+        let looked = self.store.read(|tx| {
+            let enrolled = tx.user(name)?.is_some();
+            let replace = enrolled && shows && tx.invitation(name)?.is_some_and(|i| i.replace);
+            Ok((enrolled, replace))
+        });
+        if let Ok((true, true)) = looked {
             if let Some(offer) = self.replacement_at_login(name, pam, uid, now) {
                 return offer;
             }
         }
-        match enrolled {
+        match looked.map(|(enrolled, _)| enrolled) {
             Ok(true) if grace.is_some() => grace
                 .as_ref()
                 .and_then(|g| self.remembered(name, pam, g, uid, now))

@@ -97,13 +97,18 @@ fn an_invited_account_enrolls_in_its_login() {
         ResponseBody::Done { .. }
     ));
     assert_eq!(status(&e, "daemon", T0).invited_until, Some(T0 + 86_400));
-    let secret = offered(preflight(&e, "daemon", true, T0));
-    // Interrupted: the next login shows the same key (the app may have it already).
-    assert_eq!(
-        offered(preflight(&e, "daemon", true, T0 + 60)).as_bytes(),
-        secret.as_bytes()
-    );
+    let shown = offered(preflight(&e, "daemon", true, T0));
+    // Interrupted: still pending, still invited; the next login shows a new key, and the one
+    // shown before no longer enrolls.
+    let s = status(&e, "daemon", T0 + 1);
+    assert!(s.pending && s.invited_until.is_some());
+    let secret = offered(preflight(&e, "daemon", true, T0 + 60));
+    assert_ne!(shown.as_bytes(), secret.as_bytes());
     let t = (T0 + 90) / 30;
+    assert!(matches!(
+        confirm(&e, "daemon", &code_at_step(&shown, t), T0 + 90),
+        ResponseBody::Rejected
+    ));
     assert!(matches!(
         confirm(&e, "daemon", "000000", T0 + 90),
         ResponseBody::Rejected
@@ -118,7 +123,12 @@ fn an_invited_account_enrolls_in_its_login() {
     assert!(s.enrolled && !s.pending && s.invited_until.is_none());
     assert_eq!(
         s.failures, 0,
-        "the right code clears the wrong one's failure"
+        "the right code clears the wrong ones' failures"
+    );
+    assert_eq!(
+        s.last_success,
+        Some(T0 + 90),
+        "the first code opened a login"
     );
     // The first code is spent; the next one opens a login.
     assert!(matches!(
@@ -505,4 +515,69 @@ fn a_helpdesk_code_is_used_once_under_concurrency() {
             .count()
     });
     assert_eq!(accepted, 1);
+}
+
+/// A process running as the account itself (a stolen shell) is never shown the key its next
+/// login will enroll, and cannot confirm an enrollment at the prompt.
+#[test]
+fn only_root_s_pam_services_enroll_at_the_prompt() {
+    let (e, _dir) = engine("unenrolled = \"deny\"");
+    let daemon_uid = crate::users::uid_of("daemon").unwrap();
+    invite(&e, "daemon", None, false, T0);
+    let own = e.handle(
+        daemon_uid,
+        RequestBody::Preflight {
+            user: "daemon".into(),
+            pam: sshd(),
+            grace_secs: 0,
+            can_enroll: true,
+        },
+        T0,
+    );
+    assert!(
+        matches!(&own, ResponseBody::NotEnrolled { required: true, reason: Some(r) } if r.contains("cannot show")),
+        "{own:?}"
+    );
+    assert!(!status(&e, "daemon", T0).pending);
+    let asked = e.handle(
+        daemon_uid,
+        RequestBody::ConfirmLogin {
+            user: "daemon".into(),
+            code: SecretText::new("123456"),
+            pam: sshd(),
+        },
+        T0,
+    );
+    assert!(matches!(
+        asked,
+        ResponseBody::Error {
+            kind: ErrorKind::PermissionDenied,
+            ..
+        }
+    ));
+    // Nor does an enrollment it started itself (`twofold enroll`) survive the next offer.
+    let ResponseBody::Enrollment(planted) = e.handle(
+        daemon_uid,
+        RequestBody::Enroll {
+            user: None,
+            force: false,
+            code: None,
+            params: None,
+        },
+        T0,
+    ) else {
+        panic!()
+    };
+    let planted = Secret::from_base32(planted.secret.expose()).unwrap();
+    let shown = offered(preflight(&e, "daemon", true, T0 + 1));
+    assert_ne!(planted.as_bytes(), shown.as_bytes());
+    // A revoked invitation takes the key it showed along.
+    e.handle(
+        0,
+        RequestBody::InviteRevoke {
+            user: "daemon".into(),
+        },
+        T0 + 2,
+    );
+    assert!(!status(&e, "daemon", T0 + 2).pending);
 }

@@ -224,3 +224,35 @@ fn silent_or_noenroll_logins_do_not_offer_to_enroll() {
         ));
     }
 }
+
+/// A twofoldd older than the module (a package upgrade between unpack and restart) does not
+/// know `can_enroll`: the preflight is asked again without it, and the login goes on.
+#[test]
+fn an_older_daemon_is_asked_again_without_can_enroll() {
+    let d = FakeDaemon::start(vec![
+        Reply::Body(ResponseBody::Error {
+            kind: wire::ErrorKind::BadRequest,
+            message: "unknown field `can_enroll`, expected one of `user`, `pam`, `grace_secs` at line 1 column 80".into(),
+        }),
+        Reply::Body(ResponseBody::Prompt),
+        accepted_totp(),
+    ]);
+    let mut pam = Script::new("alice", vec![prompt(CODE)]);
+    assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::Success);
+    let requests = d.requests();
+    assert!(matches!(
+        &requests[1].body,
+        RequestBody::Preflight {
+            can_enroll: false,
+            ..
+        }
+    ));
+    // Any other refusal of the preflight is no reason to ask again.
+    let d = FakeDaemon::start(vec![Reply::Body(ResponseBody::Error {
+        kind: wire::ErrorKind::BadRequest,
+        message: "a PAM item is longer than 256 bytes".into(),
+    })]);
+    let mut pam = Script::new("alice", vec![Event::Error(MSG_UNAVAILABLE.into())]);
+    assert_eq!(run(&mut pam, &d.args(&[]), 0), PamCode::AuthInfoUnavail);
+    assert_eq!(d.requests().len(), 1);
+}
