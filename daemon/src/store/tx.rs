@@ -188,3 +188,45 @@ pub trait Tx {
         Ok(removed)
     }
 }
+
+/// The invitation and helpdesk-code primitives of `Tx`, for a backend whose own `impl` has the
+/// statements behind them (`invitation_row`, `delete_by_name(Table::…)`, …): one list for
+/// every backend.
+macro_rules! helpdesk_primitives {
+    () => {
+        fn invitation(&self, name: &str) -> Result<Option<Invitation>> {
+            self.invitation_row(name)
+        }
+        fn invitations(&self) -> Result<Vec<(String, Invitation)>> {
+            self.invitation_rows()
+        }
+        fn put_invitation(&self, name: &str, invitation: &Invitation) -> Result<()> {
+            self.put_invitation_row(name, invitation)
+        }
+        fn delete_invitation(&self, name: &str) -> Result<bool> {
+            self.delete_by_name(Table::Invitations, name)
+        }
+        fn note_invitation_expired(&self, name: &str) -> Result<()> {
+            self.note_invitation_expired_row(name)
+        }
+        fn prune_invitations(&self, before: u64) -> Result<usize> {
+            self.prune_expired(Table::Invitations, before)
+        }
+        fn bypass(&self, name: &str) -> Result<Option<BypassRecord>> {
+            self.bypass_row(name)
+        }
+        fn put_bypass(&self, name: &str, bypass: &BypassRecord) -> Result<()> {
+            self.put_bypass_row(name, bypass)
+        }
+        fn delete_bypass(&self, name: &str) -> Result<bool> {
+            self.delete_by_name(Table::Bypass, name)
+        }
+        fn set_bypass_uses(&self, name: &str, uses_left: u32) -> Result<()> {
+            self.set_bypass_uses_row(name, uses_left)
+        }
+        fn prune_bypass(&self, before: u64) -> Result<usize> {
+            self.prune_expired(Table::Bypass, before)
+        }
+    };
+}
+pub(crate) use helpdesk_primitives;

@@ -37,39 +37,7 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 }
 
 impl Tx for SqliteTx<'_> {
-    fn invitation(&self, name: &str) -> Result<Option<Invitation>> {
-        self.invitation_row(name)
-    }
-    fn invitations(&self) -> Result<Vec<(String, Invitation)>> {
-        self.invitation_rows()
-    }
-    fn put_invitation(&self, name: &str, invitation: &Invitation) -> Result<()> {
-        self.put_invitation_row(name, invitation)
-    }
-    fn delete_invitation(&self, name: &str) -> Result<bool> {
-        self.delete_by_name(Table::Invitations, name)
-    }
-    fn note_invitation_expired(&self, name: &str) -> Result<()> {
-        self.note_invitation_expired_row(name)
-    }
-    fn prune_invitations(&self, before: u64) -> Result<usize> {
-        self.prune_expired(Table::Invitations, before)
-    }
-    fn bypass(&self, name: &str) -> Result<Option<BypassRecord>> {
-        self.bypass_row(name)
-    }
-    fn put_bypass(&self, name: &str, bypass: &BypassRecord) -> Result<()> {
-        self.put_bypass_row(name, bypass)
-    }
-    fn delete_bypass(&self, name: &str) -> Result<bool> {
-        self.delete_by_name(Table::Bypass, name)
-    }
-    fn set_bypass_uses(&self, name: &str, uses_left: u32) -> Result<()> {
-        self.set_bypass_uses_row(name, uses_left)
-    }
-    fn prune_bypass(&self, before: u64) -> Result<usize> {
-        self.prune_expired(Table::Bypass, before)
-    }
+    crate::store::tx::helpdesk_primitives!();
 
     fn seal_check(&self) -> Result<Option<Vec<u8>>> {
         Ok(self
