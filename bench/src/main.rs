@@ -63,17 +63,16 @@ fn seed(target: &str, n: usize) -> Result<(), String> {
         store
             .write(move |tx| {
                 for i in chunk {
-                    let record = UserRecord {
-                        name: user_name(i),
-                        secret: secret_of(i),
-                        params: TotpParams::default(),
-                        enrolled_at: t,
-                        last_step: -1,
-                        last_success: None,
-                        backup_salt: vec![0; 16],
-                        window: None,
-                        uid: None,
-                    };
+                    let record = UserRecord::single(
+                        &user_name(i),
+                        secret_of(i),
+                        TotpParams::default(),
+                        t,
+                        -1,
+                        vec![0; 16],
+                        None,
+                        None,
+                    );
                     tx.activate(&record, &[])?;
                 }
                 Ok(())

@@ -21,21 +21,20 @@ fn code_hash(code: &str) -> BackupHash {
 }
 
 fn user(name: &str, uid: Option<u32>) -> UserRecord {
-    UserRecord {
-        name: name.into(),
-        secret: Secret::from_bytes((0..32).collect()),
-        params: TotpParams {
+    UserRecord::single(
+        name,
+        Secret::from_bytes((0..32).collect()),
+        TotpParams {
             algorithm: Algorithm::Sha256,
             digits: 8,
             period: 60,
         },
-        enrolled_at: T,
-        last_step: -1,
-        last_success: None,
-        backup_salt: vec![7; backup::SALT_BYTES],
-        window: Some(2),
+        T,
+        -1,
+        vec![7; backup::SALT_BYTES],
+        Some(2),
         uid,
-    }
+    )
 }
 
 fn pending(at: u64) -> PendingRecord {
@@ -44,6 +43,7 @@ fn pending(at: u64) -> PendingRecord {
         params: TotpParams::default(),
         created_at: at,
         failed_confirms: 0,
+        label: "tablet".into(),
     }
 }
 
@@ -96,20 +96,21 @@ fn enrollments(s: &Store) {
     });
     let got = w(s, |tx| tx.user("alice")).unwrap();
     let want = user("alice", Some(1000));
-    assert_eq!(
-        got.secret, want.secret,
-        "the secret round-trips (sealed or not)"
-    );
-    assert_eq!(got.params, want.params);
+    let (a, b) = (&got.authenticators[0], &want.authenticators[0]);
+    assert_eq!(got.authenticators.len(), 1);
+    assert_eq!(a.secret, b.secret, "the secret round-trips (sealed or not)");
+    assert_eq!((a.label.as_str(), a.params), ("default", b.params));
     assert_eq!(
         (
             got.enrolled_at,
-            got.last_step,
+            a.added_at,
+            a.last_step,
             got.last_success,
-            got.window,
+            a.last_used,
+            a.window,
             got.uid
         ),
-        (T, -1, None, Some(2), Some(1000))
+        (T, T, -1, None, None, Some(2), Some(1000))
     );
     assert_eq!(got.backup_salt, want.backup_salt);
     w(s, |tx| tx.activate(&user("bob", None), &[]));
@@ -153,19 +154,44 @@ fn enrollments(s: &Store) {
 }
 
 fn high_water_mark(s: &Store) {
-    assert!(w(s, |tx| tx.advance_step("alice", 5, T + 1)));
+    let d = "default";
+    assert!(w(s, move |tx| tx.advance_step("alice", d, 5, T + 1)));
     assert!(
-        !w(s, |tx| tx.advance_step("alice", 5, T + 2)),
+        !w(s, move |tx| tx.advance_step("alice", d, 5, T + 2)),
         "the same step twice"
     );
     assert!(
-        !w(s, |tx| tx.advance_step("alice", 4, T + 3)),
+        !w(s, move |tx| tx.advance_step("alice", d, 4, T + 3)),
         "a step below"
     );
-    assert!(w(s, |tx| tx.advance_step("alice", 7, T + 4)));
+    assert!(w(s, move |tx| tx.advance_step("alice", d, 7, T + 4)));
     let u = w(s, |tx| tx.user("alice")).unwrap();
-    assert_eq!((u.last_step, u.last_success), (7, Some(T + 4)));
-    assert!(!w(s, |tx| tx.advance_step("nobody", 9, T)), "no such user");
+    assert_eq!(
+        (u.authenticators[0].last_step, u.authenticators[0].last_used),
+        (7, Some(T + 4))
+    );
+    assert!(
+        !w(s, move |tx| tx.advance_step("alice", "tablet", 9, T)),
+        "no such authenticator"
+    );
+    assert!(
+        !w(s, move |tx| tx.advance_step("nobody", d, 9, T)),
+        "no such user"
+    );
+    // delete_user takes the authenticators along.
+    w(s, |tx| tx.activate(&user("carol", None), &[]));
+    assert!(w(s, |tx| tx.delete_user("carol")));
+    w(s, |tx| {
+        tx.put_user(&UserRecord {
+            authenticators: Vec::new(),
+            ..user("carol", None)
+        })
+    });
+    assert!(w(s, |tx| tx.user("carol"))
+        .unwrap()
+        .authenticators
+        .is_empty());
+    w(s, |tx| tx.delete_user("carol").map(|_| ()));
 }
 
 fn backup_codes(s: &Store) {
@@ -208,6 +234,7 @@ fn pending_and_devices(s: &Store) {
     let p = w(s, |tx| tx.pending("carol")).unwrap();
     assert_eq!((p.failed_confirms, p.created_at), (1, T));
     assert_eq!(p.secret, pending(T).secret);
+    assert_eq!(p.label, "tablet", "the name its authenticator will get");
     assert_eq!(w(s, |tx| tx.pending_names()), ["carol"]);
     // A new pending enrollment starts afresh.
     w(s, |tx| tx.put_pending("carol", &pending(T + 5)));

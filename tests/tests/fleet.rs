@@ -449,7 +449,7 @@ fn secrets_sealed_with_one_key_every_host_shares() {
             "twofold",
         ])
         .args(["-d", "postgres", "-Atc"])
-        .arg("SELECT encode(secret, 'hex') FROM users WHERE name = 'sealed'")
+        .arg("SELECT encode(secret, 'hex') FROM authenticators WHERE name = 'sealed'")
         .output()
         .unwrap();
     let hex = String::from_utf8_lossy(&stored.stdout).trim().to_string();
@@ -793,8 +793,10 @@ fn uids_are_not_bound_on_the_shared_store() {
     pg.psql(
         "postgres",
         "UPDATE users SET uid = 4242 WHERE name = 'root';
-         INSERT INTO users SELECT 'mallory', secret, algorithm, digits, period, enrolled_at,
-           last_step, last_success, backup_salt, \"window\", 0 FROM users WHERE name = 'root';",
+         INSERT INTO users SELECT 'mallory', enrolled_at, last_success, backup_salt, 0
+           FROM users WHERE name = 'root';
+         INSERT INTO authenticators SELECT 'mallory', label, secret, algorithm, digits, period,
+           added_at, last_step, last_used, \"window\" FROM authenticators WHERE name = 'root';",
     );
     ensure_step_time(10);
     let code = oathtool(&e.secret, 1);

@@ -56,6 +56,7 @@ pub(super) fn new_pending(
         params,
         created_at: now,
         failed_confirms: 0,
+        label: crate::store::DEFAULT_AUTHENTICATOR.to_string(),
     })
 }
 
@@ -250,18 +251,23 @@ impl Engine {
             hashes,
             salt,
         } = self.fresh_backup_codes()?;
-        let record = UserRecord {
-            name: name.to_string(),
-            secret: pending.secret.clone(),
-            params: pending.params,
-            enrolled_at: entries.first().map_or(0, |e| e.time),
+        let at = entries.first().map_or(0, |e| e.time);
+        let mut record = UserRecord::single(
+            name,
+            pending.secret.clone(),
+            pending.params,
+            at,
             // The confirming code is spent: it cannot also open a login.
-            last_step: i64::try_from(step).unwrap_or(i64::MAX),
-            last_success: entries.first().map(|e| e.time).filter(|_| login),
-            backup_salt: salt,
-            window: None,
-            uid: account.filter(|_| self.binds_uids()),
-        };
+            i64::try_from(step).unwrap_or(i64::MAX),
+            salt,
+            None,
+            account.filter(|_| self.binds_uids()),
+        );
+        record.authenticators[0].label = pending.label.clone();
+        if login {
+            record.last_success = Some(at);
+            record.authenticators[0].last_used = Some(at);
+        }
         let expected = pending.secret;
         let activated = self.store.write(move |tx| match tx.pending(&record.name)? {
             Some(p) if p.secret == expected && still(tx)? => {
@@ -358,26 +364,26 @@ impl Engine {
         else {
             return error(ErrorKind::Internal, "hashing backup codes failed");
         };
-        let record = UserRecord {
-            name: name.to_string(),
+        let record = UserRecord::single(
+            name,
             secret,
-            params: import.params,
-            enrolled_at: now,
-            last_step: import
+            import.params,
+            now,
+            import
                 .last_used_step
                 .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
-            last_success: None,
-            backup_salt: salt,
-            window: import.window,
-            uid: account.filter(|_| self.binds_uids()),
-        };
+            salt,
+            import.window,
+            account.filter(|_| self.binds_uids()),
+        );
         let mut entry = admin_entry(now, "import", name, "enrolled", uid);
+        let a = &record.authenticators[0];
         entry.detail = Some(format!(
             "{} {} digits {} s window {} backup codes {}",
-            record.params.algorithm,
-            record.params.digits,
-            record.params.period,
-            record.window.map_or("default".into(), |w| format!("±{w}")),
+            a.params.algorithm,
+            a.params.digits,
+            a.params.period,
+            a.window.map_or("default".into(), |w| format!("±{w}")),
             hashes.len()
         ));
         let message = format!(

@@ -23,7 +23,8 @@ use crate::limits::{self, Budget, Coalesce, HashGate, Lane};
 use crate::policy::{self, Caller, Decision, Operation};
 use crate::seal;
 use crate::store::{
-    CodePurpose, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord, Tx, UserRecord,
+    Authenticator, CodePurpose, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord, Tx,
+    UserRecord,
 };
 use crate::throttle::{self, Gate};
 use crate::users;

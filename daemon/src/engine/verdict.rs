@@ -93,11 +93,11 @@ pub(super) enum Input {
 
 /// A TOTP code has exactly the user's number of digits; anything else that can be a backup
 /// code (including the 8-digit scratch codes of an imported google-authenticator file) is one.
-pub(super) fn classify(code: &str, digits: u32) -> Input {
+pub(super) fn classify(code: &str, digits: &[u32]) -> Input {
     if code.len() > MAX_CODE {
         return Input::Garbage;
     }
-    if let Some(c) = otp::normalize_code(code, digits) {
+    if let Some(c) = digits.iter().find_map(|&d| otp::normalize_code(code, d)) {
         return Input::Totp(c);
     }
     if let Some(c) = backup::normalize_helpdesk(code) {
@@ -274,20 +274,12 @@ pub(super) fn verify_totp_in_tx(
         // Disabled between the snapshot and now: a plain failure.
         return fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong);
     };
-    let steps = otp::matching_steps(
-        &user.secret,
-        &user.params,
-        code,
-        user.params.step(now),
-        user.window.unwrap_or(window),
-    );
-    let fresh = steps
-        .iter()
-        .copied()
-        .filter(|&s| (s as i128) > i128::from(user.last_step))
-        .max();
+    let (matched, fresh) = match_authenticators(&user, code, now, window);
     match fresh {
-        Some(step) if tx.advance_step(name, i64::try_from(step).unwrap_or(i64::MAX), now)? => {
+        Some((label, step))
+            if tx.advance_step(name, label, i64::try_from(step).unwrap_or(i64::MAX), now)? =>
+        {
+            tx.set_last_success(name, now)?;
             tx.clear_throttle(name)?;
             Ok(Outcome::Accepted {
                 method: Method::Totp,
@@ -302,14 +294,50 @@ pub(super) fn verify_totp_in_tx(
             })
         }
         _ => {
-            let why = if steps.is_empty() {
-                Outcome::Wrong
-            } else {
+            let why = if matched {
                 Outcome::Replayed
+            } else {
+                Outcome::Wrong
             };
             fail_in_tx(tx, name, state, now, cfg, why)
         }
     }
+}
+
+/// Checks `code` against every authenticator of `user`, all of them whatever matches (the time
+/// taken tells neither which one matched nor how many there are). `.0`: some authenticator
+/// made this code within the window; `.1`: the first one whose step is above its high-water
+/// mark, and that step.
+pub(super) fn match_authenticators<'u>(
+    user: &'u UserRecord,
+    code: &str,
+    now: u64,
+    window: u32,
+) -> (bool, Option<(&'u str, u64)>) {
+    let mut matched = false;
+    let mut fresh = None;
+    for a in &user.authenticators {
+        let steps = otp::normalize_code(code, a.params.digits)
+            .map(|c| {
+                otp::matching_steps(
+                    &a.secret,
+                    &a.params,
+                    &c,
+                    a.params.step(now),
+                    a.window.unwrap_or(window),
+                )
+            })
+            .unwrap_or_default();
+        matched |= !steps.is_empty();
+        let step = steps
+            .into_iter()
+            .filter(|&s| (s as i128) > i128::from(a.last_step))
+            .max();
+        if let (None, Some(step)) = (fresh, step) {
+            fresh = Some((a.label.as_str(), step));
+        }
+    }
+    (matched, fresh)
 }
 
 /// Evaluates a backup code (its hash, computed outside the writer) inside the writer: the
@@ -390,10 +418,12 @@ impl Engine {
         }
         let (by_email, email_try) =
             self.email_attempt(user.is_none(), state, mailed, verified_address, code, now);
-        let digits = user
+        let digits: Vec<u32> = user
             .as_ref()
-            .map_or(TotpParams::default().digits, |u| u.params.digits);
-        let input = classify(code, digits);
+            .map_or(vec![TotpParams::default().digits], |u| {
+                u.authenticators.iter().map(|a| a.params.digits).collect()
+            });
+        let input = classify(code, &digits);
         let window = self.config().window;
         let cfg = self.config().throttle;
         let owned = name.to_string();
@@ -472,7 +502,13 @@ impl Engine {
 
     /// Once a minute per user (a refused flood must not become a flood of log lines): the
     /// user's last accepted code is ahead of the clock.
-    fn warn_if_clock_behind(&self, name: &str, u: &UserRecord, now: u64) {
+    fn warn_if_clock_behind(&self, name: &str, user: &UserRecord, now: u64) {
+        for u in &user.authenticators {
+            self.warn_if_authenticator_ahead(name, u, now);
+        }
+    }
+
+    fn warn_if_authenticator_ahead(&self, name: &str, u: &Authenticator, now: u64) {
         let current = (now / u.params.period.max(1)) as i64;
         let window = i64::from(u.window.unwrap_or(self.config().window));
         if u.last_step > current + window && !self.clock_warned.quiet(name, now) {

@@ -15,6 +15,8 @@ mod records;
 pub mod schema;
 mod sqlite;
 mod tx;
+#[cfg(test)]
+mod upgrade_tests;
 
 pub use records::*;
 use sqlite::Sqlite;

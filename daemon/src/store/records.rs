@@ -49,23 +49,70 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// An active enrollment.
+/// An active enrollment: the account's, and its authenticators.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
     pub name: String,
-    pub secret: Secret,
-    pub params: TotpParams,
     pub enrolled_at: u64,
-    /// Highest time step ever accepted (-1: none yet).
-    pub last_step: i64,
     pub last_success: Option<u64>,
     pub backup_salt: Vec<u8>,
-    /// Steps accepted either side of now for this user (imported); `None`: the configured one.
-    pub window: Option<u32>,
     /// The account's uid when it was enrolled (`None`: a name with no account, or an
     /// enrollment older than the record). A login whose name now resolves to another uid is
     /// refused.
     pub uid: Option<u32>,
+    /// At least one; the first enrollment's is named [`DEFAULT_AUTHENTICATOR`].
+    pub authenticators: Vec<Authenticator>,
+}
+
+/// The name of an enrollment's first authenticator (and of every enrollment made before
+/// there could be several).
+pub const DEFAULT_AUTHENTICATOR: &str = "default";
+
+/// One app (or token) that makes the account's codes.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    /// Its name, unique for the account.
+    pub label: String,
+    pub secret: Secret,
+    pub params: TotpParams,
+    pub added_at: u64,
+    /// Highest time step ever accepted from it (-1: none yet).
+    pub last_step: i64,
+    pub last_used: Option<u64>,
+    /// Steps accepted either side of now (imported); `None`: the configured one.
+    pub window: Option<u32>,
+}
+
+impl UserRecord {
+    /// An enrollment of one authenticator, named `default`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn single(
+        name: &str,
+        secret: Secret,
+        params: TotpParams,
+        enrolled_at: u64,
+        last_step: i64,
+        backup_salt: Vec<u8>,
+        window: Option<u32>,
+        uid: Option<u32>,
+    ) -> UserRecord {
+        UserRecord {
+            name: name.to_string(),
+            enrolled_at,
+            last_success: None,
+            backup_salt,
+            uid,
+            authenticators: vec![Authenticator {
+                label: DEFAULT_AUTHENTICATOR.to_string(),
+                secret,
+                params,
+                added_at: enrolled_at,
+                last_step,
+                last_used: None,
+                window,
+            }],
+        }
+    }
 }
 
 /// An enrollment waiting for its first code.
@@ -75,6 +122,8 @@ pub struct PendingRecord {
     pub params: TotpParams,
     pub created_at: u64,
     pub failed_confirms: u32,
+    /// The name the authenticator gets once confirmed.
+    pub label: String,
 }
 
 /// Consecutive failures of one user, across services and restarts.

@@ -25,16 +25,25 @@ pub const TABLES: &[Table] = &[
         name: "users",
         columns: &[
             ("name", Text),
+            ("enrolled_at", Int),
+            ("last_success", Int),
+            ("backup_salt", Blob),
+            ("uid", Int),
+        ],
+    },
+    Table {
+        name: "authenticators",
+        columns: &[
+            ("name", Text),
+            ("label", Text),
             ("secret", Blob),
             ("algorithm", Text),
             ("digits", Int),
             ("period", Int),
-            ("enrolled_at", Int),
+            ("added_at", Int),
             ("last_step", Int),
-            ("last_success", Int),
-            ("backup_salt", Blob),
+            ("last_used", Int),
             ("window", Int),
-            ("uid", Int),
         ],
     },
     Table {
@@ -51,6 +60,7 @@ pub const TABLES: &[Table] = &[
             ("period", Int),
             ("created_at", Int),
             ("failed_confirms", Int),
+            ("label", Text),
         ],
     },
     Table {

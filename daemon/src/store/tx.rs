@@ -22,8 +22,9 @@ pub trait Tx {
     fn throttle(&self, name: &str) -> Result<ThrottleRecord>;
     fn backup_codes_left(&self, name: &str) -> Result<u32>;
 
-    /// Raises the user's high-water mark to `step` if it is below it. True when it was.
-    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool>;
+    /// Raises the high-water mark of the user's authenticator `label` to `step` if it is below
+    /// it (and marks it used at `now`). True when it was.
+    fn advance_step(&self, name: &str, label: &str, step: i64, now: u64) -> Result<bool>;
     fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()>;
     fn clear_throttle(&self, name: &str) -> Result<()>;
     /// Counts a rejected attempt for a name with no enrollment: the same write a wrong code
@@ -88,8 +89,11 @@ pub trait Tx {
 
     // ---- Primitives of the rules below: one statement each.
 
-    /// Inserts or replaces the enrollment row (the secret sealed when sealing is on).
+    /// Inserts or replaces the enrollment's own row (not its authenticators).
     fn put_user(&self, user: &UserRecord) -> Result<()>;
+    /// Inserts or replaces one authenticator of `name` (its secret sealed when sealing is on).
+    fn put_authenticator(&self, name: &str, authenticator: &Authenticator) -> Result<()>;
+    fn delete_authenticators(&self, name: &str) -> Result<()>;
     /// True when there was one.
     fn delete_user_row(&self, name: &str) -> Result<bool>;
     fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()>;
@@ -116,6 +120,10 @@ pub trait Tx {
     /// enrollment is spent.
     fn activate(&self, user: &UserRecord, backup_codes: &[BackupHash]) -> Result<()> {
         self.put_user(user)?;
+        self.delete_authenticators(&user.name)?;
+        user.authenticators
+            .iter()
+            .try_for_each(|a| self.put_authenticator(&user.name, a))?;
         self.replace_backup_codes(&user.name, &user.backup_salt, backup_codes)?;
         self.forget_devices(&user.name)?;
         self.delete_pending(&user.name)?;
@@ -149,6 +157,7 @@ pub trait Tx {
     /// enrollment. True if enrolled.
     fn delete_user(&self, name: &str) -> Result<bool> {
         let removed = self.delete_user_row(name)?;
+        self.delete_authenticators(name)?;
         self.delete_backup_codes(name)?;
         self.forget_devices(name)?;
         self.delete_pending(name)?;

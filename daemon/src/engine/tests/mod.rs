@@ -652,11 +652,11 @@ fn a_session_sent_by_the_module_counts_only_from_root() {
     };
     let root_secret = e
         .store
-        .read(|tx| Ok(tx.user("root")?.unwrap().secret))
+        .read(|tx| Ok(tx.user("root")?.unwrap().authenticators[0].secret.clone()))
         .unwrap();
     let nobody_secret = e
         .store
-        .read(|tx| Ok(tx.user("nobody")?.unwrap().secret))
+        .read(|tx| Ok(tx.user("nobody")?.unwrap().authenticators[0].secret.clone()))
         .unwrap();
     login(0, "root", &root_secret, 7);
     assert!(!asks(0, "root", 7), "the same session is remembered");

@@ -27,8 +27,8 @@ use tx::*;
 use crate::backup::BackupHash;
 use crate::seal::Sealer;
 use crate::store::{
-    params_from, BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode, PendingRecord,
-    Result, StoreError, ThrottleRecord, Tx, UserRecord,
+    params_from, Authenticator, BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode,
+    PendingRecord, Result, StoreError, ThrottleRecord, Tx, UserRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
@@ -246,16 +246,24 @@ pub(crate) fn choose_seal(
             }
             None => {
                 let key = keys.into_iter().next().ok_or(StoreError::Unavailable)?;
-                for table in ["users", "pending"] {
-                    let rows = tx.query(&format!("SELECT name, secret FROM {table}"), &[])?;
-                    for row in rows {
-                        let (name, plain): (String, Vec<u8>) = (row.get(0), row.get(1));
-                        let plain = zeroize::Zeroizing::new(plain);
-                        let sealed = key.seal(table, &name, &plain).map_err(StoreError::Seal)?;
-                        tx.execute(
-                            &format!("UPDATE {table} SET secret = $1 WHERE name = $2"),
-                            &[&sealed, &name],
-                        )?;
+                // Authenticators' secrets are bound to their account, as on SQLite.
+                for (select, update, binding) in [
+                    (
+                        "SELECT name, label, secret FROM authenticators",
+                        "UPDATE authenticators SET secret = $1 WHERE name = $2 AND label = $3",
+                        "users",
+                    ),
+                    (
+                        "SELECT name, '', secret FROM pending",
+                        "UPDATE pending SET secret = $1 WHERE name = $2 AND $3::text = ''",
+                        "pending",
+                    ),
+                ] {
+                    for row in tx.query(select, &[])? {
+                        let (name, label): (String, String) = (row.get(0), row.get(1));
+                        let plain = zeroize::Zeroizing::new(row.get::<_, Vec<u8>>(2));
+                        let sealed = key.seal(binding, &name, &plain).map_err(StoreError::Seal)?;
+                        tx.execute(update, &[&sealed, &name, &label])?;
                     }
                 }
                 let check = key.check_value().map_err(StoreError::Seal)?;

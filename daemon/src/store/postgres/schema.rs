@@ -107,22 +107,38 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL,
         uses_left BIGINT NOT NULL
     );",
+    // 5: an enrollment's authenticators, each with its own key and high-water mark; every
+    // enrollment so far becomes its authenticator `default`
+    "CREATE TABLE authenticators (
+        name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        secret BYTEA NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits BIGINT NOT NULL,
+        period BIGINT NOT NULL,
+        added_at BIGINT NOT NULL,
+        last_step BIGINT NOT NULL,
+        last_used BIGINT,
+        \"window\" BIGINT,
+        PRIMARY KEY (name, label)
+    );
+    INSERT INTO authenticators
+        (name, label, secret, algorithm, digits, period, added_at, last_step, last_used, \"window\")
+        SELECT name, 'default', secret, algorithm, digits, period, enrolled_at, last_step,
+               last_success, \"window\"
+        FROM users;
+    ALTER TABLE users DROP COLUMN secret, DROP COLUMN algorithm, DROP COLUMN digits,
+        DROP COLUMN period, DROP COLUMN last_step, DROP COLUMN \"window\";
+    ALTER TABLE pending ADD COLUMN label TEXT NOT NULL DEFAULT 'default';",
 ];
 
 /// twofold's tables, the version table first: `fleet init` refuses a database holding any.
-pub(crate) const TABLES: &[&str] = &[
-    "twofold_schema",
-    "users",
-    "backup_codes",
-    "pending",
-    "throttle",
-    "counters",
-    "audit",
-    "grace",
-    "emails",
-    "email_codes",
-    "meta",
-];
+/// Every table twofold keeps in PostgreSQL: those of `store/schema.rs`, and the version.
+pub(crate) fn table_names() -> Vec<&'static str> {
+    std::iter::once("twofold_schema")
+        .chain(crate::store::schema::TABLES.iter().map(|t| t.name))
+        .collect()
+}
 
 pub(crate) const NO_SCHEMA: &str =
     "the database holds no twofold schema, and twofoldd never creates one \
@@ -169,7 +185,7 @@ pub(crate) fn create_schema(client: &mut Client, seal: Option<&Sealer>) -> Resul
     let found: Vec<String> = tx
         .query(
             "SELECT t FROM unnest($1::TEXT[]) AS t WHERE to_regclass(quote_ident(t)) IS NOT NULL",
-            &[&TABLES],
+            &[&table_names()],
         )?
         .iter()
         .map(|r| r.get(0))

@@ -43,6 +43,30 @@ pub(crate) fn count(n: i64) -> u32 {
 }
 
 impl PgTx<'_> {
+    /// The account's authenticators, in the order they were added.
+    fn authenticator_rows(&self, name: &str) -> Result<Vec<Authenticator>> {
+        self.lock(name)?;
+        self.all(
+            "SELECT label, secret, algorithm, digits, period, added_at, last_step, last_used,
+                    \"window\"
+             FROM authenticators WHERE name = $1 ORDER BY added_at, label",
+            &[&name],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(Authenticator {
+                label: r.get(0),
+                secret: self.read_secret("users", name, r.get(1))?,
+                params: params_from(r.get(2), r.get(3), r.get(4))?,
+                added_at: r.get::<_, i64>(5).max(0) as u64,
+                last_step: r.get(6),
+                last_used: r.get::<_, Option<i64>>(7).map(|t| t.max(0) as u64),
+                window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
+            })
+        })
+        .collect()
+    }
+
     /// `sql` prepared on this connection, once.
     pub(crate) fn statement(&self, sql: Sql) -> Result<Statement> {
         if let Some(s) = self.statements.borrow().get(sql) {
@@ -128,8 +152,7 @@ impl Tx for PgTx<'_> {
     fn user(&self, name: &str) -> Result<Option<UserRecord>> {
         let Some(r) = self.one(
             Some(name),
-            "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success,
-                    backup_salt, \"window\", uid FROM users WHERE name = $1",
+            "SELECT enrolled_at, last_success, backup_salt, uid FROM users WHERE name = $1",
             &[&name],
         )?
         else {
@@ -137,16 +160,13 @@ impl Tx for PgTx<'_> {
         };
         Ok(Some(UserRecord {
             name: name.to_string(),
-            secret: self.read_secret("users", name, r.get(0))?,
-            params: params_from(r.get(1), r.get(2), r.get(3))?,
-            enrolled_at: r.get::<_, i64>(4).max(0) as u64,
-            last_step: r.get(5),
-            last_success: r.get::<_, Option<i64>>(6).map(|t| t.max(0) as u64),
-            backup_salt: r.get(7),
-            window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
+            enrolled_at: r.get::<_, i64>(0).max(0) as u64,
+            last_success: r.get::<_, Option<i64>>(1).map(|t| t.max(0) as u64),
+            backup_salt: r.get(2),
             uid: r
-                .get::<_, Option<i64>>(9)
+                .get::<_, Option<i64>>(3)
                 .and_then(|u| u32::try_from(u).ok()),
+            authenticators: self.authenticator_rows(name)?,
         }))
     }
 
@@ -205,7 +225,7 @@ impl Tx for PgTx<'_> {
     fn pending(&self, name: &str) -> Result<Option<PendingRecord>> {
         let Some(r) = self.one(
             Some(name),
-            "SELECT secret, algorithm, digits, period, created_at, failed_confirms
+            "SELECT secret, algorithm, digits, period, created_at, failed_confirms, label
              FROM pending WHERE name = $1",
             &[&name],
         )?
@@ -217,6 +237,7 @@ impl Tx for PgTx<'_> {
             params: params_from(r.get(1), r.get(2), r.get(3))?,
             created_at: r.get::<_, i64>(4).max(0) as u64,
             failed_confirms: count(r.get(5)),
+            label: r.get(6),
         }))
     }
 
@@ -253,11 +274,12 @@ impl Tx for PgTx<'_> {
         Ok(count(n))
     }
 
-    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool> {
+    fn advance_step(&self, name: &str, label: &str, step: i64, now: u64) -> Result<bool> {
         let changed = self.exec(
             Some(name),
-            "UPDATE users SET last_step = $2, last_success = $3 WHERE name = $1 AND last_step < $2",
-            &[&name, &step, &to_i64(now)],
+            "UPDATE authenticators SET last_step = $3, last_used = $4
+             WHERE name = $1 AND label = $2 AND last_step < $3",
+            &[&name, &label, &step, &to_i64(now)],
         )?;
         Ok(changed == 1)
     }
@@ -314,10 +336,11 @@ impl Tx for PgTx<'_> {
         self.exec(
             Some(name),
             "INSERT INTO pending (name, secret, algorithm, digits, period, created_at,
-               failed_confirms) VALUES ($1, $2, $3, $4, $5, $6, 0)
+               failed_confirms, label) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)
              ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
                algorithm = excluded.algorithm, digits = excluded.digits,
-               period = excluded.period, created_at = excluded.created_at, failed_confirms = 0",
+               period = excluded.period, created_at = excluded.created_at, failed_confirms = 0,
+               label = excluded.label",
             &[
                 &name,
                 &secret.as_slice(),
@@ -325,6 +348,7 @@ impl Tx for PgTx<'_> {
                 &i64::from(p.params.digits),
                 &to_i64(p.params.period),
                 &to_i64(p.created_at),
+                &p.label,
             ],
         )?;
         Ok(())
@@ -346,30 +370,57 @@ impl Tx for PgTx<'_> {
 
     fn put_user(&self, u: &UserRecord) -> Result<()> {
         let name = u.name.as_str();
-        let secret = zeroize::Zeroizing::new(self.stored_secret("users", name, &u.secret)?);
         self.exec(
             Some(name),
-            "INSERT INTO users (name, secret, algorithm, digits, period, enrolled_at, last_step,
-               last_success, backup_salt, \"window\", uid)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret,
-               algorithm = excluded.algorithm, digits = excluded.digits, period = excluded.period,
-               enrolled_at = excluded.enrolled_at, last_step = excluded.last_step,
+            "INSERT INTO users (name, enrolled_at, last_success, backup_salt, uid)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET enrolled_at = excluded.enrolled_at,
                last_success = excluded.last_success, backup_salt = excluded.backup_salt,
-               \"window\" = excluded.\"window\", uid = excluded.uid",
+               uid = excluded.uid",
             &[
                 &name,
-                &secret.as_slice(),
-                &u.params.algorithm.name(),
-                &i64::from(u.params.digits),
-                &to_i64(u.params.period),
                 &to_i64(u.enrolled_at),
-                &u.last_step,
                 &u.last_success.map(to_i64),
                 &u.backup_salt,
-                &u.window.map(i64::from),
                 &u.uid.map(i64::from),
             ],
+        )?;
+        Ok(())
+    }
+
+    fn put_authenticator(&self, name: &str, a: &Authenticator) -> Result<()> {
+        // Bound to the account (not to the authenticator), as on SQLite.
+        let secret = zeroize::Zeroizing::new(self.stored_secret("users", name, &a.secret)?);
+        self.exec(
+            Some(name),
+            "INSERT INTO authenticators (name, label, secret, algorithm, digits, period, added_at,
+               last_step, last_used, \"window\")
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (name, label) DO UPDATE SET secret = excluded.secret,
+               algorithm = excluded.algorithm, digits = excluded.digits, period = excluded.period,
+               added_at = excluded.added_at, last_step = excluded.last_step,
+               last_used = excluded.last_used, \"window\" = excluded.\"window\"",
+            &[
+                &name,
+                &a.label,
+                &secret.as_slice(),
+                &a.params.algorithm.name(),
+                &i64::from(a.params.digits),
+                &to_i64(a.params.period),
+                &to_i64(a.added_at),
+                &a.last_step,
+                &a.last_used.map(to_i64),
+                &a.window.map(i64::from),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_authenticators(&self, name: &str) -> Result<()> {
+        self.exec(
+            Some(name),
+            "DELETE FROM authenticators WHERE name = $1",
+            &[&name],
         )?;
         Ok(())
     }

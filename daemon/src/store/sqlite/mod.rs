@@ -128,6 +128,33 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL,
         uses_left INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 10: an enrollment's authenticators, each with its own key and high-water mark; every
+    // enrollment so far becomes its authenticator `default`
+    "CREATE TABLE authenticators (
+        name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        added_at INTEGER NOT NULL,
+        last_step INTEGER NOT NULL,
+        last_used INTEGER,
+        window INTEGER,
+        PRIMARY KEY (name, label)
+    ) WITHOUT ROWID;
+    INSERT INTO authenticators
+        (name, label, secret, algorithm, digits, period, added_at, last_step, last_used, window)
+        SELECT name, 'default', secret, algorithm, digits, period, enrolled_at, last_step,
+               last_success, window
+        FROM users;
+    ALTER TABLE users DROP COLUMN secret;
+    ALTER TABLE users DROP COLUMN algorithm;
+    ALTER TABLE users DROP COLUMN digits;
+    ALTER TABLE users DROP COLUMN period;
+    ALTER TABLE users DROP COLUMN last_step;
+    ALTER TABLE users DROP COLUMN window;
+    ALTER TABLE pending ADD COLUMN label TEXT NOT NULL DEFAULT 'default';",
 ];
 
 /// How long a write waits for a lock another process holds on the database (an administrator's
@@ -329,21 +356,28 @@ pub(crate) fn choose_seal(
 /// `new`. Returns how many.
 pub(crate) fn reseal_rows(conn: &Connection, old: Option<&Sealer>, new: &Sealer) -> Result<usize> {
     let mut count = 0;
-    for table in ["users", "pending"] {
-        let rows: Vec<(String, Vec<u8>)> = conn
-            .prepare(&format!("SELECT name, secret FROM {table}"))?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+    // Authenticators' secrets are bound to their account (the binding `users` is the one they
+    // had when an enrollment had one secret); pending ones to theirs.
+    for (table, binding, label) in [
+        ("authenticators", "users", "label"),
+        ("pending", "pending", "''"),
+    ] {
+        let rows: Vec<(String, String, Vec<u8>)> = conn
+            .prepare(&format!("SELECT name, {label}, secret FROM {table}"))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        for (name, stored) in rows {
+        for (name, label, stored) in rows {
             let plain = zeroize::Zeroizing::new(match old {
-                Some(s) => s.open(table, &name, &stored).map_err(StoreError::Seal)?,
+                Some(s) => s.open(binding, &name, &stored).map_err(StoreError::Seal)?,
                 None => stored,
             });
-            let sealed = new.seal(table, &name, &plain).map_err(StoreError::Seal)?;
-            conn.execute(
-                &format!("UPDATE {table} SET secret = ?1 WHERE name = ?2"),
-                params![sealed, name],
-            )?;
+            let sealed = new.seal(binding, &name, &plain).map_err(StoreError::Seal)?;
+            let update = if table == "pending" {
+                "UPDATE pending SET secret = ?1 WHERE name = ?2 AND ?3 = ''"
+            } else {
+                "UPDATE authenticators SET secret = ?1 WHERE name = ?2 AND label = ?3"
+            };
+            conn.execute(update, params![sealed, name, label])?;
             count += 1;
         }
     }

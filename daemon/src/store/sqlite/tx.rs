@@ -6,6 +6,44 @@ use super::*;
 pub(crate) struct SqliteTx<'a>(pub(crate) &'a Connection, pub(crate) Option<&'a Sealer>);
 
 impl SqliteTx<'_> {
+    /// The account's authenticators, in the order they were added.
+    fn authenticator_rows(&self, name: &str) -> Result<Vec<Authenticator>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT label, secret, algorithm, digits, period, added_at, last_step, last_used, window
+             FROM authenticators WHERE name = ?1 ORDER BY added_at, label",
+        )?;
+        let rows = stmt
+            .query_map([name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<i64>>(8)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(
+                |(label, secret, alg, digits, period, added_at, last_step, used, window)| {
+                    Ok(Authenticator {
+                        label,
+                        secret: self.read_secret("users", name, secret)?,
+                        params: params_from(alg, digits, period)?,
+                        added_at: added_at.max(0) as u64,
+                        last_step,
+                        last_used: used.map(|t| t.max(0) as u64),
+                        window: window.map(|w| w.clamp(0, 10) as u32),
+                    })
+                },
+            )
+            .collect()
+    }
+
     /// A secret as stored: sealed for its row when a key is set.
     pub(crate) fn stored_secret(
         &self,
@@ -52,49 +90,27 @@ impl Tx for SqliteTx<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window, uid
-                 FROM users WHERE name = ?1",
+                "SELECT enrolled_at, last_success, backup_salt, uid FROM users WHERE name = ?1",
             )?
             .query_row([name], |r| {
                 Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                    r.get::<_, Vec<u8>>(7)?,
-                    r.get::<_, Option<i64>>(8)?,
-                    r.get::<_, Option<i64>>(9)?,
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })
             .optional()?;
-        let Some((
-            secret,
-            alg,
-            digits,
-            period,
-            enrolled_at,
-            last_step,
-            last_success,
-            salt,
-            window,
-            uid,
-        )) = row
-        else {
+        let Some((enrolled_at, last_success, salt, uid)) = row else {
             return Ok(None);
         };
         Ok(Some(UserRecord {
             name: name.to_string(),
-            secret: self.read_secret("users", name, secret)?,
-            params: params_from(alg, digits, period)?,
             enrolled_at: enrolled_at.max(0) as u64,
-            last_step,
             last_success: last_success.map(|t| t.max(0) as u64),
             backup_salt: salt,
-            window: window.map(|w| w.clamp(0, 10) as u32),
             uid: uid.and_then(|u| u32::try_from(u).ok()),
+            authenticators: self.authenticator_rows(name)?,
         }))
     }
 
@@ -153,7 +169,8 @@ impl Tx for SqliteTx<'_> {
         let row = self
             .0
             .prepare_cached(
-                "SELECT secret, algorithm, digits, period, created_at, failed_confirms FROM pending WHERE name = ?1",
+                "SELECT secret, algorithm, digits, period, created_at, failed_confirms, label
+                 FROM pending WHERE name = ?1",
             )?
             .query_row([name], |r| {
                 Ok((
@@ -163,10 +180,11 @@ impl Tx for SqliteTx<'_> {
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?,
                 ))
             })
             .optional()?;
-        let Some((secret, alg, digits, period, created_at, failed)) = row else {
+        let Some((secret, alg, digits, period, created_at, failed, label)) = row else {
             return Ok(None);
         };
         Ok(Some(PendingRecord {
@@ -174,6 +192,7 @@ impl Tx for SqliteTx<'_> {
             params: params_from(alg, digits, period)?,
             created_at: created_at.max(0) as u64,
             failed_confirms: failed.clamp(0, i64::from(u32::MAX)) as u32,
+            label,
         }))
     }
 
@@ -209,13 +228,14 @@ impl Tx for SqliteTx<'_> {
         Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
-    fn advance_step(&self, name: &str, step: i64, now: u64) -> Result<bool> {
+    fn advance_step(&self, name: &str, label: &str, step: i64, now: u64) -> Result<bool> {
         let changed = self
             .0
             .prepare_cached(
-                "UPDATE users SET last_step = ?2, last_success = ?3 WHERE name = ?1 AND last_step < ?2",
+                "UPDATE authenticators SET last_step = ?3, last_used = ?4
+                 WHERE name = ?1 AND label = ?2 AND last_step < ?3",
             )?
-            .execute(params![name, step, to_i64(now)])?;
+            .execute(params![name, label, step, to_i64(now)])?;
         Ok(changed == 1)
     }
 
@@ -264,8 +284,9 @@ impl Tx for SqliteTx<'_> {
         let secret = zeroize::Zeroizing::new(self.stored_secret("pending", name, &p.secret)?);
         self.0
             .prepare_cached(
-                "INSERT OR REPLACE INTO pending (name, secret, algorithm, digits, period, created_at, failed_confirms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                "INSERT OR REPLACE INTO pending
+                 (name, secret, algorithm, digits, period, created_at, failed_confirms, label)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
             )?
             .execute(params![
                 name,
@@ -273,7 +294,8 @@ impl Tx for SqliteTx<'_> {
                 p.params.algorithm.name(),
                 i64::from(p.params.digits),
                 to_i64(p.params.period),
-                to_i64(p.created_at)
+                to_i64(p.created_at),
+                p.label
             ])?;
         Ok(())
     }
@@ -295,26 +317,50 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn put_user(&self, u: &UserRecord) -> Result<()> {
-        let secret = zeroize::Zeroizing::new(self.stored_secret("users", &u.name, &u.secret)?);
         self.0
             .prepare_cached(
-                "INSERT OR REPLACE INTO users
-                 (name, secret, algorithm, digits, period, enrolled_at, last_step, last_success, backup_salt, window, uid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT OR REPLACE INTO users (name, enrolled_at, last_success, backup_salt, uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 u.name,
-                secret.as_slice(),
-                u.params.algorithm.name(),
-                i64::from(u.params.digits),
-                to_i64(u.params.period),
                 to_i64(u.enrolled_at),
-                u.last_step,
                 u.last_success.map(to_i64),
                 u.backup_salt,
-                u.window,
                 u.uid
             ])?;
+        Ok(())
+    }
+
+    fn put_authenticator(&self, name: &str, a: &Authenticator) -> Result<()> {
+        // Bound to the account (not to the authenticator): a secret moved to another account
+        // does not open; one of the same account's authenticators is no one else's.
+        let secret = zeroize::Zeroizing::new(self.stored_secret("users", name, &a.secret)?);
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO authenticators
+                 (name, label, secret, algorithm, digits, period, added_at, last_step, last_used, window)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                name,
+                a.label,
+                secret.as_slice(),
+                a.params.algorithm.name(),
+                i64::from(a.params.digits),
+                to_i64(a.params.period),
+                to_i64(a.added_at),
+                a.last_step,
+                a.last_used.map(to_i64),
+                a.window
+            ])?;
+        Ok(())
+    }
+
+    fn delete_authenticators(&self, name: &str) -> Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM authenticators WHERE name = ?1")?
+            .execute([name])?;
         Ok(())
     }
 
