@@ -73,6 +73,8 @@ pub struct Config {
     pub enroll_at_login: EnrollAtLogin,
     /// Backup codes issued per user.
     pub backup_codes: u32,
+    /// Authenticators (apps, tokens) one account may have.
+    pub max_authenticators: u32,
     /// Connections served at once; more are answered "busy".
     pub max_connections: usize,
     /// Seconds a client has to send its request.
@@ -117,6 +119,7 @@ impl Default for Config {
             self_enroll: true,
             enroll_at_login: EnrollAtLogin::Invited,
             backup_codes: 12,
+            max_authenticators: 5,
             max_connections: 256,
             request_timeout: 5,
             pending_ttl: 900,
@@ -207,6 +210,12 @@ impl Config {
             return fail(format!(
                 "backup_codes = {} is out of range (1 to 100)",
                 self.backup_codes
+            ));
+        }
+        if !(1..=24).contains(&self.max_authenticators) {
+            return fail(format!(
+                "max_authenticators = {} is out of range (1 to 24)",
+                self.max_authenticators
             ));
         }
         if !(1..=100_000).contains(&self.max_connections) {
@@ -348,6 +357,8 @@ mod tests {
             "unenrolled = \"maybe\"",
             "[throttle]\nfree = 1",
             "backup_codes = 0",
+            "max_authenticators = 0",
+            "max_authenticators = 25",
             "issuer = \"a:b\"",
             "[throttle]\nbase_delay = 100\nmax_delay = 10",
             "window = -1",

@@ -28,6 +28,8 @@ pub enum Operation {
     InviteRevoke,
     Bypass,
     BypassRevoke,
+    Authenticators,
+    RemoveAuthenticator,
 }
 
 impl Operation {
@@ -47,6 +49,7 @@ impl Operation {
             self,
             Enroll
                 | Confirm
+                | RemoveAuthenticator
                 | BackupCodes
                 | Disable
                 | EmailSet
@@ -95,7 +98,7 @@ pub fn authorize(
         return Decision::Deny("you may only act on your own account");
     }
     match op {
-        Preflight | Verify | Status | SendEmailCode => Decision::Allow,
+        Preflight | Verify | Status | Authenticators | SendEmailCode => Decision::Allow,
         // Enrollment at the login prompt is root's PAM services' (see engine/invite.rs).
         ConfirmLogin => Decision::Deny("only root's PAM services enroll at the login prompt"),
         // Registering an address is enrolling a second factor.
@@ -105,7 +108,7 @@ pub fn authorize(
         Confirm | EmailConfirm => Decision::Allow,
         // Changing where second-factor codes go is changing the second factor.
         EmailSet | EmailRemove => Decision::AllowWithCode,
-        Enroll | BackupCodes | Disable => Decision::AllowWithCode,
+        Enroll | BackupCodes | Disable | RemoveAuthenticator => Decision::AllowWithCode,
         Ping | List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
         | InviteRevoke | Bypass | BypassRevoke => Decision::Deny("only root may do this"),
     }
@@ -212,6 +215,12 @@ mod tests {
             (ALICE, InviteRevoke, ALICE_UID, true, deny_root),
             (ALICE, Bypass, ALICE_UID, true, deny_root),
             (ALICE, BypassRevoke, ALICE_UID, true, deny_root),
+            // authenticators
+            (ALICE, Authenticators, ALICE_UID, false, Allow),
+            (ALICE, Authenticators, BOB_UID, true, deny_other),
+            (ALICE, RemoveAuthenticator, ALICE_UID, false, AllowWithCode),
+            (ALICE, RemoveAuthenticator, BOB_UID, true, deny_other),
+            (ROOT, RemoveAuthenticator, BOB_UID, true, Allow),
         ];
         for (caller, op, target, self_enroll, want) in table {
             assert_eq!(

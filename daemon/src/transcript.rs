@@ -166,6 +166,7 @@ fn logins(s: &mut Script, nobody: u32) {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0,
     ) else {
@@ -190,6 +191,7 @@ fn logins(s: &mut Script, nobody: u32) {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0 + 3,
     );
@@ -331,6 +333,7 @@ fn email_and_self_service(s: &mut Script, nobody: u32) {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0 + 76,
     );
@@ -360,6 +363,7 @@ fn administration(s: &mut Script) {
             backup_codes: vec![SecretText::new("12345678")],
             last_used_step: Some(T0 / 30),
             force: false,
+            authenticator: None,
         },
         T0 + 80,
     );

@@ -137,6 +137,21 @@ pub enum RequestBody {
         /// Algorithm, digits and step; `None`: SHA-1, 6 digits, 30 s (what every app reads).
         #[serde(default)]
         params: Option<TotpParams>,
+        /// The authenticator's name: a new one is added to an enrolled account (one of that
+        /// name is replaced only with `force`); `None`: `default`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authenticator: Option<String>,
+    },
+    /// The account's authenticators (never their secrets).
+    Authenticators {
+        user: Target,
+    },
+    /// Remove one authenticator; the last one goes only with `disable`.
+    RemoveAuthenticator {
+        user: Target,
+        authenticator: String,
+        #[serde(default)]
+        code: Option<SecretText>,
     },
     /// Activate the pending enrollment with a first code from the app.
     Confirm {
@@ -179,6 +194,10 @@ pub enum RequestBody {
         last_used_step: Option<u64>,
         #[serde(default)]
         force: bool,
+        /// Add it as an authenticator of this name to an enrolled account (its scratch codes
+        /// join the backup codes) instead of replacing the enrollment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authenticator: Option<String>,
     },
     /// Register an email address: a verification code is mailed to it.
     EmailSet {
@@ -257,6 +276,8 @@ impl RequestBody {
             RequestBody::Preflight { .. } => "preflight",
             RequestBody::Verify { .. } => "verify",
             RequestBody::Enroll { .. } => "enroll",
+            RequestBody::Authenticators { .. } => "authenticators",
+            RequestBody::RemoveAuthenticator { .. } => "remove_authenticator",
             RequestBody::Confirm { .. } => "confirm",
             RequestBody::Status { .. } => "status",
             RequestBody::BackupCodes { .. } => "backup_codes",
@@ -368,6 +389,10 @@ pub enum ResponseBody {
     Invitations {
         invitations: Vec<InvitationInfo>,
     },
+    Authenticators {
+        user: String,
+        authenticators: Vec<AuthenticatorInfo>,
+    },
     /// A helpdesk code, shown once.
     BypassCode {
         user: String,
@@ -423,6 +448,32 @@ pub struct LoginEnrollment {
     pub qr_inverted: SecretText,
 }
 
+/// One of an account's authenticators, as `twofold authenticators` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthenticatorInfo {
+    pub name: String,
+    pub added_at: u64,
+    pub last_used: Option<u64>,
+    pub algorithm: Algorithm,
+    pub digits: u32,
+    pub period: u64,
+}
+
+/// The rule for authenticator names: 1 to 32 letters, digits, `-` or `_`.
+pub fn validate_authenticator_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err("an authenticator's name is 1 to 32 letters, digits, '-' or '_'".into())
+    }
+}
+
 /// An administrator's invitation to enroll at the login prompt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -459,6 +510,9 @@ pub struct UserStatus {
     /// A helpdesk code works until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypass_until: Option<u64>,
+    /// How many authenticators the enrollment has.
+    #[serde(default)]
+    pub authenticators: u32,
 }
 
 /// One line of the audit trail. Never holds a code or a secret.

@@ -843,3 +843,36 @@ fn an_invitation_on_one_host_enrolls_at_a_login_on_another() {
     assert_eq!(code_of(&b.cli(&["verify", &user.name, &code])), 0);
     assert_eq!(code_of(&a.cli(&["verify", &user.name, &code])), 1);
 }
+
+/// Several authenticators on the shared store: one added on host B is known to host A, and a
+/// code of either is accepted once across both.
+#[test]
+fn authenticators_and_their_marks_are_shared_by_the_fleet() {
+    let Some(pg) = Postgres::start("authenticators_and_their_marks_are_shared_by_the_fleet") else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg.socket_url(), "");
+    let phone = a.enroll("tf-fleet");
+    let started = b.cli(&["enroll", "--user", "tf-fleet", "--name", "tablet", "--json"]);
+    assert_eq!(code_of(&started), 0);
+    let tablet = started.json()["secret"].as_str().unwrap().to_string();
+    ensure_step_time(8);
+    assert_eq!(
+        code_of(&b.cli(&["confirm", &oathtool(&tablet, 0), "--user", "tf-fleet"])),
+        0
+    );
+    let listed = a
+        .cli(&["authenticators", "--user", "tf-fleet", "--json"])
+        .json();
+    assert_eq!(listed["authenticators"][1]["name"], "tablet", "{listed}");
+    std::thread::sleep(Duration::from_secs(30 - unix_now() % 30) + Duration::from_millis(300));
+    for secret in [&phone.secret, &tablet] {
+        let code = oathtool(secret, 0);
+        assert_eq!(code_of(&a.cli(&["verify", "tf-fleet", &code])), 0);
+        assert_eq!(
+            code_of(&b.cli(&["verify", "tf-fleet", &code])),
+            1,
+            "replay on B"
+        );
+    }
+}

@@ -63,12 +63,14 @@ pub(super) fn with_code_enroll(
     force: bool,
     code: Option<SecretText>,
     params: Option<TotpParams>,
+    authenticator: &Option<String>,
 ) -> Result<ResponseBody, u8> {
     let first = ctx.call(RequestBody::Enroll {
         user: user.clone(),
         force,
         code: code.clone(),
         params,
+        authenticator: authenticator.clone(),
     })?;
     match first {
         ResponseBody::Error {
@@ -79,7 +81,7 @@ pub(super) fn with_code_enroll(
                 eprintln!("{message}");
                 "Mailed code: "
             } else {
-                "You are replacing your enrollment. Current code (or a backup code): "
+                "This changes your second factor. Current code (or a backup code): "
             };
             let code = prompt(ask).ok_or(exit::ERROR)?;
             ctx.call(RequestBody::Enroll {
@@ -87,6 +89,7 @@ pub(super) fn with_code_enroll(
                 force,
                 code: Some(code),
                 params,
+                authenticator: authenticator.clone(),
             })
         }
         other => Ok(other),

@@ -50,8 +50,9 @@ pub(super) fn enroll(
     qr_svg_path: Option<PathBuf>,
     code: Option<SecretText>,
     params: Option<TotpParams>,
+    authenticator: Option<String>,
 ) -> u8 {
-    let reply = with_code_enroll(ctx, &user, force, code, params);
+    let reply = with_code_enroll(ctx, &user, force, code, params, &authenticator);
     let info = match reply {
         Ok(ResponseBody::Enrollment(info)) => info,
         Ok(other) => return ctx.report(other),

@@ -68,6 +68,7 @@ pub(super) fn import_google_authenticator(
     user: &str,
     file: Option<PathBuf>,
     force: bool,
+    authenticator: Option<String>,
 ) -> u8 {
     let fail = |msg: String| ctx.fail(&msg);
     let text = match read_google_authenticator(user, file) {
@@ -96,6 +97,7 @@ pub(super) fn import_google_authenticator(
             .collect(),
         last_used_step: parsed.last_used_step,
         force,
+        authenticator,
     };
     match ctx.call(request) {
         Ok(reply @ ResponseBody::Done { .. }) => {

@@ -83,6 +83,26 @@ enum Command {
         /// Seconds per code: 30 (default), 15 to 300.
         #[arg(long, value_name = "SECONDS")]
         period: Option<u64>,
+        /// Name of the authenticator (letters, digits, '-', '_'; at most 32): adds another one
+        /// to an enrolled account (an existing one is replaced only with --force). Default:
+        /// 'default'.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// List the account's authenticators: name, when added, last used, parameters.
+    Authenticators {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Remove one authenticator; its codes stop working (the last one: 'twofold disable').
+    RemoveAuthenticator {
+        /// The authenticator's name.
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Current code or backup code (users changing their own account; '-': standard input).
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Activate a pending enrollment with the code the app shows ('-': read it from standard input).
     Confirm {
@@ -247,9 +267,13 @@ enum ImportSource {
         #[arg(long)]
         user: String,
         file: Option<PathBuf>,
-        /// Replace an existing twofold enrollment.
+        /// Replace an existing twofold enrollment (with --name: the authenticator of that name).
         #[arg(long)]
         force: bool,
+        /// Add it as an authenticator of this name beside the account's others (its scratch
+        /// codes join the backup codes), instead of replacing the enrollment.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
     },
 }
 
@@ -300,6 +324,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             algorithm,
             digits,
             period,
+            name,
         } => {
             let params = (algorithm.is_some() || digits.is_some() || period.is_some()).then(|| {
                 let d = TotpParams::default();
@@ -310,7 +335,7 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
                 }
             });
             match code_arg(ctx, code) {
-                Ok(code) => enroll(ctx, user, force, qr_svg, code, params),
+                Ok(code) => enroll(ctx, user, force, qr_svg, code, params, name),
                 Err(e) => e,
             }
         }
@@ -362,6 +387,31 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             ),
             Err(e) => e,
         },
+        Command::Authenticators { user } => {
+            ctx.show(RequestBody::Authenticators { user }, |ctx, r| match r {
+                ResponseBody::Authenticators {
+                    user,
+                    authenticators,
+                } => {
+                    print_authenticators(ctx, user, authenticators);
+                    true
+                }
+                _ => false,
+            })
+        }
+        Command::RemoveAuthenticator { name, user, code } => match code_arg(ctx, code) {
+            Ok(code) => with_code(
+                ctx,
+                code,
+                |code| RequestBody::RemoveAuthenticator {
+                    user: user.clone(),
+                    authenticator: name.clone(),
+                    code,
+                },
+                |ctx, r| ctx.report(r),
+            ),
+            Err(e) => e,
+        },
         Command::List => ctx.show(RequestBody::List {}, |ctx, r| match r {
             ResponseBody::Users { users } => {
                 print_list(ctx, users);
@@ -399,9 +449,12 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
                 _ => false,
             })
         }
-        Command::Import(ImportSource::GoogleAuthenticator { user, file, force }) => {
-            import_google_authenticator(ctx, &user, file, force)
-        }
+        Command::Import(ImportSource::GoogleAuthenticator {
+            user,
+            file,
+            force,
+            name,
+        }) => import_google_authenticator(ctx, &user, file, force, name),
         Command::Invite {
             user,
             for_secs,

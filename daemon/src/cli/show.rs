@@ -196,6 +196,7 @@ pub(super) fn print_status(ctx: &Ctx, s: &UserStatus) {
         println!("Enrolled:      {}", format_time(t));
     }
     if s.enrolled {
+        println!("Authenticators: {}", s.authenticators);
         println!("Backup codes:  {} left", s.backup_codes_left);
         println!(
             "Last success:  {}",
@@ -229,6 +230,37 @@ pub(super) fn print_status(ctx: &Ctx, s: &UserStatus) {
         s.failures,
         throttle_word(s)
     );
+}
+
+pub(super) fn print_authenticators(
+    ctx: &Ctx,
+    user: &str,
+    authenticators: &[twofold_shared::wire::AuthenticatorInfo],
+) {
+    if ctx.json {
+        println!(
+            "{}",
+            json!({ "user": user, "authenticators": authenticators })
+        );
+        return;
+    }
+    println!(
+        "{:<32} {:<22} {:<22} KIND",
+        "AUTHENTICATOR", "ADDED", "LAST USED"
+    );
+    for a in authenticators {
+        println!(
+            "{:<32} {:<22} {:<22} {}, {} digits, {} s",
+            a.name,
+            format_time(a.added_at),
+            a.last_used
+                .map(format_time)
+                .unwrap_or_else(|| "never".into()),
+            a.algorithm,
+            a.digits,
+            a.period
+        );
+    }
 }
 
 pub(super) fn print_list(ctx: &Ctx, users: &[UserStatus]) {

@@ -89,6 +89,7 @@ impl Engine {
             Gate::Locked => (None, true),
         };
         Ok(UserStatus {
+            authenticators: user.as_ref().map_or(0, |u| u.authenticators.len() as u32),
             user: name.to_string(),
             enrolled: user.is_some(),
             pending: tx

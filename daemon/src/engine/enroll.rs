@@ -13,6 +13,7 @@ pub(super) struct Imported {
     pub(super) backup_codes: Vec<SecretText>,
     pub(super) last_used_step: Option<u64>,
     pub(super) force: bool,
+    pub(super) authenticator: Option<String>,
 }
 
 /// What an enrollment may ask for: 6 or 8 digits (what apps show), a step of 15 s to 5 min.
@@ -31,6 +32,15 @@ pub(super) fn enrollable(params: &TotpParams) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What `twofold enroll` asks for.
+pub(super) struct Enrolling {
+    pub(super) force: bool,
+    pub(super) code: Option<SecretText>,
+    pub(super) params: Option<TotpParams>,
+    /// The authenticator's name (`None`: `default`).
+    pub(super) authenticator: Option<String>,
 }
 
 /// A pending enrollment with a fresh key as long as the hash's output (RFC 6238 §5.1's test
@@ -82,33 +92,42 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn enroll(
         &self,
         name: &str,
-        force: bool,
-        code: Option<SecretText>,
-        params: Option<TotpParams>,
+        request: Enrolling,
         needs_code: bool,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
+        let Enrolling {
+            force,
+            code,
+            params,
+            authenticator,
+        } = request;
         let params = params.unwrap_or_default();
         if let Err(why) = enrollable(&params) {
             return error(ErrorKind::BadRequest, why);
         }
-        let (enrolled, guarded) = match self.store.read(|tx| {
-            let enrolled = tx.user(name)?.is_some();
-            Ok((enrolled, enrolled || self.email_factor(tx, name)?))
+        if let Some(Err(why)) = authenticator
+            .as_deref()
+            .map(wire::validate_authenticator_name)
+        {
+            return error(ErrorKind::BadRequest, why);
+        }
+        let (user, guarded) = match self.store.read(|tx| {
+            let user = tx.user(name)?;
+            let guarded = user.is_some() || self.email_factor(tx, name)?;
+            Ok((user, guarded))
         }) {
             Ok(x) => x,
             Err(e) => return self.store_failed("enroll", name, &e),
         };
-        if enrolled && !force {
-            return error(
-                ErrorKind::AlreadyEnrolled,
-                format!("{name} is already enrolled; use --force to replace the enrollment"),
-            );
+        let enrolled = user.is_some();
+        let label = authenticator.unwrap_or_else(|| DEFAULT_AUTHENTICATOR.to_string());
+        if let Some(refusal) = self.may_add(name, user.as_ref(), &label, force) {
+            return refusal;
         }
         // Adding an app to a verified address is adding a factor: it needs the one there is.
         if guarded && needs_code {
@@ -116,15 +135,22 @@ impl Engine {
                 return refusal;
             }
         }
-        let pending = match new_pending(params, now) {
+        let mut pending = match new_pending(params, now) {
             Ok(p) => p,
             Err(reply) => return *reply,
         };
+        pending.label = label.clone();
         let info = self.enrollment_info(name, &pending);
         let owned = name.to_string();
         let mut entry = admin_entry(now, "enroll", name, "pending", uid);
-        entry.detail =
-            enrolled.then(|| "replaces the active enrollment once confirmed".to_string());
+        let replaces = user
+            .as_ref()
+            .is_some_and(|u| u.authenticators.iter().any(|a| a.label == label));
+        entry.detail = Some(match (enrolled, replaces) {
+            (false, _) => format!("authenticator {label}"),
+            (true, true) => format!("replaces authenticator {label} once confirmed"),
+            (true, false) => format!("adds authenticator {label} once confirmed"),
+        });
         if let Err(e) = self.store.write(move |tx| {
             tx.put_pending(&owned, &pending)?;
             tx.audit(&entry)
@@ -208,6 +234,17 @@ impl Engine {
             }
             return ResponseBody::Rejected;
         };
+        // An enrollment with other authenticators gains (or replaces) this one, and keeps its
+        // backup codes; otherwise the enrollment is (re)made whole.
+        let keeps_others = match self.store.read(|tx| tx.user(name)) {
+            Ok(user) => {
+                user.is_some_and(|u| u.authenticators.iter().any(|a| a.label != pending.label))
+            }
+            Err(e) => return self.store_failed("confirm", name, &e),
+        };
+        if keeps_others {
+            return self.confirm_authenticator(name, pending, step, uid, now);
+        }
         let entry = admin_entry(now, "confirm", name, "enrolled", uid);
         match self.activate_pending(name, pending, step, account, vec![entry], false, |_| {
             Ok(true)
@@ -295,6 +332,19 @@ impl Engine {
         }
     }
 
+    /// The Argon2id hashes of imported (normalised) codes under `salt`.
+    pub(super) fn hash_imported(
+        &self,
+        normalized: &[zeroize::Zeroizing<String>],
+        salt: &[u8],
+    ) -> Result<Vec<backup::BackupHash>, Box<ResponseBody>> {
+        normalized
+            .iter()
+            .map(|c| self.hash_backup(Lane::Bulk, c, salt))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Box::new(error(ErrorKind::Internal, "hashing backup codes failed")))
+    }
+
     /// Makes an enrollment from elsewhere active at once (no pending step: the user's app
     /// already has the key). Replaces an existing one only with `force`.
     pub(super) fn import(
@@ -340,15 +390,43 @@ impl Engine {
                 )
             }
         };
-        match self.store.read(|tx| Ok(tx.user(name)?.is_some())) {
-            Ok(true) if !import.force => {
+        if let Some(Err(why)) = import
+            .authenticator
+            .as_deref()
+            .map(wire::validate_authenticator_name)
+        {
+            return error(ErrorKind::BadRequest, why);
+        }
+        let existing = match self.store.read(|tx| tx.user(name)) {
+            Ok(u) => u,
+            Err(e) => return self.store_failed("import", name, &e),
+        };
+        match (&existing, &import.authenticator) {
+            (Some(user), Some(label)) => {
+                if let Some(refusal) = self.may_add(name, Some(user), label, import.force) {
+                    return refusal;
+                }
+                let salt = user.backup_salt.clone();
+                return self.import_authenticator(
+                    name,
+                    import,
+                    secret,
+                    &normalized,
+                    salt,
+                    uid,
+                    now,
+                );
+            }
+            (Some(_), None) if !import.force => {
                 return error(
                     ErrorKind::AlreadyEnrolled,
-                    format!("{name} is already enrolled; use --force to replace the enrollment"),
+                    format!(
+                        "{name} is already enrolled; use --force to replace the enrollment, or \
+                         --name NAME to add this one beside it"
+                    ),
                 )
             }
-            Ok(_) => {}
-            Err(e) => return self.store_failed("import", name, &e),
+            _ => {}
         }
         let mut salt = vec![0u8; backup::SALT_BYTES];
         if backup::random_bytes(&mut salt).is_err() {
@@ -357,14 +435,11 @@ impl Engine {
                 "the system random number generator failed",
             );
         }
-        let Some(hashes) = normalized
-            .iter()
-            .map(|c| self.hash_backup(Lane::Bulk, c, &salt))
-            .collect::<Option<Vec<_>>>()
-        else {
-            return error(ErrorKind::Internal, "hashing backup codes failed");
+        let hashes = match self.hash_imported(&normalized, &salt) {
+            Ok(h) => h,
+            Err(reply) => return *reply,
         };
-        let record = UserRecord::single(
+        let mut record = UserRecord::single(
             name,
             secret,
             import.params,
@@ -376,6 +451,9 @@ impl Engine {
             import.window,
             account.filter(|_| self.binds_uids()),
         );
+        if let Some(label) = import.authenticator {
+            record.authenticators[0].label = label;
+        }
         let mut entry = admin_entry(now, "import", name, "enrolled", uid);
         let a = &record.authenticators[0];
         entry.detail = Some(format!(

@@ -213,8 +213,8 @@ impl Engine {
             entry: base.clone(),
             quiet,
         };
-        let outcome = match self.evaluate(name, code.expose(), now, login, grace) {
-            Ok(Some(outcome)) => outcome,
+        let (outcome, by) = match self.evaluate(name, code.expose(), now, login, grace) {
+            Ok(Some(verdict)) => verdict,
             Ok(None) => {
                 let reply = self.not_enrolled(name);
                 self.record_not_enrolled(base, &reply);
@@ -225,7 +225,12 @@ impl Engine {
         let (result, reply) = match outcome {
             Outcome::Accepted { method, left } => (
                 match method {
-                    Method::Totp => "accepted method=totp".to_string(),
+                    Method::Totp => match &by {
+                        Some(label) => {
+                            format!("accepted method=totp authenticator={}", audit::field(label))
+                        }
+                        None => "accepted method=totp".to_string(),
+                    },
                     Method::Remembered => "accepted method=remembered".to_string(),
                     Method::Email => "accepted method=email".to_string(),
                     Method::BackupCode => {

@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod authenticators;
 mod backup_codes;
 mod enroll;
 mod helpdesk;
@@ -24,7 +25,7 @@ use crate::policy::{self, Caller, Decision, Operation};
 use crate::seal;
 use crate::store::{
     Authenticator, CodePurpose, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord, Tx,
-    UserRecord,
+    UserRecord, DEFAULT_AUTHENTICATOR,
 };
 use crate::throttle::{self, Gate};
 use crate::users;

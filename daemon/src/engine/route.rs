@@ -31,6 +31,10 @@ fn route(body: &RequestBody) -> Route<'_> {
         RequestBody::Preflight { user, pam, .. } => (Op::Preflight, named(user), Some(pam)),
         RequestBody::Verify { user, pam, .. } => (Op::Verify, named(user), Some(pam)),
         RequestBody::Enroll { user, .. } => (Op::Enroll, own_or_named(user), None),
+        RequestBody::Authenticators { user } => (Op::Authenticators, own_or_named(user), None),
+        RequestBody::RemoveAuthenticator { user, .. } => {
+            (Op::RemoveAuthenticator, own_or_named(user), None)
+        }
         RequestBody::Confirm { user, .. } => (Op::Confirm, own_or_named(user), None),
         RequestBody::Status { user } => (Op::Status, own_or_named(user), None),
         RequestBody::BackupCodes { user, .. } => (Op::BackupCodes, own_or_named(user), None),
@@ -306,8 +310,26 @@ impl Engine {
                 force,
                 code,
                 params,
+                authenticator,
                 ..
-            } => self.enroll(&name, force, code, params, needs_code, uid, now),
+            } => self.enroll(
+                &name,
+                Enrolling {
+                    force,
+                    code,
+                    params,
+                    authenticator,
+                },
+                needs_code,
+                uid,
+                now,
+            ),
+            RequestBody::Authenticators { .. } => self.authenticators(&name),
+            RequestBody::RemoveAuthenticator {
+                authenticator,
+                code,
+                ..
+            } => self.remove_authenticator(&name, &authenticator, code, needs_code, uid, now),
             RequestBody::Confirm { code, .. } => self.confirm(&name, &code, target_uid, uid, now),
             RequestBody::Status { .. } => self.status(&name, now),
             RequestBody::BackupCodes { code, .. } => {
@@ -342,6 +364,7 @@ impl Engine {
                 backup_codes,
                 last_used_step,
                 force,
+                authenticator,
                 ..
             } => self.import(
                 &name,
@@ -352,6 +375,7 @@ impl Engine {
                     backup_codes,
                     last_used_step,
                     force,
+                    authenticator,
                 },
                 target_uid,
                 uid,

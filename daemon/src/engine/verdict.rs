@@ -132,6 +132,16 @@ pub(super) fn record_login(
     base: &LoginBase,
     outcome: Outcome,
 ) -> Result<(), StoreError> {
+    record_login_by(tx, base, outcome, None)
+}
+
+/// [`record_login`] of a code accepted from the authenticator `by`.
+pub(super) fn record_login_by(
+    tx: &dyn Tx,
+    base: &LoginBase,
+    outcome: Outcome,
+    by: Option<&str>,
+) -> Result<(), StoreError> {
     if base.quiet && matches!(outcome, Outcome::Throttled { .. } | Outcome::Locked) {
         return Ok(());
     }
@@ -140,7 +150,11 @@ pub(super) fn record_login(
         Outcome::Accepted {
             method: Method::Totp,
             ..
-        } => ("accepted", Some("totp"), None),
+        } => (
+            "accepted",
+            Some("totp"),
+            by.map(|label| format!("authenticator {label}")),
+        ),
         Outcome::Accepted {
             method: Method::Remembered,
             ..
@@ -257,6 +271,9 @@ pub(super) fn remember_in_tx(
 
 /// Evaluates a TOTP code inside the writer: throttle gate, window, high-water mark, failure
 /// accounting — one transaction, so parallel submissions of one code succeed exactly once.
+/// The name of the authenticator that made an accepted code.
+pub(super) type ByAuthenticator = Option<String>;
+
 pub(super) fn verify_totp_in_tx(
     tx: &dyn Tx,
     name: &str,
@@ -265,26 +282,29 @@ pub(super) fn verify_totp_in_tx(
     window: u32,
     cfg: &throttle::ThrottleConfig,
     email_try: Option<&EmailTry>,
-) -> Result<Outcome, StoreError> {
+) -> Result<(Outcome, ByAuthenticator), StoreError> {
     let state = tx.throttle(name)?;
     if let Some(blocked) = gate_outcome(cfg, state, now) {
-        return Ok(blocked);
+        return Ok((blocked, None));
     }
     let Some(user) = tx.user(name)? else {
         // Disabled between the snapshot and now: a plain failure.
-        return fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong);
+        return Ok((fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong)?, None));
     };
     let (matched, fresh) = match_authenticators(&user, code, now, window);
-    match fresh {
+    let outcome = match fresh {
         Some((label, step))
             if tx.advance_step(name, label, i64::try_from(step).unwrap_or(i64::MAX), now)? =>
         {
             tx.set_last_success(name, now)?;
             tx.clear_throttle(name)?;
-            Ok(Outcome::Accepted {
-                method: Method::Totp,
-                left: None,
-            })
+            return Ok((
+                Outcome::Accepted {
+                    method: Method::Totp,
+                    left: None,
+                },
+                Some(label.to_string()),
+            ));
         }
         _ if email_try.is_some_and(|t| email_in_tx(tx, name, t, now).unwrap_or(false)) => {
             tx.clear_throttle(name)?;
@@ -301,7 +321,8 @@ pub(super) fn verify_totp_in_tx(
             };
             fail_in_tx(tx, name, state, now, cfg, why)
         }
-    }
+    };
+    Ok((outcome?, None))
 }
 
 /// Checks `code` against every authenticator of `user`, all of them whatever matches (the time
@@ -403,7 +424,7 @@ impl Engine {
         now: u64,
         base: LoginBase,
         grace: Option<(String, String)>,
-    ) -> Result<Option<Outcome>, StoreError> {
+    ) -> Result<Option<(Outcome, ByAuthenticator)>, StoreError> {
         let snapshot = self.store.read(|tx| {
             Ok((
                 tx.user(name)?,
@@ -442,28 +463,33 @@ impl Engine {
                 remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                 Ok(outcome)
             })?;
-            return Ok(Some(outcome));
+            return Ok(Some((outcome, None)));
         }
         let Some(user) = user else {
             if users::uid_of(name).is_some() {
                 return Ok(None);
             }
-            return self.evaluate_unknown(name, &input, now, base).map(Some);
+            return self
+                .evaluate_unknown(name, &input, now, base)
+                .map(|o| Some((o, None)));
         };
         let outcome = match input {
-            Input::Totp(c) => self.store.write(move |tx| {
-                let outcome =
-                    verify_totp_in_tx(tx, &owned, &c, now, window, &cfg, email_try.as_ref())?;
-                record_login(tx, &base, outcome)?;
-                remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
-                Ok(outcome)
-            })?,
+            Input::Totp(c) => {
+                let (outcome, by) = self.store.write(move |tx| {
+                    let (outcome, by) =
+                        verify_totp_in_tx(tx, &owned, &c, now, window, &cfg, email_try.as_ref())?;
+                    record_login_by(tx, &base, outcome, by.as_deref())?;
+                    remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
+                    Ok((outcome, by))
+                })?;
+                return Ok(Some((outcome, by)));
+            }
             Input::Backup(c) => {
                 // Do not spend an Argon2id hash on an attempt the throttle refuses anyway.
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {
                     self.store
                         .write(move |tx| record_login(tx, &base, blocked))?;
-                    return Ok(Some(blocked));
+                    return Ok(Some((blocked, None)));
                 }
                 let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
                 self.store.write(move |tx| {
@@ -477,7 +503,7 @@ impl Engine {
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {
                     self.store
                         .write(move |tx| record_login(tx, &base, blocked))?;
-                    return Ok(Some(blocked));
+                    return Ok(Some((blocked, None)));
                 }
                 let attempt = self.bypass_try(name, &c)?;
                 self.store.write(move |tx| {
@@ -497,7 +523,7 @@ impl Engine {
                 Ok(outcome)
             })?,
         };
-        Ok(Some(outcome))
+        Ok(Some((outcome, None)))
     }
 
     /// Once a minute per user (a refused flood must not become a flood of log lines): the

@@ -95,6 +95,8 @@ pub trait Tx {
     fn put_authenticator(&self, name: &str, authenticator: &Authenticator) -> Result<()>;
     fn delete_authenticators(&self, name: &str) -> Result<()>;
     /// True when there was one.
+    fn delete_authenticator(&self, name: &str, label: &str) -> Result<bool>;
+    /// True when there was one.
     fn delete_user_row(&self, name: &str) -> Result<bool>;
     fn set_backup_salt(&self, name: &str, salt: &[u8]) -> Result<()>;
     fn delete_backup_codes(&self, name: &str) -> Result<()>;
@@ -143,6 +145,23 @@ pub trait Tx {
             self.set_bypass_uses(name, left)?;
         }
         Ok(left)
+    }
+
+    /// Adds (or replaces) one authenticator of an enrollment and spends the pending enrollment
+    /// it came from. A replaced one takes the devices remembered under it along.
+    fn add_authenticator(&self, name: &str, a: &Authenticator, replaces: bool) -> Result<()> {
+        self.put_authenticator(name, a)?;
+        if replaces {
+            self.forget_devices(name)?;
+        }
+        self.delete_pending(name)
+    }
+
+    /// Removes one authenticator; remembered devices are forgotten, as when re-enrolling.
+    fn remove_authenticator(&self, name: &str, label: &str) -> Result<bool> {
+        let removed = self.delete_authenticator(name, label)?;
+        self.forget_devices(name)?;
+        Ok(removed)
     }
 
     fn replace_backup_codes(&self, name: &str, salt: &[u8], codes: &[BackupHash]) -> Result<()> {

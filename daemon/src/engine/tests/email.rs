@@ -345,6 +345,7 @@ fn adding_an_app_to_a_verified_address_needs_a_mailed_code() {
                 force: false,
                 code: code.map(SecretText::new),
                 params: None,
+                authenticator: None,
             },
             now,
         )
@@ -368,6 +369,7 @@ fn adding_an_app_to_a_verified_address_needs_a_mailed_code() {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0 + 5,
     );

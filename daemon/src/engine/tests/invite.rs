@@ -258,6 +258,7 @@ fn a_revoked_or_uninvited_confirmation_enrolls_nothing() {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0,
     ) else {
@@ -563,6 +564,7 @@ fn only_root_s_pam_services_enroll_at_the_prompt() {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0,
     ) else {

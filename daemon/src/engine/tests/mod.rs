@@ -21,6 +21,7 @@ fn enrolled(e: &Engine, name: &str, now: u64) -> Secret {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         now,
     ) else {
@@ -203,6 +204,7 @@ fn pending_enrollment_expires_and_dies_after_wrong_codes() {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0,
     );
@@ -232,6 +234,7 @@ fn pending_enrollment_expires_and_dies_after_wrong_codes() {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0,
     );
@@ -325,6 +328,7 @@ fn housekeeping_forgets_stale_counts_of_nobody_and_expired_pendings() {
             force: false,
             code: None,
             params: None,
+            authenticator: None,
         },
         T0,
     );
@@ -606,6 +610,7 @@ fn an_overlong_pam_item_is_refused() {
     );
 }
 
+mod authenticators;
 mod email;
 mod invite;
 

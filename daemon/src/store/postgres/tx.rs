@@ -416,6 +416,15 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    fn delete_authenticator(&self, name: &str, label: &str) -> Result<bool> {
+        let removed = self.exec(
+            Some(name),
+            "DELETE FROM authenticators WHERE name = $1 AND label = $2",
+            &[&name, &label],
+        )?;
+        Ok(removed == 1)
+    }
+
     fn delete_authenticators(&self, name: &str) -> Result<()> {
         self.exec(
             Some(name),

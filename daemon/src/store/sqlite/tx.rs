@@ -357,6 +357,14 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn delete_authenticator(&self, name: &str, label: &str) -> Result<bool> {
+        let removed = self
+            .0
+            .prepare_cached("DELETE FROM authenticators WHERE name = ?1 AND label = ?2")?
+            .execute(params![name, label])?;
+        Ok(removed == 1)
+    }
+
     fn delete_authenticators(&self, name: &str) -> Result<()> {
         self.0
             .prepare_cached("DELETE FROM authenticators WHERE name = ?1")?
