@@ -127,6 +127,20 @@ PY
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
   record rss "$n" 0 "{\"kib\": $rss}"
   kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+  if [ "$n" = "${sizes[0]}" ]; then
+    # The same users, each with five authenticators (the code comes from the first; every
+    # login checks all five): what several authenticators add to a login.
+    "$bench" seed "$dir/five.db" "$n" "$dir/five-users.txt" 5 > /dev/null
+    printf 'socket = "%s/s5"\ndatabase = "%s/five.db"\nmax_connections = 1024\n' "$dir" "$dir" > "$dir/five.toml"
+    "$target/twofoldd" --config "$dir/five.toml" 2> "$dir/twofoldd-five.log" &
+    daemon_pid=$!
+    for _ in $(seq 200); do [ -S "$dir/s5" ] && break; sleep 0.05; done
+    echo "auth required $module socket=$dir/s5" > "$work/pam.d/twofold5"
+    r=$(run_pam twofold5 "$dir/c1.txt" 1 "$logins")
+    echo "   twofold (5 authenticators) threads=1: $r" >&2
+    record twofold5 "$n" 1 "$r"
+    kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+  fi
 done
 
 # The PostgreSQL store beside SQLite (store = "postgres"): a real server on 127.0.0.1, run as
@@ -239,6 +253,15 @@ for threads in (1, 8):
     pg["p99_ms"][str(threads)] = round(r["p99_ms"], 4)
     pg["succeeded"][str(threads)] = f"{r['succeeded']}/{r['logins']}"
     pg.setdefault("ratio_overhead_vs_sqlite", {})[str(threads)] = ratio(over, sq["p50_ms"] - base["p50_ms"])
+five, base1, one = get("twofold5", small, 1), get("permit", small, 1), get("twofold", small, 1)
+if five:
+    over5 = five["p50_ms"] - base1["p50_ms"]
+    print(f"{'pam_twofold (5 authenticators)':<26}{small:>8}{1:>6}{five['p50_ms']:>10.3f}{five['p99_ms']:>10.3f}{over5:>+10.3f}{five['succeeded']:>6}/{five['logins']:<5}")
+    out["authenticators_5"] = {
+        "overhead_ms": round(over5, 4),
+        "succeeded": f"{five['succeeded']}/{five['logins']}",
+        "ratio_overhead_vs_1": ratio(over5, one["p50_ms"] - base1["p50_ms"]),
+    }
 cap_pg = get("capacity_pg", 0, 32)
 if cap_pg:
     pg["daemon_durable_verifications_per_s_two_daemons"] = round(cap_pg["durable_verifications_per_s"], 1)
@@ -247,6 +270,8 @@ print()
 print(f"twofold / google-authenticator overhead (N={small}): {out['ratio_overhead_vs_google_authenticator']} at 1 login, {out['ratio_overhead_vs_google_authenticator_8']} at 8")
 print(f"twofold / pam_oath overhead (N={small}):              {out['ratio_overhead_vs_pam_oath']}")
 print(f"twofold overhead N={big} / N={small}:                  {out['scale_ratio_100k_vs_100']}")
+if "authenticators_5" in out:
+    print(f"twofold overhead, 5 authenticators / 1 (N={small}):  {out['authenticators_5']['ratio_overhead_vs_1']} (target: at most 1.10)")
 print(f"daemon capacity, 32 clients, durable:            {out['daemon_durable_verifications_per_s']} verifications/s")
 print(f"p99 under a flood of {out['flood_requests_per_s']} wrong codes/s / without: {out['flood_p99_ratio']} (N={big})")
 print(f"postgres store: overhead {pg['overhead_ms']} ms (1 and 8 logins), {pg.get('ratio_overhead_vs_sqlite')} of SQLite's; {pg.get('daemon_durable_verifications_per_s_two_daemons')} verifications/s over two daemons")

@@ -54,8 +54,10 @@ fn open_store(target: &str) -> Result<Store, String> {
     }
 }
 
-/// Seeds `n` enrolled users (no backup codes) straight into the store.
-fn seed(target: &str, n: usize) -> Result<(), String> {
+/// Seeds `n` enrolled users (no backup codes) straight into the store, each with
+/// `authenticators` authenticators: the first has the user's secret (the one the login's code
+/// is made with), the others other secrets, so that every login checks all of them.
+fn seed(target: &str, n: usize, authenticators: usize) -> Result<(), String> {
     let store = open_store(target)?;
     let t = now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
@@ -63,7 +65,7 @@ fn seed(target: &str, n: usize) -> Result<(), String> {
         store
             .write(move |tx| {
                 for i in chunk {
-                    let record = UserRecord::single(
+                    let mut record = UserRecord::single(
                         &user_name(i),
                         secret_of(i),
                         TotpParams::default(),
@@ -73,6 +75,12 @@ fn seed(target: &str, n: usize) -> Result<(), String> {
                         None,
                         None,
                     );
+                    for k in 1..authenticators {
+                        let mut spare = record.authenticators[0].clone();
+                        spare.label = format!("spare{k}");
+                        spare.secret = secret_of(i + k * 10_000_000);
+                        record.authenticators.push(spare);
+                    }
                     tx.activate(&record, &[])?;
                 }
                 Ok(())
@@ -161,8 +169,8 @@ fn capacity(
     let db = dir.path().join("bench.db");
     let t0 = Instant::now();
     match pg {
-        Some(url) => seed(&format!("postgres:{url}"), users)?,
-        None => seed(db.to_str().ok_or("temp path is not UTF-8")?, users)?,
+        Some(url) => seed(&format!("postgres:{url}"), users, 1)?,
+        None => seed(db.to_str().ok_or("temp path is not UTF-8")?, users, 1)?,
     }
     let seed_secs = t0.elapsed().as_secs_f64();
     let daemons = match pg {
@@ -395,7 +403,7 @@ fn usage() -> ExitCode {
     );
     eprintln!("                     (under pam_wrapper; the flood sends wrong codes for one user)");
     eprintln!(
-        "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE   (enrolled, no backup codes)"
+        "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE [AUTHENTICATORS]   (enrolled, no backup codes)"
     );
     ExitCode::from(2)
 }
@@ -411,15 +419,18 @@ fn main() -> ExitCode {
                 _ => return usage(),
             }
         }
-        Some("seed") if args.len() == 5 => match args[3].parse::<usize>() {
-            Ok(n) => seed(&args[2], n).and_then(|()| {
+        Some("seed") if args.len() == 5 || args.len() == 6 => match (
+            args[3].parse::<usize>(),
+            args.get(5).map_or(Ok(1), |k| k.parse::<usize>()),
+        ) {
+            (Ok(n), Ok(k)) if (1..=24).contains(&k) => seed(&args[2], n, k).and_then(|()| {
                 let lines: String = (0..n)
                     .map(|i| format!("{} {}\n", user_name(i), secret_of(i).to_base32()))
                     .collect();
                 std::fs::write(&args[4], lines).map_err(|e| e.to_string())?;
-                Ok(serde_json::json!({ "seeded": n }))
+                Ok(serde_json::json!({ "seeded": n, "authenticators": k }))
             }),
-            Err(_) => return usage(),
+            _ => return usage(),
         },
         Some("pam") if args.len() == 6 || args.len() == 9 => {
             let parse = |s: &String| s.parse::<usize>().ok();

@@ -273,14 +273,15 @@ pub(super) fn print_list(ctx: &Ctx, users: &[UserStatus]) {
         return;
     }
     println!(
-        "{:<24} {:<22} {:>6} {:<22} {:>8}  THROTTLE",
-        "USER", "STATE", "BACKUP", "LAST SUCCESS", "FAILURES"
+        "{:<24} {:<22} {:>4} {:>6} {:<22} {:>8}  THROTTLE",
+        "USER", "STATE", "APPS", "BACKUP", "LAST SUCCESS", "FAILURES"
     );
     for s in users {
         println!(
-            "{:<24} {:<22} {:>6} {:<22} {:>8}  {}",
+            "{:<24} {:<22} {:>4} {:>6} {:<22} {:>8}  {}",
             s.user,
             state_word(s),
+            s.authenticators,
             s.backup_codes_left,
             s.last_success
                 .map(format_time)
