@@ -11,19 +11,12 @@ pub(super) const DEFAULT_BYPASS_SECS: u64 = 3_600;
 pub(super) const MAX_BYPASS_SECS: u64 = 7 * 86_400;
 pub(super) const MAX_BYPASS_USES: u32 = 100;
 
-/// A typed helpdesk code, hashed (outside the writer) under the salt of the code on record,
-/// or under a decoy salt when there is none: the same work either way.
-pub(super) struct BypassTry {
-    pub(super) salt: Vec<u8>,
-    pub(super) hash: Option<backup::BackupHash>,
-}
-
 /// In the deciding transaction: the gate, then the code on record (the same salt, not
 /// expired, a use left, the same hash) spent once; anything else is a failure.
 pub(super) fn verify_bypass_in_tx(
     tx: &dyn Tx,
     name: &str,
-    attempt: &BypassTry,
+    attempt: &HashedTry,
     now: u64,
     cfg: &throttle::ThrottleConfig,
 ) -> Result<Outcome, StoreError> {
@@ -162,13 +155,14 @@ impl Engine {
         )
     }
 
-    /// The work a typed helpdesk code costs, whether or not one is on record.
-    pub(super) fn bypass_try(&self, name: &str, normalized: &str) -> Result<BypassTry, StoreError> {
+    /// A typed helpdesk code, hashed (outside the writer) under the salt of the code on record,
+    /// or under a decoy salt when there is none: the same work either way.
+    pub(super) fn bypass_try(&self, name: &str, normalized: &str) -> Result<HashedTry, StoreError> {
         let salt = self
             .store
             .read(|tx| tx.bypass(name))?
             .map_or_else(|| vec![0x5a; backup::SALT_BYTES], |r| r.salt);
-        Ok(BypassTry {
+        Ok(HashedTry {
             hash: self.hash_backup(Lane::Login, normalized, &salt),
             salt,
         })

@@ -5,8 +5,9 @@
 
 use super::*;
 
-/// A typed answer checked against a mailed login code: its hash under that code's salt.
-pub(super) struct EmailTry {
+/// A typed answer hashed (outside the writer) under the salt of the one-time code it is
+/// checked against: a mailed login code, or a helpdesk code.
+pub(super) struct HashedTry {
     pub(super) salt: Vec<u8>,
     pub(super) hash: Option<backup::BackupHash>,
 }
@@ -16,7 +17,7 @@ pub(super) struct EmailTry {
 pub(super) fn email_in_tx(
     tx: &dyn Tx,
     name: &str,
-    attempt: &EmailTry,
+    attempt: &HashedTry,
     now: u64,
 ) -> Result<bool, StoreError> {
     let Some(code) = tx.mailed_code(name, CodePurpose::Login)? else {
@@ -47,7 +48,7 @@ pub(super) fn email_in_tx(
 pub(super) fn verify_email_in_tx(
     tx: &dyn Tx,
     name: &str,
-    attempt: &EmailTry,
+    attempt: &HashedTry,
     now: u64,
     cfg: &throttle::ThrottleConfig,
 ) -> Result<Outcome, StoreError> {
@@ -281,7 +282,7 @@ pub(super) fn verify_totp_in_tx(
     now: u64,
     window: u32,
     cfg: &throttle::ThrottleConfig,
-    email_try: Option<&EmailTry>,
+    email_try: Option<&HashedTry>,
 ) -> Result<(Outcome, ByAuthenticator), StoreError> {
     let state = tx.throttle(name)?;
     if let Some(blocked) = gate_outcome(cfg, state, now) {
@@ -453,7 +454,7 @@ impl Engine {
             .is_none_or(|_| !matches!(input, Input::Totp(_)));
         if let (Some(attempt), true) = (&email_try, not_totp || by_email) {
             // Only the mailed code can match (no enrollment, or not a TOTP-shaped answer).
-            let attempt = EmailTry {
+            let attempt = HashedTry {
                 salt: attempt.salt.clone(),
                 hash: attempt.hash.clone(),
             };
@@ -563,7 +564,7 @@ impl Engine {
         verified_address: bool,
         code: &str,
         now: u64,
-    ) -> (bool, Option<EmailTry>) {
+    ) -> (bool, Option<HashedTry>) {
         let cfg = self.config();
         let live_mail = mailed.as_ref().is_some_and(|m| now < m.expires);
         let by_email =
@@ -574,16 +575,16 @@ impl Engine {
                     && live_mail
                     && gate_outcome(&cfg.throttle, state, now).is_none() =>
             {
-                Some(EmailTry {
+                Some(HashedTry {
                     hash: self.hash_backup(Lane::Login, &typed, &m.salt),
                     salt: m.salt,
                 })
             }
-            (Some(m), _) if by_email => Some(EmailTry {
+            (Some(m), _) if by_email => Some(HashedTry {
                 hash: None,
                 salt: m.salt,
             }),
-            (None, _) if by_email => Some(EmailTry {
+            (None, _) if by_email => Some(HashedTry {
                 hash: None,
                 salt: Vec::new(),
             }),
