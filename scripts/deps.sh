@@ -12,6 +12,7 @@ packages=(
   postgresql                   # a real PostgreSQL on 127.0.0.1 for the fleet tests (store = "postgres")
   openssl                      # a self-signed certificate for PostgreSQL over TLS (fleet tests, benchmark)
   binutils                     # strings(1), to prove no backup code is stored in clear
+  sqlite3                      # a database of the previous schema loaded from its dump (upgrade test)
   python3                      # a stand-in socket server run as nobody in the PAM tests
   libpam-google-authenticator  # its files are imported in the tests; the benchmark measures it
   libpam-oath                  # the benchmark measures it too

@@ -262,17 +262,10 @@ fn nix_uid() -> u32 {
         .unwrap_or(0)
 }
 
-/// Per-login cost through libpam: `threads` threads run `logins` whole logins (pam_start,
-/// pam_authenticate, pam_end) against `service`, each for a different user with a currently
-/// valid, unused code (steps T-1, T, T+1 in rounds, so replay protection is exercised).
-/// Run under pam_wrapper so that `service` comes from a private directory.
-fn pam_logins(
-    service: &str,
-    users_file: &Path,
-    threads: usize,
-    logins: usize,
-    flood: Option<(PathBuf, String, u64)>,
-) -> Result<serde_json::Value, String> {
+/// Up to `logins` (user, code) pairs from a users file (`NAME BASE32` lines): each user's
+/// codes for steps T-1, T and T+1, in rounds, so every one is valid and unused. All codes are
+/// computed before the clock starts, inside one step.
+fn prepared_logins(users_file: &Path, logins: usize) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(users_file)
         .map_err(|e| format!("{}: {e}", users_file.display()))?;
     let users: Vec<(String, Secret)> = text
@@ -288,21 +281,77 @@ fn pam_logins(
         return Err("no users".into());
     }
     let logins = logins.min(users.len() * 3);
-    // All codes are computed before the clock starts, inside one step.
     let wait = 30 - now() % 30;
     if wait < 25 {
         std::thread::sleep(Duration::from_secs(wait));
     }
     let step = TotpParams::default().step(now());
-    let work: Vec<(String, String)> = (0..logins)
+    Ok((0..logins)
         .map(|k| {
             let (round, i) = (k / users.len(), k % users.len());
             let code =
                 otp::totp_for_step(&users[i].1, &TotpParams::default(), step - 1 + round as u64);
             (users[i].0.clone(), code)
         })
+        .collect())
+}
+
+/// Per-login cost of several services measured side by side: login k is run once against
+/// each service in turn (the order rotating with k), so that the machine's drift and noise
+/// fall on all of them alike. Each twofold service must have a store of its own (the same
+/// code is used once on each). Prints each service's p50 and the p50 of its per-login
+/// difference from the first service (the baseline).
+fn pam_interleaved(
+    services: &[String],
+    users_file: &Path,
+    logins: usize,
+) -> Result<serde_json::Value, String> {
+    let work = prepared_logins(users_file, logins)?;
+    let mut times = vec![Vec::with_capacity(work.len()); services.len()];
+    let mut ok = vec![0u64; services.len()];
+    for (k, (user, code)) in work.iter().enumerate() {
+        for j in 0..services.len() {
+            let s = (j + k) % services.len();
+            let t = Instant::now();
+            let r = pam::login(&services[s], user, code);
+            times[s].push(t.elapsed().as_secs_f64() * 1000.0);
+            if r == Ok(0) {
+                ok[s] += 1;
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let rows: Vec<serde_json::Value> = (0..services.len())
+        .map(|s| {
+            let mut diff: Vec<f64> = times[s].iter().zip(&times[0]).map(|(a, b)| a - b).collect();
+            let mut own = times[s].clone();
+            serde_json::json!({
+                "service": services[s],
+                "logins": times[s].len(),
+                "succeeded": ok[s],
+                "p50_ms": median(&mut own),
+                "p50_over_baseline_ms": median(&mut diff),
+            })
+        })
         .collect();
-    let work = Arc::new(work);
+    Ok(serde_json::json!({ "interleaved": rows }))
+}
+
+/// Per-login cost through libpam: `threads` threads run `logins` whole logins (pam_start,
+/// pam_authenticate, pam_end) against `service`, each for a different user with a currently
+/// valid, unused code (steps T-1, T, T+1 in rounds, so replay protection is exercised).
+/// Run under pam_wrapper so that `service` comes from a private directory.
+fn pam_logins(
+    service: &str,
+    users_file: &Path,
+    threads: usize,
+    logins: usize,
+    flood: Option<(PathBuf, String, u64)>,
+) -> Result<serde_json::Value, String> {
+    let work = Arc::new(prepared_logins(users_file, logins)?);
     let next = Arc::new(AtomicUsize::new(0));
     // Optionally, one user receives wrong codes at `rate` per second meanwhile.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -402,6 +451,8 @@ fn usage() -> ExitCode {
         "       twofold-bench pam SERVICE USERS_FILE THREADS LOGINS [FLOOD_SOCKET FLOOD_USER RATE]"
     );
     eprintln!("                     (under pam_wrapper; the flood sends wrong codes for one user)");
+    eprintln!("       twofold-bench pam-side-by-side USERS_FILE LOGINS BASELINE SERVICE...");
+    eprintln!("                     (one login at a time, each login on every service in turn)");
     eprintln!(
         "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE [AUTHENTICATORS]   (enrolled, no backup codes)"
     );
@@ -446,6 +497,10 @@ fn main() -> ExitCode {
                 _ => return usage(),
             }
         }
+        Some("pam-side-by-side") if args.len() >= 6 => match args[3].parse::<usize>() {
+            Ok(n) => pam_interleaved(&args[4..], Path::new(&args[2]), n),
+            Err(_) => return usage(),
+        },
         _ => return usage(),
     };
     match result {

@@ -147,3 +147,63 @@ fn a_removed_authenticator_is_refused_and_a_sixth_is_not_added() {
         last.stderr()
     );
 }
+
+/// A database as the previous schema left it (tests/testdata/schema-9.sql, written by twofold
+/// before authenticators had names): the new twofoldd migrates it at start, and the enrollment
+/// is its authenticator `default`, logging in through pamtester with oathtool's code, with its
+/// window, its backup codes (the imported scratch codes) and its failure count.
+#[test]
+fn a_database_of_the_previous_schema_is_migrated_and_logs_in() {
+    const KEY: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    let mut d = Daemon::start("deny", "");
+    d.stop();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", d.database.display()));
+    }
+    let dump = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/schema-9.sql");
+    let load = std::process::Command::new("sqlite3")
+        .arg(&d.database)
+        .stdin(std::fs::File::open(&dump).unwrap())
+        .output()
+        .expect("sqlite3 (Debian package sqlite3; scripts/deps.sh installs it)");
+    assert!(load.status.success(), "{load:?}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d.database, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.restart();
+    let status = d.cli(&["status", "--user", "tf-legacy", "--json"]).json();
+    assert_eq!(status["authenticators"], 1, "{status}");
+    assert_eq!(status["backup_codes_left"], 2, "{status}");
+    assert_eq!(status["failures"], 2, "{status}");
+    let listed = d
+        .cli(&["authenticators", "--user", "tf-legacy", "--json"])
+        .json();
+    assert_eq!(listed["authenticators"][0]["name"], "default", "{listed}");
+    let version = std::process::Command::new("sqlite3")
+        .arg(&d.database)
+        .arg("PRAGMA user_version")
+        .output()
+        .unwrap();
+    let version: u32 = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(version >= 10, "schema {version}");
+    let pam = PamService::required(&d.socket, "");
+    // The imported window (±2 steps) came along: two steps back is still good.
+    ensure_step_time(8);
+    let old = oathtool(KEY, -2);
+    let run = pam.authenticate("tf-legacy", Some(&format!("{old}\n")));
+    assert!(run.success, "{}\n{}", run.text(), d.log());
+    let replay = pam.authenticate("tf-legacy", Some(&format!("{old}\n")));
+    assert!(!replay.success, "a replayed code: {}", replay.text());
+    let now = oathtool(KEY, 0);
+    assert!(
+        pam.authenticate("tf-legacy", Some(&format!("{now}\n")))
+            .success
+    );
+    let scratch = pam.authenticate("tf-legacy", Some("11112222\n"));
+    assert!(scratch.success, "{}", scratch.text());
+    assert!(!pam.authenticate("tf-legacy", Some("11112222\n")).success);
+    let status = d.cli(&["status", "--user", "tf-legacy", "--json"]).json();
+    assert_eq!(status["backup_codes_left"], 1, "{status}");
+}

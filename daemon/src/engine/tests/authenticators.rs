@@ -293,3 +293,67 @@ fn an_import_with_a_name_is_added_beside_the_others() {
         }
     ));
 }
+
+#[test]
+fn force_without_a_name_replaces_only_the_default_authenticator() {
+    let (e, _dir) = engine("");
+    let old = enrolled(&e, "redo", T0);
+    let tablet = add(&e, "redo", "tablet", T0 + 1);
+    let ResponseBody::Enrollment(info) = e.handle(
+        0,
+        RequestBody::Enroll {
+            user: Some("redo".into()),
+            force: true,
+            code: None,
+            params: None,
+            authenticator: None,
+        },
+        T0 + 30,
+    ) else {
+        panic!("enroll --force refused")
+    };
+    let new = Secret::from_base32(info.secret.expose()).unwrap();
+    let t = T0 / 30 + 1;
+    // Until confirmed, the old key still opens a login.
+    assert!(matches!(
+        verify(&e, "redo", &code_at_step(&old, t), T0 + 31),
+        ResponseBody::Accepted { .. }
+    ));
+    let reply = e.handle(
+        0,
+        RequestBody::Confirm {
+            user: Some("redo".into()),
+            code: SecretText::new(code_at_step(&new, t + 1)),
+        },
+        T0 + 60,
+    );
+    assert!(
+        matches!(&reply, ResponseBody::Done { message } if message.contains("default")),
+        "{reply:?}"
+    );
+    // Listed by when each was added: the new default after the tablet.
+    assert_eq!(names(&e, "redo"), ["tablet", "default"]);
+    assert!(matches!(
+        verify(&e, "redo", &code_at_step(&old, t + 2), T0 + 90),
+        ResponseBody::Rejected
+    ));
+    assert!(matches!(
+        verify(&e, "redo", &code_at_step(&new, t + 2), T0 + 91),
+        ResponseBody::Accepted { .. }
+    ));
+    assert!(matches!(
+        verify(&e, "redo", &code_at_step(&tablet, t + 2), T0 + 92),
+        ResponseBody::Accepted { .. }
+    ));
+    let ResponseBody::Status(s) = e.handle(
+        0,
+        RequestBody::Status {
+            user: Some("redo".into()),
+        },
+        T0 + 93,
+    ) else {
+        panic!()
+    };
+    // The backup codes are the account's: a replaced authenticator keeps them.
+    assert_eq!((s.authenticators, s.backup_codes_left), (2, 12));
+}
