@@ -113,6 +113,7 @@ impl Script {
             pam: sshd(),
             grace_secs: grace,
             can_enroll: false,
+            combined: false,
         };
         self.ask(label, 0, body, now);
     }
@@ -446,6 +447,7 @@ fn enrollment_at_login(s: &mut Script, nobody: u32) {
             pam: sshd(),
             grace_secs: 0,
             can_enroll: true,
+            combined: false,
         },
         t + 1,
     );

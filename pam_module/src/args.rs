@@ -8,6 +8,20 @@ use std::time::Duration;
 pub const DEFAULT_TIMEOUT_SECS: u64 = twofold_shared::wire::PAM_TIMEOUT_SECS;
 pub const MAX_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_PROMPT: &str = "Verification code: ";
+/// The question of a login that takes password and code in one answer.
+pub const DEFAULT_PASSWORD_PROMPT: &str = "Password: ";
+
+/// Where a one-answer login (password and code together) gets its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassMode {
+    /// `forward_pass`: ask the one question; the password goes on as PAM_AUTHTOK.
+    Forward,
+    /// `use_first_pass`: the answer is the PAM_AUTHTOK an earlier module (or the application)
+    /// set; none is a refusal.
+    UseFirst,
+    /// `try_first_pass`: that PAM_AUTHTOK, or ask when there is none.
+    TryFirst,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -26,6 +40,20 @@ pub struct Args {
     /// This service cannot show a QR code (a prompt-only application): an account invited to
     /// enroll is refused with the reason instead of being shown the enrollment.
     pub noenroll: bool,
+    /// Password and code in one answer; `None`: the code is asked for alone.
+    pub pass: Option<PassMode>,
+    /// `prompt=` was given.
+    pub prompt_set: bool,
+}
+
+impl Args {
+    /// The question asked: `prompt=`, or the one the login mode asks by default.
+    pub fn question(&self) -> &str {
+        match (self.pass, self.prompt_set) {
+            (Some(_), false) => DEFAULT_PASSWORD_PROMPT,
+            _ => &self.prompt,
+        }
+    }
 }
 
 impl Default for Args {
@@ -39,6 +67,8 @@ impl Default for Args {
             daemon_uid: None,
             grace_secs: 0,
             noenroll: false,
+            pass: None,
+            prompt_set: false,
         }
     }
 }
@@ -50,6 +80,8 @@ pub enum ArgError {
     BadValue(String),
     NotUtf8,
     UnclosedBracket,
+    /// Two arguments that cannot go together.
+    Conflict(&'static str),
 }
 
 impl fmt::Display for ArgError {
@@ -59,6 +91,7 @@ impl fmt::Display for ArgError {
             ArgError::BadValue(a) => write!(f, "bad value in '{}'", crate::text::printable(a)),
             ArgError::NotUtf8 => f.write_str("an argument is not valid UTF-8"),
             ArgError::UnclosedBracket => f.write_str("an argument opens '[' without closing ']'"),
+            ArgError::Conflict(why) => f.write_str(why),
         }
     }
 }
@@ -121,7 +154,10 @@ pub fn parse(raw: &[&CStr]) -> Result<Args, ArgError> {
                 }
                 args.timeout = Duration::from_secs(secs);
             }
-            ("prompt", Some(v)) if !v.is_empty() => args.prompt = v.to_string(),
+            ("prompt", Some(v)) if !v.is_empty() => {
+                args.prompt = v.to_string();
+                args.prompt_set = true;
+            }
             ("daemon_uid", Some(v)) => args.daemon_uid = Some(v.parse().map_err(|_| bad())?),
             ("grace", Some(v)) => {
                 let secs: u64 = v.parse().map_err(|_| bad())?;
@@ -133,9 +169,31 @@ pub fn parse(raw: &[&CStr]) -> Result<Args, ArgError> {
             ("echo", None) => args.echo = true,
             ("debug", None) => args.debug = true,
             ("noenroll", None) => args.noenroll = true,
+            ("forward_pass" | "use_first_pass" | "try_first_pass", None) => {
+                if args.pass.is_some() {
+                    return Err(ArgError::Conflict(
+                        "forward_pass, use_first_pass and try_first_pass exclude each other",
+                    ));
+                }
+                args.pass = Some(match key {
+                    "forward_pass" => PassMode::Forward,
+                    "use_first_pass" => PassMode::UseFirst,
+                    _ => PassMode::TryFirst,
+                });
+            }
             ("socket" | "prompt", Some(_)) => return Err(bad()),
             _ => return Err(ArgError::Unknown(arg.clone())),
         }
+    }
+    if args.pass.is_some() && args.echo {
+        return Err(ArgError::Conflict(
+            "echo would show the password of a one-answer login (forward_pass, use_first_pass, try_first_pass)",
+        ));
+    }
+    if args.pass.is_some() && args.grace_secs > 0 {
+        return Err(ArgError::Conflict(
+            "grace= cannot go with a one-answer login (forward_pass, use_first_pass, try_first_pass): its answer always carries a code",
+        ));
     }
     Ok(args)
 }
@@ -246,6 +304,36 @@ mod tests {
         }
         let not_utf8 = CString::new(vec![b'e', 0xff]).unwrap();
         assert_eq!(parse(&[not_utf8.as_c_str()]), Err(ArgError::NotUtf8));
+    }
+
+    #[test]
+    fn one_answer_modes() {
+        let a = parse_strs(&["forward_pass"]).unwrap();
+        assert_eq!(a.pass, Some(PassMode::Forward));
+        assert_eq!(a.question(), "Password: ");
+        assert_eq!(
+            parse_strs(&["use_first_pass"]).unwrap().pass,
+            Some(PassMode::UseFirst)
+        );
+        let a = parse_strs(&["try_first_pass", "[prompt=Password+code: ]"]).unwrap();
+        assert_eq!(a.pass, Some(PassMode::TryFirst));
+        assert_eq!(a.question(), "Password+code: ");
+        assert_eq!(parse_strs(&[]).unwrap().question(), "Verification code: ");
+        for conflict in [
+            &["forward_pass", "use_first_pass"][..],
+            &["try_first_pass", "try_first_pass"],
+            &["forward_pass", "echo"],
+            &["use_first_pass", "grace=60"],
+        ] {
+            assert!(
+                matches!(parse_strs(conflict), Err(ArgError::Conflict(_))),
+                "{conflict:?}"
+            );
+        }
+        assert!(matches!(
+            parse_strs(&["forward_pass=1"]),
+            Err(ArgError::Unknown(_))
+        ));
     }
 
     #[test]

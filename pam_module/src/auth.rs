@@ -2,6 +2,7 @@
 //! verify, and map its answer to a PAM result (ARCHITECTURE.md §4). Plain Rust over the [`Pam`] trait.
 
 use crate::args::{self, Args};
+use crate::combined;
 use crate::enroll;
 use crate::text;
 use std::ffi::CStr;
@@ -60,6 +61,10 @@ pub trait Pam {
     /// PAM_USER as raw bytes (PAM may ask the application for it).
     fn user(&mut self) -> Result<Vec<u8>, UserError>;
     fn item(&mut self, kind: ItemKind) -> Option<Vec<u8>>;
+    /// PAM_AUTHTOK: the password an earlier module or the application set, if any.
+    fn authtok(&mut self) -> Option<SecretText>;
+    /// Sets PAM_AUTHTOK for the modules after this one; `false` when libpam refused.
+    fn set_authtok(&mut self, password: &SecretText) -> bool;
     /// Asks the user; `Ok(None)` when the application returned no answer.
     fn prompt(&mut self, text: &str, echo: bool) -> Result<Option<SecretText>, ConvError>;
     fn info(&mut self, text: &str);
@@ -259,7 +264,7 @@ fn valid_user(raw: Vec<u8>) -> Option<String> {
     wire::validate_name(&name).is_ok().then_some(name)
 }
 
-fn pam_items(pam: &mut impl Pam) -> PamItems {
+pub(crate) fn pam_items(pam: &mut impl Pam) -> PamItems {
     let mut get = |kind| pam.item(kind).map(|v| text::bounded_lossy(&v, MAX_ITEM));
     PamItems {
         service: get(ItemKind::Service),
@@ -293,6 +298,7 @@ fn ask_preflight(
         pam: items,
         grace_secs,
         can_enroll: true,
+        combined: false,
     } = &request
     else {
         return ask(pam, client, request);
@@ -302,6 +308,7 @@ fn ask_preflight(
         pam: items.clone(),
         grace_secs: *grace_secs,
         can_enroll: false,
+        combined: false,
     };
     match client.call(request) {
         Ok(ResponseBody::Error {
@@ -347,7 +354,7 @@ fn answered(
 /// The user's answer, bounded: anything longer than a code can be is cut to just over the limit
 /// (at least one byte over, on a character boundary), so the daemon still counts it as a wrong
 /// code, however much was pasted.
-fn bounded_code(code: SecretText) -> SecretText {
+pub(crate) fn bounded_code(code: SecretText) -> SecretText {
     if code.expose().len() <= MAX_CODE {
         return code;
     }
@@ -408,10 +415,15 @@ pub(crate) fn read_code(pam: &mut impl Pam, text: &str, echo: bool) -> Option<Se
     }
 }
 
-fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>, flags: u32) -> Outcome {
+/// A client of the socket the arguments name, trusting root and `daemon_uid=`.
+pub(crate) fn client(args: &Args) -> Client {
     let mut trusted = vec![0];
     trusted.extend(args.daemon_uid);
-    let client = Client::new(&args.socket, args.timeout, trusted);
+    Client::new(&args.socket, args.timeout, trusted)
+}
+
+fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>, flags: u32) -> Outcome {
+    let client = client(args);
     let items = pam_items(pam);
     let mut want = Ask::Code;
     if let Some(user) = user {
@@ -421,6 +433,7 @@ fn login(pam: &mut impl Pam, args: &Args, user: Option<&str>, flags: u32) -> Out
             grace_secs: args.grace_secs,
             // A login that may not show messages cannot show a QR code.
             can_enroll: flags & PAM_SILENT == 0 && !args.noenroll,
+            combined: false,
         };
         match ask_preflight(pam, &client, request) {
             Ok(answer) => match preflight_outcome(&answer) {
@@ -488,7 +501,10 @@ pub fn authenticate(pam: &mut impl Pam, raw_args: &[&CStr], flags: u32) -> PamCo
             return PamCode::ServiceErr;
         }
     };
-    let outcome = login(pam, &args, user.as_deref(), flags);
+    let outcome = match args.pass {
+        Some(mode) => combined::login(pam, &args, mode, user.as_deref()),
+        None => login(pam, &args, user.as_deref(), flags),
+    };
     if args.debug {
         let who = user
             .as_deref()
@@ -498,7 +514,11 @@ pub fn authenticate(pam: &mut impl Pam, raw_args: &[&CStr], flags: u32) -> PamCo
             &format!("user={who} outcome={}", outcome.name()),
         );
     }
-    let (code, message) = outcome.result();
+    let (code, mut message) = outcome.result();
+    if args.pass.is_some() && outcome == Outcome::Rejected {
+        // A wrong code in a one-answer login looks like a wrong password.
+        message = None;
+    }
     match message {
         Some(Message::Info(m)) if flags & PAM_SILENT == 0 => pam.info(&text::printable(&m)),
         Some(Message::Error(m)) => pam.error(&text::printable(&m)),

@@ -8,16 +8,21 @@ use pam::constants::{
     PAM_TEXT_INFO,
 };
 use pam::conv::Conv;
-use pam::items::{RHost, RUser, Service, Tty, User};
+use pam::items::{AuthTok, RHost, RUser, Service, Tty, User};
 use pam::module::PamHandle;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use twofold_shared::wire::SecretText;
 
 extern "C" {
     /// libpam's logger: LOG_AUTHPRIV, prefixed with the module and service names.
     fn pam_syslog(pamh: *const PamHandle, priority: c_int, fmt: *const c_char, ...);
+    /// libpam's setter; for PAM_AUTHTOK it keeps its own copy of the string.
+    fn pam_set_item(pamh: *mut PamHandle, item_type: c_int, item: *const c_void) -> c_int;
 }
+
+/// PAM_AUTHTOK in `<security/_pam_types.h>`.
+const PAM_AUTHTOK: c_int = 6;
 
 #[no_mangle]
 pub unsafe extern "C" fn pam_sm_authenticate(
@@ -157,6 +162,31 @@ impl Pam for Handle<'_> {
             ItemKind::RUser => self.0.get_item::<RUser>().ok()?.map(|s| s.0.to_bytes()),
         };
         bytes.map(<[u8]>::to_vec)
+    }
+
+    fn authtok(&mut self) -> Option<SecretText> {
+        match self.0.get_item::<AuthTok>() {
+            Ok(Some(tok)) => Some(SecretText::new(String::from_utf8_lossy(tok.as_bytes()))),
+            _ => None,
+        }
+    }
+
+    fn set_authtok(&mut self, password: &SecretText) -> bool {
+        if password.expose().contains('\0') {
+            return false;
+        }
+        // Zeroed when dropped, like every other copy of the password here.
+        let terminated = SecretText::new(format!("{}\0", password.expose()));
+        // SAFETY: the handle is live for the call; the item is a NUL-terminated string that
+        // outlives the call, and libpam copies it.
+        let rc = unsafe {
+            pam_set_item(
+                &mut *self.0,
+                PAM_AUTHTOK,
+                terminated.expose().as_ptr().cast::<c_void>(),
+            )
+        };
+        rc == PamResultCode::PAM_SUCCESS as c_int
     }
 
     fn prompt(&mut self, text: &str, echo: bool) -> Result<Option<SecretText>, ConvError> {

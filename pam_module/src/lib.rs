@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod auth;
+mod combined;
 mod enroll;
 mod ffi;
 pub mod text;

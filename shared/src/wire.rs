@@ -108,6 +108,11 @@ pub enum RequestBody {
         /// an invited account without a factor is then enrolled in the login itself.
         #[serde(default, skip_serializing_if = "is_false")]
         can_enroll: bool,
+        /// The login asks one question for password and code together (module argument
+        /// `forward_pass`, `use_first_pass`, `try_first_pass`): the answer to prompt is
+        /// [`ResponseBody::PromptCombined`], which says how many digits the code has.
+        #[serde(default, skip_serializing_if = "is_false")]
+        combined: bool,
     },
     /// At the login prompt: the first code of the enrollment the preflight showed. A right
     /// code activates it and accepts the login.
@@ -354,6 +359,12 @@ pub enum ResponseBody {
     },
     /// Preflight: ask the user for a code.
     Prompt,
+    /// Preflight of a `combined` login: ask for password and code in one answer, whose last
+    /// `digits` characters are the code (the account's first authenticator's length; 6 for
+    /// names without an enrollment).
+    PromptCombined {
+        digits: u8,
+    },
     /// A code was mailed to the (masked) address: ask the user for it.
     EmailSent {
         masked: String,

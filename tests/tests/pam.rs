@@ -258,6 +258,7 @@ fn socket_served_by_a_non_root_process_is_refused() {
             pam: Default::default(),
             grace_secs: 0,
             can_enroll: false,
+            combined: false,
         })
         .unwrap();
     assert!(

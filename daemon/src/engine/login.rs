@@ -5,6 +5,15 @@
 use super::*;
 use crate::config::EnrollAtLogin;
 
+/// What the login that asks can do with the preflight's answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Asks {
+    /// Show an enrollment and ask for its first code.
+    pub can_enroll: bool,
+    /// Ask one question for password and code.
+    pub combined: bool,
+}
+
 impl Engine {
     /// A known account without enrollment: refused when policy says so for everyone
     /// (`unenrolled = "deny"`) or for a group the account belongs to (`require_groups`).
@@ -132,10 +141,21 @@ impl Engine {
         name: &str,
         pam: &PamItems,
         grace: Option<(Device, u64)>,
-        can_enroll: bool,
+        asks: Asks,
         uid: u32,
         now: u64,
     ) -> ResponseBody {
+        let Asks {
+            can_enroll,
+            combined,
+        } = asks;
+        // A combined login's prompt says how long the code at the end of the answer is.
+        let prompt = |digits: Option<u8>| match combined {
+            true => ResponseBody::PromptCombined {
+                digits: digits.unwrap_or(6),
+            },
+            false => ResponseBody::Prompt,
+        };
         if !self.config().enabled {
             return ResponseBody::Disabled;
         }
@@ -143,22 +163,26 @@ impl Engine {
         // here, whether root invited one.
         let shows = can_enroll && self.config().enroll_at_login != EnrollAtLogin::Never;
         let looked = self.store.read(|tx| {
-            let enrolled = tx.user(name)?.is_some();
+            let digits = tx
+                .user(name)?
+                .map(|u| u.authenticators.first().map_or(6, |a| a.params.digits));
+            let digits = digits.map(|d| u8::try_from(d).unwrap_or(6));
+            let enrolled = digits.is_some();
             let replace = enrolled && shows && tx.invitation(name)?.is_some_and(|i| i.replace);
-            Ok((enrolled, replace))
+            Ok((digits, replace))
         });
-        if let Ok((true, true)) = looked {
+        if let Ok((Some(_), true)) = looked {
             if let Some(offer) = self.replacement_at_login(name, pam, uid, now) {
                 return offer;
             }
         }
-        match looked.map(|(enrolled, _)| enrolled) {
-            Ok(true) if grace.is_some() => grace
+        match looked.map(|(digits, _)| digits) {
+            Ok(Some(digits)) if grace.is_some() => grace
                 .as_ref()
                 .and_then(|g| self.remembered(name, pam, g, uid, now))
-                .unwrap_or(ResponseBody::Prompt),
-            Ok(true) => ResponseBody::Prompt,
-            Ok(false) if users::uid_of(name).is_some() => {
+                .unwrap_or(prompt(Some(digits))),
+            Ok(Some(digits)) => prompt(Some(digits)),
+            Ok(None) if users::uid_of(name).is_some() => {
                 let cfg = self.config();
                 if cfg.email_codes && cfg.email_auto {
                     match self.store.read(|tx| tx.email(name)) {
@@ -176,7 +200,7 @@ impl Engine {
                 }
                 reply
             }
-            Ok(false) => ResponseBody::Prompt,
+            Ok(None) => prompt(None),
             Err(e) => self.store_failed("preflight", name, &e),
         }
     }

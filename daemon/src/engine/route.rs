@@ -280,13 +280,18 @@ impl Engine {
                 pam,
                 grace_secs,
                 can_enroll,
+                combined,
                 ..
             } => {
                 let grace = device(&pam, grace_secs).map(|d| (d, grace_secs.min(MAX_GRACE_SECS)));
                 // Only root's PAM services (sshd, login, su, sudo) enroll at the prompt: a
                 // process running as the user (a stolen shell) must not obtain the key that the
                 // user's next login enrolls, nor replace a factor without the old one.
-                self.preflight(&name, &pam, grace, can_enroll && admin, uid, now)
+                let asks = super::login::Asks {
+                    can_enroll: can_enroll && admin && !combined,
+                    combined,
+                };
+                self.preflight(&name, &pam, grace, asks, uid, now)
             }
             RequestBody::ConfirmLogin { code, pam, .. } => {
                 self.confirm_at_login(&name, &code, &pam, target_uid, uid, now)

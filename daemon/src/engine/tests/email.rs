@@ -243,6 +243,7 @@ fn email_auto_mails_a_code_to_users_without_an_app() {
                 pam: PamItems::default(),
                 grace_secs: 0,
                 can_enroll: false,
+                combined: false,
             },
             now,
         )
@@ -280,6 +281,7 @@ fn an_email_only_login_is_refused_whatever_is_typed() {
             pam: PamItems::default(),
             grace_secs: 0,
             can_enroll: false,
+            combined: false,
         },
         T0 + 100,
     );

@@ -19,6 +19,7 @@ fn preflight(e: &Engine, name: &str, can_enroll: bool, now: u64) -> ResponseBody
             pam: sshd(),
             grace_secs: 0,
             can_enroll,
+            combined: false,
         },
         now,
     )
@@ -532,6 +533,7 @@ fn only_root_s_pam_services_enroll_at_the_prompt() {
             pam: sshd(),
             grace_secs: 0,
             can_enroll: true,
+            combined: false,
         },
         T0,
     );
@@ -582,4 +584,83 @@ fn only_root_s_pam_services_enroll_at_the_prompt() {
         T0 + 2,
     );
     assert!(!status(&e, "daemon", T0 + 2).pending);
+}
+
+/// A one-answer login (forward_pass) learns the length of the code at the end of the answer,
+/// the same for names without an enrollment; it never shows an enrollment, invited or not.
+#[test]
+fn a_one_answer_preflight_says_how_long_the_code_is() {
+    let (e, _dir) = engine("unenrolled = \"deny\"");
+    let one_answer = |name: &str| {
+        e.handle(
+            0,
+            RequestBody::Preflight {
+                user: name.into(),
+                pam: sshd(),
+                grace_secs: 0,
+                can_enroll: true,
+                combined: true,
+            },
+            T0,
+        )
+    };
+    enrolled(&e, "bin", T0);
+    let eight = TotpParams {
+        digits: 8,
+        ..TotpParams::default()
+    };
+    let ResponseBody::Enrollment(info) = e.handle(
+        0,
+        RequestBody::Enroll {
+            user: Some("sys".into()),
+            force: false,
+            code: None,
+            params: Some(eight),
+            authenticator: None,
+        },
+        T0,
+    ) else {
+        panic!("enroll failed")
+    };
+    let secret = Secret::from_base32(info.secret.expose()).unwrap();
+    let first = otp::totp_at(&secret, &eight, T0);
+    assert!(matches!(
+        e.handle(
+            0,
+            RequestBody::Confirm {
+                user: Some("sys".into()),
+                code: SecretText::new(first),
+            },
+            T0,
+        ),
+        ResponseBody::BackupCodes { .. }
+    ));
+    assert!(matches!(
+        one_answer("bin"),
+        ResponseBody::PromptCombined { digits: 6 }
+    ));
+    assert!(matches!(
+        one_answer("sys"),
+        ResponseBody::PromptCombined { digits: 8 }
+    ));
+    assert!(matches!(
+        one_answer("no-such-account-anywhere"),
+        ResponseBody::PromptCombined { digits: 6 }
+    ));
+    assert!(matches!(
+        invite(&e, "daemon", None, false, T0),
+        ResponseBody::Done { .. }
+    ));
+    assert!(
+        matches!(
+            one_answer("daemon"),
+            ResponseBody::NotEnrolled { required: true, .. }
+        ),
+        "no enrollment in a one-answer login"
+    );
+    // The same login asking one question for the code alone is offered the enrollment.
+    assert!(matches!(
+        preflight(&e, "daemon", true, T0),
+        ResponseBody::EnrollAtLogin(_)
+    ));
 }

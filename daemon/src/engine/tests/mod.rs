@@ -279,6 +279,7 @@ fn switched_off_means_disabled_for_logins() {
             pam: PamItems::default(),
             grace_secs: 0,
             can_enroll: false,
+            combined: false,
         },
         T0,
     );
@@ -386,6 +387,7 @@ fn remembered_devices_expire_and_do_not_outlast_a_lock() {
                 pam: pam.clone(),
                 grace_secs: grace,
                 can_enroll: false,
+                combined: false,
             },
             now,
         )
@@ -465,6 +467,7 @@ fn preflight_hides_which_names_exist() {
                 pam: PamItems::default(),
                 grace_secs: 0,
                 can_enroll: false,
+                combined: false,
             },
             T0,
         )
@@ -575,6 +578,7 @@ fn switched_off_passes_even_a_mismatched_enrollment() {
             pam: PamItems::default(),
             grace_secs: 0,
             can_enroll: false,
+            combined: false,
         },
         T0 + 30,
     );
@@ -595,6 +599,7 @@ fn an_overlong_pam_item_is_refused() {
             },
             grace_secs: 600,
             can_enroll: false,
+            combined: false,
         },
         T0,
     );
@@ -650,6 +655,7 @@ fn a_session_sent_by_the_module_counts_only_from_root() {
                 pam: items(session),
                 grace_secs: 600,
                 can_enroll: false,
+                combined: false,
             },
             T0 + 40,
         );

@@ -53,6 +53,8 @@ struct Script {
     tty: Option<Vec<u8>>,
     events: VecDeque<Event>,
     logs: Vec<(LogLevel, String)>,
+    /// PAM_AUTHTOK: as an earlier module left it, then as this one set it.
+    authtok: Option<String>,
 }
 
 impl Script {
@@ -64,6 +66,7 @@ impl Script {
             tty: None,
             events: events.into(),
             logs: Vec::new(),
+            authtok: None,
         }
     }
 
@@ -98,6 +101,15 @@ impl Drop for Script {
 impl Pam for Script {
     fn user(&mut self) -> Result<Vec<u8>, UserError> {
         self.user.clone()
+    }
+
+    fn authtok(&mut self) -> Option<SecretText> {
+        self.authtok.clone().map(SecretText::new)
+    }
+
+    fn set_authtok(&mut self, password: &SecretText) -> bool {
+        self.authtok = Some(password.expose().to_string());
+        true
     }
 
     /// The test process's own audit session is none of the script's business.
@@ -306,7 +318,9 @@ fn right_code_is_accepted_with_two_separate_requests() {
             pam,
             grace_secs,
             can_enroll,
+            combined,
         } => {
+            assert!(!combined);
             assert_eq!(user, "alice");
             assert_eq!(pam, &items);
             assert_eq!(*grace_secs, 0);
@@ -907,4 +921,5 @@ fn a_mailed_code_prompt_followed_by_not_enrolled_is_a_refusal() {
     }
 }
 
+mod combined;
 mod enroll;
