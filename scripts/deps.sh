@@ -9,6 +9,7 @@ packages=(
   oathtool                     # independent TOTP implementation the tests check against
   zbar-tools tmux              # a QR code read off a real terminal (tmux) by zbarimg
   faketime                     # the fault tests run twofoldd with its clock set back an hour
+  dovecot-imapd                # a real IMAP server asking one question (password and code in one answer)
   postgresql                   # a real PostgreSQL on 127.0.0.1 for the fleet tests (store = "postgres")
   openssl                      # a self-signed certificate for PostgreSQL over TLS (fleet tests, benchmark)
   binutils                     # strings(1), to prove no backup code is stored in clear
