@@ -75,6 +75,8 @@ pub struct Config {
     pub backup_codes: u32,
     /// Authenticators (apps, tokens) one account may have.
     pub max_authenticators: u32,
+    /// Codes a counter-based (HOTP) token may be ahead of the last one accepted (1..=100).
+    pub hotp_window: u32,
     /// Connections served at once; more are answered "busy".
     pub max_connections: usize,
     /// Seconds a client has to send its request.
@@ -120,6 +122,7 @@ impl Default for Config {
             enroll_at_login: EnrollAtLogin::Invited,
             backup_codes: 12,
             max_authenticators: 5,
+            hotp_window: 10,
             max_connections: 256,
             request_timeout: 5,
             pending_ttl: 900,
@@ -216,6 +219,12 @@ impl Config {
             return fail(format!(
                 "max_authenticators = {} is out of range (1 to 24)",
                 self.max_authenticators
+            ));
+        }
+        if !(1..=100).contains(&self.hotp_window) {
+            return fail(format!(
+                "hotp_window = {} is out of range (1 to 100)",
+                self.hotp_window
             ));
         }
         if !(1..=100_000).contains(&self.max_connections) {
@@ -359,6 +368,8 @@ mod tests {
             "backup_codes = 0",
             "max_authenticators = 0",
             "max_authenticators = 25",
+            "hotp_window = 0",
+            "hotp_window = 101",
             "issuer = \"a:b\"",
             "[throttle]\nbase_delay = 100\nmax_delay = 10",
             "window = -1",

@@ -10,7 +10,7 @@ use crate::store::{
     BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode, PendingRecord, Store,
     StoreError, ThrottleRecord, UserRecord,
 };
-use twofold_shared::otp::{Algorithm, TotpParams};
+use twofold_shared::otp::{Algorithm, OtpKind, TotpParams};
 use twofold_shared::secret::Secret;
 use twofold_shared::wire::AuditEntry;
 
@@ -113,6 +113,28 @@ fn enrollments(s: &Store) {
         (T, T, -1, None, None, Some(2), Some(1000))
     );
     assert_eq!(got.backup_salt, want.backup_salt);
+    assert_eq!(a.kind, OtpKind::Totp);
+    // A counter-based token beside it: its kind and counter round-trip, and the counter only
+    // moves forward.
+    let mut token = b.clone();
+    token.label = "fob".into();
+    token.kind = OtpKind::Hotp;
+    token.last_step = 41;
+    w(s, move |tx| tx.add_authenticator("alice", &token, false));
+    let fob = |s: &Store| {
+        w(s, |tx| tx.user("alice"))
+            .unwrap()
+            .authenticators
+            .into_iter()
+            .find(|a| a.label == "fob")
+    };
+    let got_fob = fob(s).unwrap();
+    assert_eq!((got_fob.kind, got_fob.last_step), (OtpKind::Hotp, 41));
+    assert!(!w(s, |tx| tx.advance_step("alice", "fob", 41, T)));
+    assert!(w(s, |tx| tx.advance_step("alice", "fob", 42, T)));
+    assert_eq!(fob(s).unwrap().last_step, 42);
+    assert!(w(s, |tx| tx.remove_authenticator("alice", "fob")));
+    assert!(fob(s).is_none());
     w(s, |tx| tx.activate(&user("bob", None), &[]));
     assert_eq!(w(s, |tx| tx.user_names()), ["alice", "bob"]);
     // Who is enrolled for an account: by its name or by its uid.

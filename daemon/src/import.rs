@@ -6,7 +6,7 @@
 //! " RATE_LIMIT 3 30
 //! " WINDOW_SIZE 3
 //! " DISALLOW_REUSE 57852137 57852138
-//! " TOTP_AUTH
+//! " TOTP_AUTH       (or, for a counter-based token: " HOTP_COUNTER 1, the next counter)
 //! " STEP_SIZE 30
 //! 37810052          (scratch codes: 8 digits each)
 //! ```
@@ -26,6 +26,8 @@ pub struct GoogleAuthenticatorFile {
     pub scratch: Vec<zeroize::Zeroizing<String>>,
     /// The highest time step already used, from DISALLOW_REUSE: codes up to it stay spent.
     pub last_used_step: Option<u64>,
+    /// A counter-based (HOTP) file: the counter of the next code. `None`: time-based.
+    pub counter: Option<u64>,
     /// What was read but has no equivalent, for the administrator.
     pub notes: Vec<String>,
 }
@@ -48,6 +50,7 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
     let mut totp = false;
     let mut scratch = Vec::new();
     let mut last_used_step = None;
+    let mut counter = None;
     let mut notes = Vec::new();
     for (i, line) in lines {
         let n = i + 1;
@@ -63,15 +66,13 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
             };
             match words.next() {
                 Some("TOTP_AUTH") => totp = true,
-                Some("HOTP_COUNTER") => {
-                    return Err(format!(
-                        "line {n}: this is a counter-based (HOTP) file; twofold is time-based only, so the user must enroll anew"
-                    ))
-                }
+                Some("HOTP_COUNTER") => counter = Some(number(words.next())?),
                 Some("STEP_SIZE") => {
                     let step = number(words.next())?;
                     if !(1..=3600).contains(&step) {
-                        return Err(format!("line {n}: STEP_SIZE {step} is out of range (1 to 3600)"));
+                        return Err(format!(
+                            "line {n}: STEP_SIZE {step} is out of range (1 to 3600)"
+                        ));
                     }
                     params.period = step;
                 }
@@ -99,7 +100,10 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
                     notes.push("RATE_LIMIT not imported: twofold's own throttle applies".into())
                 }
                 Some(other) => {
-                    return Err(format!("line {n}: unknown option {:?}", other.chars().take(32).collect::<String>()))
+                    return Err(format!(
+                        "line {n}: unknown option {:?}",
+                        other.chars().take(32).collect::<String>()
+                    ))
                 }
                 None => return Err(format!("line {n}: an empty option line")),
             }
@@ -111,11 +115,24 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
             ));
         }
     }
-    if !totp {
-        return Err(
-            "no TOTP_AUTH line: not a time-based file (counter-based files cannot be imported)"
-                .into(),
+    match (totp, counter) {
+        (false, None) => {
+            return Err(
+                "neither a TOTP_AUTH nor a HOTP_COUNTER line: not a google-authenticator file"
+                    .into(),
+            )
+        }
+        (true, Some(_)) => {
+            return Err("both TOTP_AUTH and HOTP_COUNTER: time- or counter-based?".into())
+        }
+        _ => {}
+    }
+    if counter.is_some() && (window.is_some() || last_used_step.is_some()) {
+        notes.push(
+            "WINDOW_SIZE and DISALLOW_REUSE do not apply to a counter-based token: twofold looks hotp_window codes ahead".into(),
         );
+        window = None;
+        last_used_step = None;
     }
     if params.period != DEFAULT_PERIOD {
         notes.push(format!("codes change every {} seconds", params.period));
@@ -126,6 +143,7 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
         window,
         scratch,
         last_used_step,
+        counter,
         notes,
     })
 }
@@ -146,6 +164,17 @@ mod tests {
         assert_eq!(f.scratch[0].as_str(), "37810052");
         assert_eq!(f.last_used_step, None);
         assert_eq!(f.notes.len(), 1);
+    }
+
+    #[test]
+    fn a_counter_based_file() {
+        let f = parse_google_authenticator(
+            "4JZ5HSY5CTMVUR6GNXOGOFGYQA\n\" RATE_LIMIT 3 30\n\" WINDOW_SIZE 3\n\" HOTP_COUNTER 42\n11112222\n",
+        )
+        .unwrap();
+        assert_eq!(f.counter, Some(42));
+        assert_eq!(f.window, None);
+        assert_eq!(f.scratch.len(), 1);
     }
 
     #[test]
@@ -173,10 +202,11 @@ mod tests {
             ("not base32!\n\" TOTP_AUTH\n", "line 1"),
             ("JBSWY3DPEHPK3PXP\n\" TOTP_AUTH\n", "80 bits"),
             (
-                "4JZ5HSY5CTMVUR6GNXOGOFGYQA\n\" HOTP_COUNTER 1\n12345678\n",
-                "counter-based",
+                "4JZ5HSY5CTMVUR6GNXOGOFGYQA\n\" HOTP_COUNTER 1\n\" TOTP_AUTH\n",
+                "both",
             ),
-            ("4JZ5HSY5CTMVUR6GNXOGOFGYQA\n12345678\n", "no TOTP_AUTH"),
+            ("4JZ5HSY5CTMVUR6GNXOGOFGYQA\n\" HOTP_COUNTER x\n", "line 2"),
+            ("4JZ5HSY5CTMVUR6GNXOGOFGYQA\n12345678\n", "neither"),
             (
                 "4JZ5HSY5CTMVUR6GNXOGOFGYQA\n\" TOTP_AUTH\n1234567\n",
                 "line 3",

@@ -30,6 +30,7 @@ pub enum Operation {
     BypassRevoke,
     Authenticators,
     RemoveAuthenticator,
+    Resync,
 }
 
 impl Operation {
@@ -91,7 +92,9 @@ pub fn authorize(
     match op {
         Ping => return Decision::Allow,
         List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
-        | InviteRevoke | Bypass | BypassRevoke => return Decision::Deny("only root may do this"),
+        | InviteRevoke | Bypass | BypassRevoke | Resync => {
+            return Decision::Deny("only root may do this")
+        }
         _ => {}
     }
     if target_uid != Some(caller.uid) {
@@ -110,7 +113,7 @@ pub fn authorize(
         EmailSet | EmailRemove => Decision::AllowWithCode,
         Enroll | BackupCodes | Disable | RemoveAuthenticator => Decision::AllowWithCode,
         Ping | List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
-        | InviteRevoke | Bypass | BypassRevoke => Decision::Deny("only root may do this"),
+        | InviteRevoke | Bypass | BypassRevoke | Resync => Decision::Deny("only root may do this"),
     }
 }
 
@@ -215,6 +218,7 @@ mod tests {
             (ALICE, InviteRevoke, ALICE_UID, true, deny_root),
             (ALICE, Bypass, ALICE_UID, true, deny_root),
             (ALICE, BypassRevoke, ALICE_UID, true, deny_root),
+            (ALICE, Resync, ALICE_UID, true, deny_root),
             // authenticators
             (ALICE, Authenticators, ALICE_UID, false, Allow),
             (ALICE, Authenticators, BOB_UID, true, deny_other),

@@ -365,6 +365,7 @@ fn administration(s: &mut Script) {
             last_used_step: Some(T0 / 30),
             force: false,
             authenticator: None,
+            counter: None,
         },
         T0 + 80,
     );

@@ -43,6 +43,40 @@ impl fmt::Display for Algorithm {
     }
 }
 
+/// Whether codes follow the clock (TOTP, RFC 6238) or a counter the token advances at each
+/// code (HOTP, RFC 4226: key fobs, a YubiKey's OATH-HOTP slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OtpKind {
+    #[default]
+    Totp,
+    Hotp,
+}
+
+impl OtpKind {
+    /// The name used in otpauth URIs, seed files and the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtpKind::Totp => "totp",
+            OtpKind::Hotp => "hotp",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "totp" => Some(OtpKind::Totp),
+            "hotp" => Some(OtpKind::Hotp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OtpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 pub const MIN_DIGITS: u32 = 6;
 pub const MAX_DIGITS: u32 = 8;
 pub const DEFAULT_PERIOD: u64 = 30;
@@ -177,6 +211,29 @@ pub fn matching_steps(
     found
 }
 
+/// The first counter in `first .. first + count` whose HOTP code equals `code`. Every counter
+/// is computed and compared in constant time, whatever matches.
+pub fn matching_counter(
+    secret: &Secret,
+    params: &TotpParams,
+    code: &str,
+    first: u64,
+    count: u32,
+) -> Option<u64> {
+    let mut found = None;
+    for counter in (0..u64::from(count)).filter_map(|i| first.checked_add(i)) {
+        let candidate = format_code(
+            hotp(secret, counter, params.digits, params.algorithm),
+            params.digits,
+        );
+        let hit = bool::from(candidate.as_bytes().ct_eq(code.as_bytes()));
+        if hit && found.is_none() {
+            found = Some(counter);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +259,22 @@ mod tests {
             let value = hotp(&secret, counter, 6, Algorithm::Sha1);
             assert_eq!(format_code(value, 6), row[1], "counter {counter}");
         }
+    }
+
+    #[test]
+    fn hotp_look_ahead_finds_the_first_counter_within_the_window() {
+        let secret = Secret::from_bytes(b"12345678901234567890".to_vec());
+        let p = TotpParams::default();
+        // RFC 4226 appendix D: counter 3 is 969429, counter 7 is 162583.
+        assert_eq!(matching_counter(&secret, &p, "969429", 0, 10), Some(3));
+        assert_eq!(matching_counter(&secret, &p, "969429", 3, 1), Some(3));
+        assert_eq!(matching_counter(&secret, &p, "969429", 4, 10), None);
+        assert_eq!(matching_counter(&secret, &p, "162583", 0, 7), None);
+        assert_eq!(matching_counter(&secret, &p, "162583", 0, 8), Some(7));
+        assert_eq!(matching_counter(&secret, &p, "162583", u64::MAX, 10), None);
+        assert_eq!(OtpKind::parse("HOTP"), Some(OtpKind::Hotp));
+        assert_eq!(OtpKind::parse("totp"), Some(OtpKind::Totp));
+        assert_eq!(OtpKind::parse("motp"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! One request per connection. A frame is a u32 big-endian length followed by that many bytes
 //! of JSON. Every request and every response carries the protocol version `v`.
 
-use crate::otp::{Algorithm, TotpParams};
+use crate::otp::{Algorithm, OtpKind, TotpParams};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -203,6 +203,10 @@ pub enum RequestBody {
         /// join the backup codes) instead of replacing the enrollment.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         authenticator: Option<String>,
+        /// A counter-based (HOTP) token: the counter of the next code it will show.
+        /// `None`: time-based (TOTP).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        counter: Option<u64>,
     },
     /// Register an email address: a verification code is mailed to it.
     EmailSet {
@@ -254,6 +258,16 @@ pub enum RequestBody {
         #[serde(default)]
         uses: Option<u32>,
     },
+    /// Bring a counter-based (HOTP) token that was pressed beyond the look-ahead back in step:
+    /// two consecutive codes it shows now (root).
+    Resync {
+        user: String,
+        /// Which of the account's HOTP authenticators; `None`: whichever the codes fit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authenticator: Option<String>,
+        first: SecretText,
+        second: SecretText,
+    },
     BypassRevoke {
         user: String,
     },
@@ -303,6 +317,7 @@ impl RequestBody {
             RequestBody::InviteRevoke { .. } => "invite_revoke",
             RequestBody::Bypass { .. } => "bypass",
             RequestBody::BypassRevoke { .. } => "bypass_revoke",
+            RequestBody::Resync { .. } => "resync",
         }
     }
 }
@@ -469,6 +484,11 @@ pub struct AuthenticatorInfo {
     pub algorithm: Algorithm,
     pub digits: u32,
     pub period: u64,
+    #[serde(default)]
+    pub kind: OtpKind,
+    /// A counter-based token's next counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<u64>,
 }
 
 /// The rule for authenticator names: 1 to 32 letters, digits, `-` or `_`.

@@ -172,5 +172,8 @@ fn an_imap_login_with_password_and_code_in_one_answer() {
         log.contains("service=") && log.contains(&service),
         "twofoldd saw the PAM service: {log}"
     );
-    assert!(!log.contains(PASSWORD), "the password reached twofoldd's log");
+    assert!(
+        !log.contains(PASSWORD),
+        "the password reached twofoldd's log"
+    );
 }

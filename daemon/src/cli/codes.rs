@@ -103,3 +103,23 @@ pub(super) fn code_arg(ctx: &Ctx, code: Option<String>) -> Result<Option<SecretT
         Some(c) => read_code_arg(&c).map(Some).ok_or_else(|| ctx.fail(NO_CODE)),
     }
 }
+
+/// `twofold resync`'s two codes: as given, or two lines of standard input.
+pub(super) fn resync_codes(given: Vec<String>) -> Option<[SecretText; 2]> {
+    let lines: Vec<String> = match given.len() {
+        2 => given,
+        0 => {
+            let mut lines = Vec::new();
+            for _ in 0..2 {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).ok()?;
+                lines.push(line.trim().to_string());
+            }
+            lines
+        }
+        _ => return None,
+    };
+    let [first, second]: [String; 2] = lines.try_into().ok()?;
+    (!first.is_empty() && !second.is_empty())
+        .then(|| [SecretText::new(first), SecretText::new(second)])
+}

@@ -98,6 +98,7 @@ pub(super) fn import_google_authenticator(
         last_used_step: parsed.last_used_step,
         force,
         authenticator,
+        counter: parsed.counter,
     };
     match ctx.call(request) {
         Ok(reply @ ResponseBody::Done { .. }) => {

@@ -137,6 +137,17 @@ enum Command {
     Unlock { user: String },
     /// Check a code exactly as a login would, consuming it (root; '-' reads it from standard input).
     Verify { user: String, code: String },
+    /// Bring a counter-based (HOTP) token pressed too often without a login back in step: two
+    /// consecutive codes it shows now (root; without them, two lines are read from standard input).
+    Resync {
+        user: String,
+        /// The token's first and second code, in order.
+        #[arg(num_args = 0..=2)]
+        codes: Vec<String>,
+        /// Which of the account's HOTP authenticators (by default: whichever the codes fit).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Show the policy in force and whom each rule affects (root).
     Policy,
     /// Take over an enrollment from another tool, so that the user's phone keeps working (root).
@@ -420,6 +431,15 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             _ => false,
         }),
         Command::Unlock { user } => ctx.ask(RequestBody::Unlock { user }),
+        Command::Resync { user, codes, name } => match resync_codes(codes) {
+            Some([first, second]) => ctx.ask(RequestBody::Resync {
+                user,
+                authenticator: name,
+                first,
+                second,
+            }),
+            None => ctx.fail("give two consecutive codes of the token, as arguments or as two lines on standard input"),
+        },
         Command::Verify { user, code } => match read_code_arg(&code) {
             Some(code) => ctx.ask(RequestBody::Verify {
                 grace_secs: 0,

@@ -249,16 +249,20 @@ pub(super) fn print_authenticators(
         "AUTHENTICATOR", "ADDED", "LAST USED"
     );
     for a in authenticators {
+        let kind = match a.counter {
+            Some(next) => format!(
+                "HOTP, {}, {} digits, next counter {next}",
+                a.algorithm, a.digits
+            ),
+            None => format!("{}, {} digits, {} s", a.algorithm, a.digits, a.period),
+        };
         println!(
-            "{:<32} {:<22} {:<22} {}, {} digits, {} s",
+            "{:<32} {:<22} {:<22} {kind}",
             a.name,
             format_time(a.added_at),
             a.last_used
                 .map(format_time)
                 .unwrap_or_else(|| "never".into()),
-            a.algorithm,
-            a.digits,
-            a.period
         );
     }
 }

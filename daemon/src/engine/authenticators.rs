@@ -60,6 +60,7 @@ impl Engine {
             last_step: i64::try_from(step).unwrap_or(i64::MAX),
             last_used: None,
             window: None,
+            kind: OtpKind::Totp,
         };
         let max = self.config().max_authenticators as usize;
         let owned = name.to_string();
@@ -130,27 +131,22 @@ impl Engine {
             Ok(h) => h,
             Err(reply) => return *reply,
         };
+        let (kind, last_step) = import.kind_and_last();
         let label = import.authenticator.unwrap_or_default();
         let authenticator = Authenticator {
             label: label.clone(),
             secret,
             params: import.params,
             added_at: now,
-            last_step: import
-                .last_used_step
-                .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            last_step,
             last_used: None,
             window: import.window,
+            kind,
         };
         let mut entry = admin_entry(now, "import", name, "added", uid);
         entry.detail = Some(format!(
-            "authenticator {label}: {} {} digits {} s window {} backup codes {}",
-            authenticator.params.algorithm,
-            authenticator.params.digits,
-            authenticator.params.period,
-            authenticator
-                .window
-                .map_or("default".into(), |w| format!("±{w}")),
+            "authenticator {label}: {} backup codes {}",
+            describe(&authenticator),
             hashes.len()
         ));
         let message = format!(
@@ -188,6 +184,9 @@ impl Engine {
                         algorithm: a.params.algorithm,
                         digits: a.params.digits,
                         period: a.params.period,
+                        kind: a.kind,
+                        counter: (a.kind == OtpKind::Hotp)
+                            .then(|| u64::try_from(a.last_step.saturating_add(1)).unwrap_or(0)),
                     })
                     .collect(),
             },
@@ -255,5 +254,102 @@ impl Engine {
             },
             format!("authenticator {label} of {name} removed"),
         )
+    }
+}
+
+/// How far past a token's next counter `twofold resync` looks for its two codes.
+pub(super) const RESYNC_RANGE: u64 = 100;
+
+impl Engine {
+    /// `twofold resync`: the first counter within [`RESYNC_RANGE`] past the next one of an HOTP
+    /// authenticator (the one named, or any) that makes `codes[0]`, whose successor makes
+    /// `codes[1]`; both are spent, and the token's next code is the one after.
+    pub(super) fn resync(
+        &self,
+        name: &str,
+        label: Option<&str>,
+        codes: [&SecretText; 2],
+        uid: u32,
+        now: u64,
+    ) -> ResponseBody {
+        let user = match self.store.read(|tx| tx.user(name)) {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                return ResponseBody::NotEnrolled {
+                    required: false,
+                    reason: None,
+                }
+            }
+            Err(e) => return self.store_failed("resync", name, &e),
+        };
+        let tokens: Vec<&Authenticator> = user
+            .authenticators
+            .iter()
+            .filter(|a| a.kind == OtpKind::Hotp && label.is_none_or(|l| l == a.label))
+            .collect();
+        if tokens.is_empty() {
+            let which = label.map_or(String::new(), |l| format!(" named {l}"));
+            return error(
+                ErrorKind::BadRequest,
+                format!("{name} has no counter-based (HOTP) authenticator{which}"),
+            );
+        }
+        let found = tokens.iter().find_map(|a| {
+            let next = u64::try_from(a.last_step.saturating_add(1)).unwrap_or(0);
+            let digits = a.params.digits;
+            let [one, two] = codes.map(|c| otp::normalize_code(c.expose(), digits));
+            let (one, two) = (one?, two?);
+            let at = otp::matching_counter(
+                &a.secret,
+                &a.params,
+                &one,
+                next,
+                u32::try_from(RESYNC_RANGE).unwrap_or(u32::MAX),
+            )?;
+            let following = otp::matching_counter(&a.secret, &a.params, &two, at + 1, 1)?;
+            Some((a.label.clone(), following))
+        });
+        let Some((found_label, last)) = found else {
+            return error(
+                ErrorKind::BadRequest,
+                format!(
+                    "the two codes are not consecutive codes of {name}'s token within the next {RESYNC_RANGE}; press the button twice and give the two codes in order"
+                ),
+            );
+        };
+        let mut entry = admin_entry(now, "resync", name, "resynchronised", uid);
+        entry.detail = Some(format!(
+            "authenticator {found_label}: next counter {}",
+            last + 1
+        ));
+        let owned = name.to_string();
+        let step = i64::try_from(last).unwrap_or(i64::MAX);
+        self.apply_admin(
+            entry,
+            move |tx| tx.advance_step(&owned, &found_label, step, now).map(|_| ()),
+            format!(
+                "{name}'s token is back in step: its next code is counter {}",
+                last + 1
+            ),
+        )
+    }
+}
+
+/// An authenticator's parameters for the audit trail and the administrator (never its key).
+pub(super) fn describe(a: &Authenticator) -> String {
+    match a.kind {
+        OtpKind::Totp => format!(
+            "{} {} digits {} s window {}",
+            a.params.algorithm,
+            a.params.digits,
+            a.params.period,
+            a.window.map_or("default".into(), |w| format!("±{w}"))
+        ),
+        OtpKind::Hotp => format!(
+            "HOTP {} {} digits next counter {}",
+            a.params.algorithm,
+            a.params.digits,
+            a.last_step.saturating_add(1)
+        ),
     }
 }

@@ -14,6 +14,19 @@ pub(super) struct Imported {
     pub(super) last_used_step: Option<u64>,
     pub(super) force: bool,
     pub(super) authenticator: Option<String>,
+    pub(super) counter: Option<u64>,
+}
+
+impl Imported {
+    /// Its kind, and its high-water mark: the last counter a HOTP token used (the one before
+    /// its next), or the last time step a TOTP app's codes were used at.
+    pub(super) fn kind_and_last(&self) -> (OtpKind, i64) {
+        let last = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        match self.counter {
+            Some(next) => (OtpKind::Hotp, last(next) - 1),
+            None => (OtpKind::Totp, self.last_used_step.map_or(-1, last)),
+        }
+    }
 }
 
 /// What an enrollment may ask for: 6 or 8 digits (what apps show), a step of 15 s to 5 min.
@@ -439,29 +452,26 @@ impl Engine {
             Ok(h) => h,
             Err(reply) => return *reply,
         };
+        let (kind, last) = import.kind_and_last();
         let mut record = UserRecord::single(
             name,
             secret,
             import.params,
             now,
-            import
-                .last_used_step
-                .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            last,
             salt,
             import.window,
             account.filter(|_| self.binds_uids()),
         );
+        record.authenticators[0].kind = kind;
         if let Some(label) = import.authenticator {
             record.authenticators[0].label = label;
         }
         let mut entry = admin_entry(now, "import", name, "enrolled", uid);
         let a = &record.authenticators[0];
         entry.detail = Some(format!(
-            "{} {} digits {} s window {} backup codes {}",
-            a.params.algorithm,
-            a.params.digits,
-            a.params.period,
-            a.window.map_or("default".into(), |w| format!("±{w}")),
+            "{} backup codes {}",
+            super::authenticators::describe(a),
             hashes.len()
         ));
         let message = format!(

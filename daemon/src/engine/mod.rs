@@ -33,7 +33,7 @@ use backup_codes::*;
 use enroll::*;
 use helpdesk::*;
 use std::sync::{Arc, Mutex, RwLock};
-use twofold_shared::otp::{self, Algorithm, TotpParams};
+use twofold_shared::otp::{self, Algorithm, OtpKind, TotpParams};
 use twofold_shared::secret::{Secret, GENERATED_SECRET_BYTES};
 use twofold_shared::uri::OtpAuthUri;
 use twofold_shared::wire::{

@@ -59,6 +59,7 @@ fn route(body: &RequestBody) -> Route<'_> {
         RequestBody::InviteRevoke { user } => (Op::InviteRevoke, named(user), None),
         RequestBody::Bypass { user, .. } => (Op::Bypass, named(user), None),
         RequestBody::BypassRevoke { user } => (Op::BypassRevoke, named(user), None),
+        RequestBody::Resync { user, .. } => (Op::Resync, named(user), None),
     };
     Route {
         operation,
@@ -305,6 +306,12 @@ impl Engine {
                 self.bypass(&name, for_secs, uses, uid, now)
             }
             RequestBody::BypassRevoke { .. } => self.bypass_revoke(&name, uid, now),
+            RequestBody::Resync {
+                authenticator,
+                first,
+                second,
+                ..
+            } => self.resync(&name, authenticator.as_deref(), [&first, &second], uid, now),
             RequestBody::Verify {
                 code,
                 pam,
@@ -370,6 +377,7 @@ impl Engine {
                 last_used_step,
                 force,
                 authenticator,
+                counter,
                 ..
             } => self.import(
                 &name,
@@ -381,6 +389,7 @@ impl Engine {
                     last_used_step,
                     force,
                     authenticator,
+                    counter,
                 },
                 target_uid,
                 uid,

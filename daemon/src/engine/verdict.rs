@@ -275,12 +275,20 @@ pub(super) fn remember_in_tx(
 /// The name of the authenticator that made an accepted code.
 pub(super) type ByAuthenticator = Option<String>;
 
+/// How far from the high-water mark codes are looked for: time steps either side of now
+/// (TOTP), counters ahead of the last one accepted (HOTP).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Windows {
+    pub(super) totp: u32,
+    pub(super) hotp: u32,
+}
+
 pub(super) fn verify_totp_in_tx(
     tx: &dyn Tx,
     name: &str,
     code: &str,
     now: u64,
-    window: u32,
+    window: Windows,
     cfg: &throttle::ThrottleConfig,
     email_try: Option<&HashedTry>,
 ) -> Result<(Outcome, ByAuthenticator), StoreError> {
@@ -328,17 +336,29 @@ pub(super) fn verify_totp_in_tx(
 
 /// Checks `code` against every authenticator of `user`, all of them whatever matches (the time
 /// taken tells neither which one matched nor how many there are). `.0`: some authenticator
-/// made this code within the window; `.1`: the first one whose step is above its high-water
-/// mark, and that step.
+/// made this code within the window; `.1`: the first one whose step (or counter) is above its
+/// high-water mark, and that step (or counter).
 pub(super) fn match_authenticators<'u>(
     user: &'u UserRecord,
     code: &str,
     now: u64,
-    window: u32,
+    window: Windows,
 ) -> (bool, Option<(&'u str, u64)>) {
     let mut matched = false;
     let mut fresh = None;
     for a in &user.authenticators {
+        if a.kind == OtpKind::Hotp {
+            // The counters after the last one accepted: none of them is spent.
+            let next = u64::try_from(a.last_step.saturating_add(1)).unwrap_or(0);
+            let counter = otp::normalize_code(code, a.params.digits)
+                .and_then(|c| otp::matching_counter(&a.secret, &a.params, &c, next, window.hotp));
+            matched |= counter.is_some();
+            if let (None, Some(counter)) = (fresh, counter) {
+                fresh = Some((a.label.as_str(), counter));
+            }
+            continue;
+        }
+        let window = window.totp;
         let steps = otp::normalize_code(code, a.params.digits)
             .map(|c| {
                 otp::matching_steps(
@@ -446,7 +466,10 @@ impl Engine {
                 u.authenticators.iter().map(|a| a.params.digits).collect()
             });
         let input = classify(code, &digits);
-        let window = self.config().window;
+        let window = Windows {
+            totp: self.config().window,
+            hotp: self.config().hotp_window,
+        };
         let cfg = self.config().throttle;
         let owned = name.to_string();
         let not_totp = user
@@ -536,6 +559,9 @@ impl Engine {
     }
 
     fn warn_if_authenticator_ahead(&self, name: &str, u: &Authenticator, now: u64) {
+        if u.kind == OtpKind::Hotp {
+            return;
+        }
         let current = (now / u.params.period.max(1)) as i64;
         let window = i64::from(u.window.unwrap_or(self.config().window));
         if u.last_step > current + window && !self.clock_warned.quiet(name, now) {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use twofold_shared::otp::{Algorithm, TotpParams};
+use twofold_shared::otp::{Algorithm, OtpKind, TotpParams};
 use twofold_shared::secret::Secret;
 use twofold_shared::wire::AuditEntry;
 

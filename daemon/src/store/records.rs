@@ -81,6 +81,9 @@ pub struct Authenticator {
     pub last_used: Option<u64>,
     /// Steps accepted either side of now (imported); `None`: the configured one.
     pub window: Option<u32>,
+    /// TOTP, or HOTP: then `last_step` is the last counter accepted (-1: none yet) and the
+    /// next `hotp_window` counters after it are looked at.
+    pub kind: OtpKind,
 }
 
 impl UserRecord {
@@ -110,6 +113,7 @@ impl UserRecord {
                 last_step,
                 last_used: None,
                 window,
+                kind: OtpKind::Totp,
             }],
         }
     }
@@ -187,6 +191,11 @@ pub struct BypassRecord {
     pub created_at: u64,
     pub expires_at: u64,
     pub uses_left: u32,
+}
+
+/// An authenticator's kind as stored.
+pub(crate) fn kind_from(kind: &str) -> Result<OtpKind> {
+    OtpKind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))
 }
 
 pub(crate) fn params_from(algorithm: String, digits: i64, period: i64) -> Result<TotpParams> {

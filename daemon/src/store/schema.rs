@@ -44,6 +44,7 @@ pub const TABLES: &[Table] = &[
             ("last_step", Int),
             ("last_used", Int),
             ("window", Int),
+            ("kind", Text),
         ],
     },
     Table {

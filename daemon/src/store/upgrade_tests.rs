@@ -23,6 +23,7 @@ fn check_upgraded(store: Store) {
     assert_eq!(user.authenticators.len(), 1);
     let a = &user.authenticators[0];
     assert_eq!(a.label, DEFAULT_AUTHENTICATOR);
+    assert_eq!(a.kind, twofold_shared::otp::OtpKind::Totp);
     assert_eq!(a.secret, secret());
     assert_eq!(
         (a.last_step, a.window, a.added_at),
@@ -161,7 +162,8 @@ fn a_postgres_enrollment_of_schema_4_becomes_its_default_authenticator() {
              UPDATE twofold_schema SET version = 4;",
         )
         .unwrap();
-    assert_eq!(postgres::MIGRATIONS.len(), POSTGRES_BEFORE + 1);
+    // Schema 5 made the authenticators; 6 gave them a kind (time- or counter-based).
+    assert_eq!(postgres::MIGRATIONS.len(), POSTGRES_BEFORE + 2);
     client
         .execute(
             "INSERT INTO users (name, secret, algorithm, digits, period, enrolled_at, last_step,

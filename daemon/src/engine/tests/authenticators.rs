@@ -265,6 +265,7 @@ fn an_import_with_a_name_is_added_beside_the_others() {
         last_used_step: Some(T0 / 30),
         force,
         authenticator: label.map(Into::into),
+        counter: None,
     };
     assert!(matches!(
         e.handle(0, import(None, false), T0 + 1),

@@ -617,6 +617,7 @@ fn an_overlong_pam_item_is_refused() {
 
 mod authenticators;
 mod email;
+mod hotp;
 mod invite;
 
 /// Under its hardened unit twofoldd cannot read another process's /proc entry, so root's PAM

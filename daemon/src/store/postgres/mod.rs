@@ -27,8 +27,8 @@ use tx::*;
 use crate::backup::BackupHash;
 use crate::seal::Sealer;
 use crate::store::{
-    params_from, Authenticator, BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode,
-    PendingRecord, Result, StoreError, ThrottleRecord, Tx, UserRecord,
+    kind_from, params_from, Authenticator, BypassRecord, CodePurpose, EmailRecord, Invitation,
+    MailedCode, PendingRecord, Result, StoreError, ThrottleRecord, Tx, UserRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};

@@ -130,6 +130,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE users DROP COLUMN secret, DROP COLUMN algorithm, DROP COLUMN digits,
         DROP COLUMN period, DROP COLUMN last_step, DROP COLUMN \"window\";
     ALTER TABLE pending ADD COLUMN label TEXT NOT NULL DEFAULT 'default';",
+    // 6: counter-based (HOTP) authenticators beside time-based ones
+    "ALTER TABLE authenticators ADD COLUMN kind TEXT NOT NULL DEFAULT 'totp';",
 ];
 
 /// twofold's tables, the version table first: `fleet init` refuses a database holding any.

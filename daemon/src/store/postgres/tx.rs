@@ -48,7 +48,7 @@ impl PgTx<'_> {
         self.lock(name)?;
         self.all(
             "SELECT label, secret, algorithm, digits, period, added_at, last_step, last_used,
-                    \"window\"
+                    \"window\", kind
              FROM authenticators WHERE name = $1 ORDER BY added_at, label",
             &[&name],
         )?
@@ -62,6 +62,7 @@ impl PgTx<'_> {
                 last_step: r.get(6),
                 last_used: r.get::<_, Option<i64>>(7).map(|t| t.max(0) as u64),
                 window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
+                kind: kind_from(r.get(9))?,
             })
         })
         .collect()
@@ -394,12 +395,13 @@ impl Tx for PgTx<'_> {
         self.exec(
             Some(name),
             "INSERT INTO authenticators (name, label, secret, algorithm, digits, period, added_at,
-               last_step, last_used, \"window\")
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               last_step, last_used, \"window\", kind)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (name, label) DO UPDATE SET secret = excluded.secret,
                algorithm = excluded.algorithm, digits = excluded.digits, period = excluded.period,
                added_at = excluded.added_at, last_step = excluded.last_step,
-               last_used = excluded.last_used, \"window\" = excluded.\"window\"",
+               last_used = excluded.last_used, \"window\" = excluded.\"window\",
+               kind = excluded.kind",
             &[
                 &name,
                 &a.label,
@@ -411,6 +413,7 @@ impl Tx for PgTx<'_> {
                 &a.last_step,
                 &a.last_used.map(to_i64),
                 &a.window.map(i64::from),
+                &a.kind.name(),
             ],
         )?;
         Ok(())

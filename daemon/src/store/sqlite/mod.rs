@@ -155,6 +155,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE users DROP COLUMN last_step;
     ALTER TABLE users DROP COLUMN window;
     ALTER TABLE pending ADD COLUMN label TEXT NOT NULL DEFAULT 'default';",
+    // 11: counter-based (HOTP) authenticators beside time-based ones
+    "ALTER TABLE authenticators ADD COLUMN kind TEXT NOT NULL DEFAULT 'totp';",
 ];
 
 /// How long a write waits for a lock another process holds on the database (an administrator's

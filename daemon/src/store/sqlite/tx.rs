@@ -9,7 +9,8 @@ impl SqliteTx<'_> {
     /// The account's authenticators, in the order they were added.
     fn authenticator_rows(&self, name: &str) -> Result<Vec<Authenticator>> {
         let mut stmt = self.0.prepare_cached(
-            "SELECT label, secret, algorithm, digits, period, added_at, last_step, last_used, window
+            "SELECT label, secret, algorithm, digits, period, added_at, last_step, last_used, window,
+                    kind
              FROM authenticators WHERE name = ?1 ORDER BY added_at, label",
         )?;
         let rows = stmt
@@ -24,12 +25,13 @@ impl SqliteTx<'_> {
                     r.get::<_, i64>(6)?,
                     r.get::<_, Option<i64>>(7)?,
                     r.get::<_, Option<i64>>(8)?,
+                    r.get::<_, String>(9)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
             .map(
-                |(label, secret, alg, digits, period, added_at, last_step, used, window)| {
+                |(label, secret, alg, digits, period, added_at, last_step, used, window, kind)| {
                     Ok(Authenticator {
                         label,
                         secret: self.read_secret("users", name, secret)?,
@@ -38,6 +40,7 @@ impl SqliteTx<'_> {
                         last_step,
                         last_used: used.map(|t| t.max(0) as u64),
                         window: window.map(|w| w.clamp(0, 10) as u32),
+                        kind: kind_from(&kind)?,
                     })
                 },
             )
@@ -339,8 +342,9 @@ impl Tx for SqliteTx<'_> {
         self.0
             .prepare_cached(
                 "INSERT OR REPLACE INTO authenticators
-                 (name, label, secret, algorithm, digits, period, added_at, last_step, last_used, window)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 (name, label, secret, algorithm, digits, period, added_at, last_step, last_used, window,
+                  kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 name,
@@ -352,7 +356,8 @@ impl Tx for SqliteTx<'_> {
                 to_i64(a.added_at),
                 a.last_step,
                 a.last_used.map(to_i64),
-                a.window
+                a.window,
+                a.kind.name()
             ])?;
         Ok(())
     }
