@@ -1297,24 +1297,61 @@ fn import_keeps_step_size_and_window() {
     assert_eq!(d.cli(&["verify", "quinn", &oathtool(&secret, 0)]).code(), 1);
 }
 
+/// A counter-based file made by google-authenticator itself (`-c`) imports: its next counter
+/// (HOTP_COUNTER) is the next code oathtool --hotp makes, and its scratch codes come along.
 #[test]
-fn import_refuses_hotp_and_malformed_files_with_the_reason() {
+fn import_of_a_counter_based_google_authenticator_file() {
     let d = Daemon::start_with("");
-    let hotp = d.dir.path().join("ga-hotp");
-    google_authenticator(&hotp, &["-c", "-w", "3"], "n\n");
+    let file = d.dir.path().join("ga-hotp");
+    google_authenticator(&file, &["-c", "-w", "3"], "n\n");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let secret = text.lines().next().unwrap().to_string();
+    let next: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("\" HOTP_COUNTER "))
+        .expect("google-authenticator -c writes HOTP_COUNTER")
+        .trim()
+        .parse()
+        .unwrap();
     let r = d.cli(&[
         "import",
         "google-authenticator",
         "--user",
         "ruth",
-        path_str(&hotp),
+        path_str(&file),
     ]);
-    assert_eq!(r.code(), 2);
-    assert!(
-        r.stderr().contains("counter-based (HOTP)"),
-        "{}",
-        r.stderr()
+    assert_eq!(r.code(), 0, "{}{}", r.stdout(), r.stderr());
+    let hotp = |counter: u64| {
+        let out = Command::new("oathtool")
+            .args(["--hotp", "-b", "-c", &counter.to_string(), &secret])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(d.cli(&["verify", "ruth", &hotp(next)]).code(), 0);
+    assert_eq!(d.cli(&["verify", "ruth", &hotp(next)]).code(), 1, "spent");
+    assert_eq!(d.cli(&["verify", "ruth", &hotp(next + 3)]).code(), 0);
+    assert_eq!(d.cli(&["verify", "ruth", &hotp(next + 2)]).code(), 1);
+    let listed = d
+        .cli(&["authenticators", "--user", "ruth", "--json"])
+        .json();
+    let a = &listed["authenticators"][0];
+    assert_eq!(
+        (a["kind"].as_str(), a["counter"].as_u64()),
+        (Some("hotp"), Some(next + 4)),
+        "{listed}"
     );
+    let shown = d.cli(&["authenticators", "--user", "ruth"]).stdout();
+    assert!(
+        shown.contains(&format!("HOTP, SHA1, 6 digits, next counter {}", next + 4)),
+        "{shown}"
+    );
+    assert!(!shown.contains(&secret) && !d.log().contains(&secret));
+}
+
+#[test]
+fn import_refuses_malformed_files_with_the_reason() {
+    let d = Daemon::start_with("");
     let cases: [(&str, &[u8], &str); 5] = [
         ("empty", b"", "empty"),
         ("short-key", b"JBSWY3DPEHPK3PXP\n\" TOTP_AUTH\n", "80 bits"),
@@ -1327,7 +1364,7 @@ fn import_refuses_hotp_and_malformed_files_with_the_reason() {
         (
             "no-mode",
             b"4JZ5HSY5CTMVUR6GNXOGOFGYQA\n12345678\n",
-            "no TOTP_AUTH",
+            "neither a TOTP_AUTH nor a HOTP_COUNTER",
         ),
     ];
     for (name, content, want) in cases {
