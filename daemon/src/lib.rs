@@ -20,6 +20,7 @@ pub(crate) mod migrate;
 pub(crate) mod policy;
 pub(crate) mod qr;
 pub(crate) mod seal;
+pub(crate) mod seeds;
 pub(crate) mod server;
 pub mod startup;
 pub mod store;

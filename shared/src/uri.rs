@@ -1,5 +1,6 @@
 //! otpauth:// URIs in Google's Key Uri Format:
-//! `otpauth://totp/ISSUER:NAME?secret=BASE32&issuer=ISSUER[&algorithm=..&digits=..&period=..]`.
+//! `otpauth://totp/ISSUER:NAME?secret=BASE32&issuer=ISSUER[&algorithm=..&digits=..&period=..]`,
+//! and `otpauth://hotp/…&counter=N` for counter-based tokens.
 
 use crate::otp::{Algorithm, TotpParams};
 use crate::secret::{Secret, SecretError};
@@ -20,6 +21,8 @@ pub struct OtpAuthUri {
     pub account: String,
     pub secret: Secret,
     pub params: TotpParams,
+    /// A counter-based (HOTP) key: the counter of its next code. `None`: time-based.
+    pub counter: Option<u64>,
 }
 
 impl OtpAuthUri {
@@ -31,7 +34,15 @@ impl OtpAuthUri {
             Some(issuer) => format!("{}:{}", enc(issuer), enc(&self.account)),
             None => enc(&self.account),
         };
-        let mut uri = format!("otpauth://totp/{label}?secret={}", self.secret.to_base32());
+        let kind = if self.counter.is_some() {
+            "hotp"
+        } else {
+            "totp"
+        };
+        let mut uri = format!(
+            "otpauth://{kind}/{label}?secret={}",
+            self.secret.to_base32()
+        );
         if let Some(issuer) = &self.issuer {
             uri.push_str("&issuer=");
             uri.push_str(&enc(issuer));
@@ -44,23 +55,27 @@ impl OtpAuthUri {
         if self.params.digits != defaults.digits {
             uri.push_str(&format!("&digits={}", self.params.digits));
         }
-        if self.params.period != defaults.period {
+        if self.params.period != defaults.period && self.counter.is_none() {
             uri.push_str(&format!("&period={}", self.params.period));
+        }
+        if let Some(counter) = self.counter {
+            uri.push_str(&format!("&counter={counter}"));
         }
         uri
     }
 
-    /// Parses a URI as apps export it. HOTP URIs are refused: twofold is time-based only.
+    /// Parses a URI as apps and token vendors export it; an HOTP URI must name its counter.
     pub fn parse(text: &str) -> Result<Self, UriError> {
         let rest = text
             .strip_prefix("otpauth://")
             .ok_or(UriError::Invalid("it does not start with otpauth://"))?;
         let (kind, rest) = rest.split_once('/').ok_or(UriError::Invalid("no label"))?;
-        match kind.to_ascii_lowercase().as_str() {
-            "totp" => {}
-            "hotp" => return Err(UriError::Hotp),
+        let hotp = match kind.to_ascii_lowercase().as_str() {
+            "totp" => false,
+            "hotp" => true,
             _ => return Err(UriError::Invalid("unknown OTP type")),
-        }
+        };
+        let mut counter = None;
         let (label, query) = rest.split_once('?').unwrap_or((rest, ""));
         // "issuer:account", the colon written plain or as %3A. A plain one wins: then a colon
         // inside the issuer's own name (written %3A) cannot move the split.
@@ -103,6 +118,13 @@ impl OtpAuthUri {
                 "period" => {
                     params.period = value.parse().map_err(|_| UriError::Invalid("bad period"))?
                 }
+                "counter" => {
+                    counter = Some(
+                        value
+                            .parse()
+                            .map_err(|_| UriError::Invalid("bad counter"))?,
+                    )
+                }
                 _ => {} // apps add their own parameters (image, color, …)
             }
         }
@@ -110,6 +132,15 @@ impl OtpAuthUri {
             .validate()
             .map_err(|_| UriError::Invalid("digits or period out of range"))?;
         let secret = secret.ok_or(UriError::Invalid("no secret"))?;
+        let counter = match (hotp, counter) {
+            (true, None) => return Err(UriError::Invalid("an hotp URI without its counter")),
+            (true, c) => c,
+            (false, _) => None,
+        };
+        if hotp {
+            // A counter-based key has no period.
+            params.period = TotpParams::default().period;
+        }
         if let (Some(a), Some(b)) = (&label_issuer, &issuer_param) {
             if a != b {
                 return Err(UriError::Invalid(
@@ -122,6 +153,7 @@ impl OtpAuthUri {
             account,
             secret,
             params,
+            counter,
         })
     }
 }
@@ -141,7 +173,6 @@ fn decode(text: &str) -> Result<String, UriError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UriError {
     Invalid(&'static str),
-    Hotp,
     Secret(SecretError),
 }
 
@@ -149,7 +180,6 @@ impl fmt::Display for UriError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UriError::Invalid(why) => write!(f, "not a valid otpauth URI: {why}"),
-            UriError::Hotp => f.write_str("counter-based (HOTP) keys are not supported; use TOTP"),
             UriError::Secret(e) => write!(f, "not a valid otpauth URI: {e}"),
         }
     }
@@ -210,7 +240,24 @@ mod tests {
             account: "alice".into(),
             secret: Secret::from_bytes(b"12345678901234567890".to_vec()),
             params: TotpParams::default(),
+            counter: None,
         }
+    }
+
+    #[test]
+    fn counter_based_keys() {
+        let mut u = sample();
+        u.counter = Some(42);
+        let text = u.to_uri();
+        assert!(text.starts_with("otpauth://hotp/"), "{text}");
+        assert!(text.ends_with("&counter=42"), "{text}");
+        assert_eq!(OtpAuthUri::parse(&text), Ok(u));
+        let k = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+        assert!(OtpAuthUri::parse(&format!("otpauth://hotp/a?secret={k}")).is_err());
+        assert!(OtpAuthUri::parse(&format!("otpauth://hotp/a?secret={k}&counter=x")).is_err());
+        // A counter on a TOTP URI means nothing.
+        let t = OtpAuthUri::parse(&format!("otpauth://totp/a?secret={k}&counter=3")).unwrap();
+        assert_eq!(t.counter, None);
     }
 
     #[test]
@@ -259,10 +306,7 @@ mod tests {
     #[test]
     fn refuses_bad_uris() {
         let k = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
-        assert_eq!(
-            OtpAuthUri::parse(&format!("otpauth://hotp/a?secret={k}&counter=1")),
-            Err(UriError::Hotp)
-        );
+        assert!(OtpAuthUri::parse(&format!("otpauth://motp/a?secret={k}")).is_err());
         assert!(OtpAuthUri::parse("https://totp/a?secret=X").is_err());
         assert!(OtpAuthUri::parse("otpauth://totp/a?issuer=x").is_err());
         assert!(OtpAuthUri::parse(&format!("otpauth://totp/A:a?secret={k}&issuer=B")).is_err());

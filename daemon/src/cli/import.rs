@@ -1,4 +1,5 @@
-//! `twofold import google-authenticator`: reading the user's file safely, sending it over.
+//! `twofold import google-authenticator | otpauth | seeds`: reading the file safely, sending
+//! it over; no secret is printed.
 
 use super::*;
 
@@ -113,5 +114,145 @@ pub(super) fn import_google_authenticator(
         }
         Ok(other) => ctx.report(other),
         Err(e) => e,
+    }
+}
+
+/// Root's own input (a URI, a vendor's seed file), from a file or standard input (`-`): at most
+/// `limit` bytes, not through a symbolic link, zeroed when dropped.
+fn read_input(
+    file: Option<&std::path::Path>,
+    limit: u64,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    let shown = file.map_or("standard input".to_string(), |f| f.display().to_string());
+    match file.filter(|f| f.as_os_str() != "-") {
+        None => std::io::stdin()
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map(|_| ())
+            .map_err(|e| format!("reading standard input: {e}"))?,
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) => {
+                        format!("{shown} is a symbolic link; refusing to follow it")
+                    }
+                    _ => format!("cannot open {shown}: {e}"),
+                })?;
+            if !f.metadata().map_err(|e| format!("{shown}: {e}"))?.is_file() {
+                return Err(format!("{shown} is not a regular file"));
+            }
+            Read::by_ref(&mut f)
+                .take(limit + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("reading {shown}: {e}"))?;
+        }
+    }
+    if bytes.len() as u64 > limit {
+        return Err(format!("{shown} is larger than {limit} bytes"));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| format!("{shown} is not text"))
+}
+
+pub(super) fn import_otpauth(
+    ctx: &Ctx,
+    user: &str,
+    file: Option<PathBuf>,
+    force: bool,
+    authenticator: Option<String>,
+) -> u8 {
+    let text = match read_input(file.as_deref(), 8 * 1024) {
+        Ok(t) => t,
+        Err(e) => return ctx.fail(&e),
+    };
+    let uri = match twofold_shared::uri::OtpAuthUri::parse(text.trim()) {
+        Ok(u) => u,
+        Err(e) => return ctx.fail(&format!("not imported: {e}")),
+    };
+    ctx.ask(RequestBody::Import {
+        user: user.to_string(),
+        secret: SecretText::new(uri.secret.to_base32()),
+        params: uri.params,
+        window: None,
+        backup_codes: Vec::new(),
+        last_used_step: None,
+        force,
+        authenticator,
+        counter: uri.counter,
+    })
+}
+
+/// One import per line of the seed file; a report line for each; status 2 when any line was
+/// refused (the others are imported all the same).
+pub(super) fn import_seeds(ctx: &Ctx, file: &std::path::Path, force: bool) -> u8 {
+    let text = match read_input(Some(file), 16 * 1024 * 1024) {
+        Ok(t) => t,
+        Err(e) => return ctx.fail(&e),
+    };
+    let lines = match crate::seeds::parse(&text) {
+        Ok(l) => l,
+        Err(e) => return ctx.fail(&format!("not imported: {e}")),
+    };
+    let mut report = Vec::new();
+    for line in lines {
+        let (n, user, outcome) = match line {
+            Err((n, why)) => (n, None, Err(why)),
+            Ok(seed) => {
+                let request = RequestBody::Import {
+                    user: seed.user.clone(),
+                    secret: SecretText::new(seed.secret.to_base32()),
+                    params: seed.params,
+                    window: None,
+                    backup_codes: Vec::new(),
+                    last_used_step: None,
+                    force,
+                    authenticator: seed.name.clone(),
+                    counter: seed.counter,
+                };
+                let outcome = match ctx.call(request) {
+                    Ok(ResponseBody::Done { message }) => Ok(message),
+                    Ok(ResponseBody::Error { message, .. }) => Err(message),
+                    Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                    Err(status) => return status,
+                };
+                (seed.line, Some(seed.user), outcome)
+            }
+        };
+        report.push((n, user, outcome));
+    }
+    let refused = report.iter().filter(|(_, _, o)| o.is_err()).count();
+    if ctx.json {
+        let lines: Vec<_> = report
+            .iter()
+            .map(|(n, user, o)| match o {
+                Ok(m) => json!({ "line": n, "user": user, "imported": true, "message": m }),
+                Err(why) => json!({ "line": n, "user": user, "imported": false, "reason": why }),
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "lines": lines, "imported": report.len() - refused, "refused": refused })
+        );
+    } else {
+        for (n, user, o) in &report {
+            let who = user.as_deref().unwrap_or("-");
+            match o {
+                Ok(m) => println!("line {n}: {who}: {m}"),
+                Err(why) => eprintln!("line {n}: {who}: refused: {why}"),
+            }
+        }
+        println!("{} imported, {refused} refused", report.len() - refused);
+    }
+    if refused > 0 {
+        exit::ERROR
+    } else {
+        exit::OK
     }
 }

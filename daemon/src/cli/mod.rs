@@ -286,6 +286,29 @@ enum ImportSource {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
+    /// An otpauth:// URI (TOTP, or HOTP with its counter) from FILE, or from standard input
+    /// when FILE is '-' or left out; never from the command line.
+    Otpauth {
+        #[arg(long)]
+        user: String,
+        file: Option<PathBuf>,
+        /// Replace an existing twofold enrollment (with --name: the authenticator of that name).
+        #[arg(long)]
+        force: bool,
+        /// Add it as an authenticator of this name beside the account's others.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// A hardware-token vendor's seed file: a CSV whose header names its columns (user,
+    /// secret, and optionally type, algorithm, digits, period, counter, name); one import per
+    /// line, each in its own transaction, with a report of the lines refused and why.
+    Seeds {
+        #[arg(long)]
+        file: PathBuf,
+        /// Replace existing enrollments (or, with a name column, authenticators of that name).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 struct Ctx {
@@ -475,6 +498,13 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
             force,
             name,
         }) => import_google_authenticator(ctx, &user, file, force, name),
+        Command::Import(ImportSource::Otpauth {
+            user,
+            file,
+            force,
+            name,
+        }) => import_otpauth(ctx, &user, file, force, name),
+        Command::Import(ImportSource::Seeds { file, force }) => import_seeds(ctx, &file, force),
         Command::Invite {
             user,
             for_secs,

@@ -88,6 +88,7 @@ impl Engine {
     pub(super) fn enrollment_info(&self, name: &str, pending: &PendingRecord) -> EnrollmentInfo {
         let issuer = self.config().issuer_or_hostname();
         let uri = OtpAuthUri {
+            counter: None,
             issuer: Some(issuer.clone()),
             account: name.to_string(),
             secret: pending.secret.clone(),
