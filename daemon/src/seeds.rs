@@ -192,8 +192,12 @@ fn seed(line: usize, fields: &[&str], c: &Columns) -> Result<Seed, String> {
     })
 }
 
-/// Every line of the file: a seed, or why that line (numbered from 1, the header's) is refused.
-pub fn parse(text: &str) -> Result<Vec<Result<Seed, (usize, String)>>, String> {
+/// A line of a seed file: its seed, or its number (counted from 1, the header's) and why it is
+/// refused.
+pub type Line = Result<Seed, (usize, String)>;
+
+/// Every line of the file after the header.
+pub fn parse(text: &str) -> Result<Vec<Line>, String> {
     let mut lines = text
         .lines()
         .enumerate()
