@@ -876,3 +876,48 @@ fn authenticators_and_their_marks_are_shared_by_the_fleet() {
         );
     }
 }
+
+/// A counter-based (HOTP) token on the shared store: imported on one host, its code accepted
+/// once over both (100 submissions split between them), resynchronised on the other.
+#[test]
+fn a_counter_based_token_is_spent_once_fleet_wide() {
+    let Some(pg) = Postgres::start("a_counter_based_token_is_spent_once_fleet_wide") else {
+        return;
+    };
+    let (a, b) = two_hosts(&pg.socket_url(), "");
+    // RFC 4226's test key in base32; codes from oathtool --hotp.
+    let key = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    let hotp = |counter: u64| {
+        let out = std::process::Command::new("oathtool")
+            .args(["--hotp", "-b", "-c", &counter.to_string(), key])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let uri = format!("otpauth://hotp/fleet:tf-fob?secret={key}&counter=4\n");
+    let imported = a.cli_as(None, &["import", "otpauth", "--user", "tf-fob"], Some(&uri));
+    assert_eq!(code_of(&imported), 0, "{}", imported.stderr());
+    let code = hotp(4);
+    let accepted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..100)
+            .map(|i| {
+                let host = if i % 2 == 0 { &a } else { &b };
+                let code = code.clone();
+                s.spawn(move || code_of(&host.cli(&["verify", "tf-fob", &code])))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .inspect(|c| assert!(matches!(c, 0 | 1 | 3), "exit {c}"))
+            .filter(|c| *c == 0)
+            .count()
+    });
+    assert_eq!(accepted, 1, "one HOTP code accepted {accepted} times");
+    assert_eq!(code_of(&a.cli(&["unlock", "tf-fob"])), 0);
+    let resync = b.cli(&["resync", "tf-fob", &hotp(60), &hotp(61)]);
+    assert_eq!(code_of(&resync), 0, "{}", resync.stderr());
+    assert_eq!(code_of(&a.cli(&["verify", "tf-fob", &hotp(61)])), 1);
+    assert_eq!(code_of(&a.cli(&["verify", "tf-fob", &hotp(62)])), 0);
+    assert_eq!(code_of(&b.cli(&["verify", "tf-fob", &hotp(62)])), 1);
+}
