@@ -79,10 +79,11 @@ fn header(line: &str) -> Result<Columns, String> {
                 c.secret = Some((i, Some(encoding)));
                 continue;
             }
-            other => {
+            // Not echoed: a file without its header row has a key where a name should be.
+            _ => {
                 return Err(format!(
-                    "line 1: unknown column {:?} (known: user, secret, secret_hex, secret_base32, type, algorithm, digits, period, counter, name)",
-                    other.chars().take(32).collect::<String>()
+                    "line 1: column {} is none of user, secret, secret_hex, secret_base32, type, algorithm, digits, period, counter, name (the first line must name the columns)",
+                    i + 1
                 ))
             }
         };
@@ -259,7 +260,14 @@ mod tests {
     #[test]
     fn refusals_name_the_line_and_never_the_secret() {
         assert!(parse("").is_err());
-        assert!(parse("user,key\n").unwrap_err().contains("unknown column"));
+        assert!(parse("user,key\n")
+            .unwrap_err()
+            .contains("column 2 is none of"));
+        let headless = parse(&format!("alice,{HEX}\n")).unwrap_err();
+        assert!(
+            !headless.contains("alice") && !headless.contains("3132"),
+            "{headless}"
+        );
         assert!(parse("user\n").unwrap_err().contains("user and secret"));
         assert!(parse("user,secret,secret_hex\n")
             .unwrap_err()

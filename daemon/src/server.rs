@@ -10,11 +10,42 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twofold_shared::client::DeadlineStream;
 use twofold_shared::wire::{self, ErrorKind, FrameError, Response, ResponseBody, PROTOCOL_VERSION};
+
+/// The listening socket handed over by systemd (`twofoldd.socket`: `LISTEN_PID` is this
+/// process, `LISTEN_FDS` is 1), checked to be a listening Unix stream socket; `None` when
+/// started without one. Connections queued in it survive a restart of the daemon.
+pub fn inherited() -> io::Result<Option<UnixListener>> {
+    let ours = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    if !ours || std::env::var_os("LISTEN_FDS").is_none() {
+        return Ok(None);
+    }
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() != 1 {
+        return Err(io::Error::other(format!(
+            "systemd passed {} sockets; twofoldd takes exactly one",
+            fds.len()
+        )));
+    }
+    let Some(listener) = fds.take_unix_listener(0)? else {
+        return Ok(None);
+    };
+    let listening =
+        getsockopt(&listener, nix::sys::socket::sockopt::AcceptConn).map_err(io::Error::from)?;
+    if !listening {
+        return Err(io::Error::other(
+            "the socket systemd passed is not listening",
+        ));
+    }
+    // A previous instance drained it without blocking; this one waits in accept.
+    listener.set_nonblocking(false)?;
+    Ok(Some(listener))
+}
 
 /// Binds the socket: creates its directory if needed, replaces a stale socket (one nobody
 /// answers on), refuses to replace a live one or anything that is not a socket, and makes
@@ -167,6 +198,8 @@ struct Pool {
     log: Arc<Logger>,
     daemon_uid: u32,
     timeout: Duration,
+    /// SIGTERM came: answer what was accepted, then leave.
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -203,6 +236,11 @@ impl Pool {
     fn work(self: Arc<Self>, permanent: bool) {
         let _guard = WorkerGuard(self.clone());
         loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                self.drain();
+                self.lock().workers -= 1;
+                return;
+            }
             self.lock().idle += 1;
             let accepted = self.listener.accept();
             let grow = {
@@ -232,6 +270,8 @@ impl Pool {
                         self.log.error("a request panicked; it was refused");
                     }
                 }
+                // Stopping, and the socket was shut down to wake this worker.
+                Err(_) if self.stopping.load(Ordering::SeqCst) => {}
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     self.log.error(&format!("accept failed: {e}"));
@@ -245,6 +285,52 @@ impl Pool {
                     return;
                 }
             }
+        }
+    }
+
+    /// Stopping: serves every connection already queued, without waiting for more.
+    fn drain(&self) {
+        if self.listener.set_nonblocking(true).is_err() {
+            return;
+        }
+        while let Ok((stream, _)) = self.listener.accept() {
+            // Accepted sockets inherit nothing from the listener on Linux, but be sure.
+            let _ = stream.set_nonblocking(false);
+            let _ =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_one(stream)));
+        }
+    }
+
+    /// SIGTERM: no worker waits for new connections any more. A socket file of our own
+    /// (`remove`) is first renamed away, so that no client connects from then on, and every
+    /// one connected before is served; systemd's stays, with whatever queues in it for the
+    /// next start. Workers blocked in `accept` are woken by connections of our own (closed at
+    /// once: they send nothing and are not answered) until every worker has served what was
+    /// queued and left. When that name no longer reaches this socket (removed, or another
+    /// server's now), the workers are woken by shutting the socket down instead: nobody can
+    /// connect to it any more anyway.
+    fn stop(&self, socket: &Path, remove: bool) {
+        let mut poke = socket.to_path_buf();
+        if remove {
+            let mut name = socket.as_os_str().to_owned();
+            name.push(".stopping");
+            if std::fs::rename(socket, &name).is_ok() {
+                poke = PathBuf::from(name);
+            }
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.lock().workers > 0 {
+            let reached = UnixStream::connect(&poke).is_ok();
+            if !reached || Instant::now() > deadline {
+                use std::os::fd::AsRawFd;
+                let fd = self.listener.as_raw_fd();
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if remove {
+            let _ = std::fs::remove_file(&poke);
         }
     }
 
@@ -276,8 +362,22 @@ impl Drop for WorkerGuard {
     }
 }
 
-/// Serves forever.
-pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> io::Result<()> {
+/// Where the server listens, and whether the socket file is its own (bound by it, removed
+/// when it stops) or systemd's (kept, with the connections queued in it, for the next start).
+pub struct Listening {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    pub inherited: bool,
+}
+
+/// Serves until SIGTERM (or SIGINT): then answers everything already accepted or queued and
+/// returns.
+pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io::Result<()> {
+    let Listening {
+        listener,
+        path,
+        inherited,
+    } = listening;
     let slots = Arc::new(Slots {
         max: engine.config().max_connections,
         state: Mutex::default(),
@@ -291,12 +391,30 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, log: Arc<Logger>) -> i
         listener,
         slots,
         engine,
-        log,
+        log: log.clone(),
         daemon_uid: nix::unistd::geteuid().as_raw(),
         timeout,
+        stopping: AtomicBool::new(false),
     });
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let stopper = pool.clone();
+    let stop_log = log.clone();
+    let stopped = std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                stop_log.info("stopping: answering the requests already accepted");
+                stopper.stop(&path, !inherited);
+            }
+        })?;
+    // The permanent worker leaves only once stopping; the stopper returns when all have.
     pool.work(true);
-    Ok(())
+    stopped
+        .join()
+        .map_err(|_| io::Error::other("the stopping thread panicked"))
 }
 
 fn handle(stream: UnixStream, uid: u32, pid: i32, engine: &Engine, timeout: Duration) {

@@ -9,7 +9,6 @@ use crate::seal::{self, Sealer};
 use crate::store::Store;
 use crate::{clock, files, server, users};
 use std::fmt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -88,23 +87,53 @@ fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
     // Everything twofoldd creates (database, WAL, journal) is private to it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let store = open_store(&config, log)?;
-    let listener = server::bind(&config.socket).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         StartError::Refused(format!("cannot listen on {}: {e}", config.socket.display()))
-    })?;
+    };
+    let listening = match server::inherited().map_err(cannot)? {
+        Some(listener) => server::Listening {
+            listener,
+            path: config.socket.clone(),
+            inherited: true,
+        },
+        None => server::Listening {
+            listener: server::bind(&config.socket).map_err(cannot)?,
+            path: config.socket.clone(),
+            inherited: false,
+        },
+    };
     log.info(&format!(
-        "listening on {} database={} enabled={} unenrolled={}",
+        "listening on {}{} database={} enabled={} unenrolled={}",
         config.socket.display(),
+        if listening.inherited {
+            " (from systemd)"
+        } else {
+            ""
+        },
         config.database.display(),
         config.enabled,
         config.unenrolled.name()
     ));
+    let database = (config.store != StoreKind::Postgres).then(|| config.database.clone());
     serve(
         Engine::new(store, config, log.clone()),
-        listener,
+        listening,
         path,
         explicit,
         log,
-    )
+    )?;
+    if let Some(db) = database {
+        // Every answer is out and the write-ahead log is folded back into the database.
+        match rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
+        {
+            Ok(()) => log.info("stopped: every request answered, database checkpointed"),
+            Err(e) => log.warn(&format!("stopped; the database checkpoint failed: {e}")),
+        }
+    } else {
+        log.info("stopped: every request answered");
+    }
+    Ok(())
 }
 
 /// The store the configuration names, with the seal key(s), after the local files' checks.
@@ -163,7 +192,7 @@ fn seal_keys(config: &Config) -> Result<Vec<Sealer>, StartError> {
 /// The engine's helpers, then the server until it stops.
 fn serve(
     engine: Engine,
-    listener: UnixListener,
+    listening: server::Listening,
     path: PathBuf,
     explicit: bool,
     log: &Arc<Logger>,
@@ -189,7 +218,7 @@ fn serve(
         .map_err(|e| StartError::Refused(format!("cannot start housekeeping: {e}")))?;
     reload_on_sighup(engine.clone(), path, explicit)
         .map_err(|e| StartError::Refused(format!("cannot handle SIGHUP: {e}")))?;
-    server::serve(listener, engine, log.clone())
+    server::serve(listening, engine, log.clone())
         .map_err(|e| StartError::Refused(format!("server stopped: {e}")))
 }
 

@@ -11,23 +11,28 @@ use twofold_shared::wire::{RequestBody, ResponseBody, SecretText};
 /// The length of a mailed code (`email_auto`).
 const MAILED_DIGITS: usize = 6;
 
-/// Whether `word` is shaped like a code that is not a TOTP code of `digits` digits: a backup
-/// code (16 letters and digits, hyphens allowed), an imported 8-digit scratch code, a 20-digit
-/// helpdesk code. Only the shape: the daemon decides.
-fn other_code_shaped(word: &str, digits: usize) -> bool {
-    let bare: String = word.chars().filter(|&c| c != '-').collect();
-    let all_digits = !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit());
-    let backup = bare.len() == 16 && bare.bytes().all(|b| b.is_ascii_alphanumeric());
-    let numbered = all_digits && matches!(bare.len(), 8 | 20);
-    (backup || numbered) && !(all_digits && bare.len() == digits)
+/// Whether `word` is written as a code in groups of four letters or digits joined by hyphens,
+/// as backup codes (`abcd-efgh-ijkl-mnop`), scratch codes (`1234-5678`) and helpdesk codes
+/// are shown. A password's last word with a TOTP code typed after it never has that shape
+/// (its last group is longer), so the two cannot be confused. Only the shape: the daemon
+/// decides.
+fn grouped_code(word: &str) -> bool {
+    let mut groups = 0;
+    for group in word.split('-') {
+        if group.len() != 4 || !group.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return false;
+        }
+        groups += 1;
+    }
+    groups >= 2
 }
 
-/// Splits one answer into password and code: a backup, scratch or helpdesk code after the last
-/// space, or else the last `digits` characters when they are digits. An answer with neither
-/// has an empty code (which the daemon counts as a wrong one).
+/// Splits one answer into password and code: a code in hyphenated groups after the last space
+/// (a backup, scratch or helpdesk code), or else the last `digits` characters when they are
+/// digits. An answer with neither has an empty code (which the daemon counts as a wrong one).
 pub fn split(answer: &str, digits: usize) -> (SecretText, SecretText) {
     if let Some((password, last)) = answer.rsplit_once(' ') {
-        if other_code_shaped(last, digits) {
+        if grouped_code(last) {
             return (SecretText::new(password), SecretText::new(last));
         }
     }
@@ -180,23 +185,34 @@ mod tests {
         // A password of digits, and spaces inside the password.
         assert_eq!(parts("123456789012", 6), pc("123456", "789012"));
         assert_eq!(parts("my pass 492039", 6), pc("my pass ", "492039"));
-        // A backup code after a space, with or without its hyphens; a scratch code; a
-        // helpdesk code.
+        // A backup code after a space, in its groups; a scratch code; a helpdesk code.
         assert_eq!(
             parts("my pass abcd-efgh-ijkl-mnop", 6),
             pc("my pass", "abcd-efgh-ijkl-mnop")
         );
-        assert_eq!(
-            parts("pw abcdefghijklmnop", 6),
-            pc("pw", "abcdefghijklmnop")
-        );
-        assert_eq!(parts("pw 11112222", 6), pc("pw", "11112222"));
+        assert_eq!(parts("pw 1111-2222", 6), pc("pw", "1111-2222"));
         assert_eq!(
             parts("pw 1234-5678-9012-3456-7890", 6),
             pc("pw", "1234-5678-9012-3456-7890")
         );
-        // Eight digits for an account of 8-digit codes are its TOTP code, space and all.
+        // Passwords whose last word ends in digits or looks like a code without its
+        // hyphens: the TOTP code is still the last digits (found by review).
+        assert_eq!(parts("Winter 24492039", 6), pc("Winter 24", "492039"));
+        assert_eq!(
+            parts("let me in please1234492039", 6),
+            pc("let me in please1234", "492039")
+        );
+        assert_eq!(
+            parts("pw ab-cd-ef-gh-ij492039", 6),
+            pc("pw ab-cd-ef-gh-ij", "492039")
+        );
+        assert_eq!(
+            parts("pw abcdefghijklmnop", 6),
+            pc("pw abcdefghijklmnop", "")
+        );
+        assert_eq!(parts("pw 11112222", 6), pc("pw 11", "112222"));
         assert_eq!(parts("pw 11112222", 8), pc("pw ", "11112222"));
+        assert_eq!(parts("pw abcd-efgh-", 6), pc("pw abcd-efgh-", ""));
         // No code: all of it is the password, the code is empty.
         assert_eq!(parts("hunter2", 6), pc("hunter2", ""));
         assert_eq!(parts("", 6), pc("", ""));

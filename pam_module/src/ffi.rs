@@ -175,8 +175,12 @@ impl Pam for Handle<'_> {
         if password.expose().contains('\0') {
             return false;
         }
-        // Zeroed when dropped, like every other copy of the password here.
-        let terminated = SecretText::new(format!("{}\0", password.expose()));
+        // Zeroed when dropped, like every other copy of the password here; made at its final
+        // size, so that no grown-out-of buffer is left behind.
+        let mut text = String::with_capacity(password.expose().len() + 1);
+        text.push_str(password.expose());
+        text.push('\0');
+        let terminated = SecretText::new(text);
         // SAFETY: the handle is live for the call; the item is a NUL-terminated string that
         // outlives the call, and libpam copies it.
         let rc = unsafe {

@@ -125,7 +125,11 @@ fn read_input(
 ) -> Result<zeroize::Zeroizing<String>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    // At its final size from the start: a buffer grown by reallocation would leave copies of
+    // the keys behind, unzeroed.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(limit + 1).unwrap_or(usize::MAX),
+    ));
     let shown = file.map_or("standard input".to_string(), |f| f.display().to_string());
     match file.filter(|f| f.as_os_str() != "-") {
         None => std::io::stdin()
@@ -156,9 +160,13 @@ fn read_input(
     if bytes.len() as u64 > limit {
         return Err(format!("{shown} is larger than {limit} bytes"));
     }
-    String::from_utf8(bytes.to_vec())
-        .map(zeroize::Zeroizing::new)
-        .map_err(|_| format!("{shown} is not text"))
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(zeroize::Zeroizing::new(text)),
+        Err(e) => {
+            drop(zeroize::Zeroizing::new(e.into_bytes()));
+            Err(format!("{shown} is not text"))
+        }
+    }
 }
 
 pub(super) fn import_otpauth(
@@ -220,8 +228,19 @@ pub(super) fn import_seeds(ctx: &Ctx, file: &std::path::Path, force: bool) -> u8
                     Ok(ResponseBody::Done { message }) => Ok(message),
                     Ok(ResponseBody::Error { message, .. }) => Err(message),
                     Ok(other) => Err(format!("unexpected answer: {other:?}")),
-                    Err(status) => return status,
+                    // The report still says which lines were imported before.
+                    Err(_) => Err(
+                        "twofoldd could not be asked; this line and the rest were not imported"
+                            .into(),
+                    ),
                 };
+                let unreachable = outcome
+                    .as_ref()
+                    .is_err_and(|w| w.starts_with("twofoldd could not"));
+                if unreachable {
+                    report.push((seed.line, Some(seed.user), outcome));
+                    break;
+                }
                 (seed.line, Some(seed.user), outcome)
             }
         };

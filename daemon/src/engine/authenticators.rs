@@ -257,11 +257,12 @@ impl Engine {
     }
 }
 
-/// How far past a token's next counter `twofold resync` looks for its two codes.
+/// How far beyond a token's look-ahead (`hotp_window`) `twofold resync` looks for its two
+/// codes.
 pub(super) const RESYNC_RANGE: u64 = 100;
 
 impl Engine {
-    /// `twofold resync`: the first counter within [`RESYNC_RANGE`] past the next one of an HOTP
+    /// `twofold resync`: the first counter within [`RESYNC_RANGE`] beyond the look-ahead of an HOTP
     /// authenticator (the one named, or any) that makes `codes[0]`, whose successor makes
     /// `codes[1]`; both are spent, and the token's next code is the one after.
     pub(super) fn resync(
@@ -294,18 +295,15 @@ impl Engine {
                 format!("{name} has no counter-based (HOTP) authenticator{which}"),
             );
         }
+        let range = u32::try_from(RESYNC_RANGE)
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.config().hotp_window);
         let found = tokens.iter().find_map(|a| {
             let next = u64::try_from(a.last_step.saturating_add(1)).unwrap_or(0);
             let digits = a.params.digits;
             let [one, two] = codes.map(|c| otp::normalize_code(c.expose(), digits));
             let (one, two) = (one?, two?);
-            let at = otp::matching_counter(
-                &a.secret,
-                &a.params,
-                &one,
-                next,
-                u32::try_from(RESYNC_RANGE).unwrap_or(u32::MAX),
-            )?;
+            let at = otp::matching_counter(&a.secret, &a.params, &one, next, range)?;
             let following = otp::matching_counter(&a.secret, &a.params, &two, at + 1, 1)?;
             Some((a.label.clone(), following))
         });

@@ -411,10 +411,27 @@ impl Engine {
         {
             return error(ErrorKind::BadRequest, why);
         }
+        if import.counter.is_some_and(|c| c >= i64::MAX as u64) {
+            return error(ErrorKind::BadRequest, "the counter is out of range");
+        }
         let existing = match self.store.read(|tx| tx.user(name)) {
             Ok(u) => u,
             Err(e) => return self.store_failed("import", name, &e),
         };
+        let mut import = import;
+        // The same key imported again (a seed file run twice, with --force) keeps its
+        // high-water mark: codes already accepted stay spent.
+        let spent = existing.as_ref().and_then(|u| {
+            u.authenticators
+                .iter()
+                .filter(|a| a.secret == secret)
+                .map(|a| a.last_step)
+                .max()
+        });
+        if let Some(spent) = spent.and_then(|s| u64::try_from(s).ok()) {
+            import.counter = import.counter.map(|c| c.max(spent.saturating_add(1)));
+            import.last_used_step = Some(import.last_used_step.map_or(spent, |s| s.max(spent)));
+        }
         match (&existing, &import.authenticator) {
             (Some(user), Some(label)) => {
                 if let Some(refusal) = self.may_add(name, Some(user), label, import.force) {

@@ -13,6 +13,16 @@ const CODES: [&str; 10] = [
 ];
 
 fn import_hotp(e: &Engine, name: &str, counter: u64, label: Option<&str>) -> ResponseBody {
+    import_hotp_forced(e, name, counter, label, false)
+}
+
+fn import_hotp_forced(
+    e: &Engine,
+    name: &str,
+    counter: u64,
+    label: Option<&str>,
+    force: bool,
+) -> ResponseBody {
     e.handle(
         0,
         RequestBody::Import {
@@ -22,7 +32,7 @@ fn import_hotp(e: &Engine, name: &str, counter: u64, label: Option<&str>) -> Res
             window: None,
             backup_codes: vec![],
             last_used_step: None,
-            force: false,
+            force,
             authenticator: label.map(Into::into),
             counter: Some(counter),
         },
@@ -179,4 +189,24 @@ fn only_root_resyncs() {
     );
     assert!(matches!(r, ResponseBody::Error { .. }), "{r:?}");
     assert_eq!(next_counter(&e, "daemon"), Some(0));
+}
+
+/// A seed file run again with --force (the same key): the codes already accepted stay spent.
+#[test]
+fn importing_the_same_key_again_does_not_rewind_its_counter() {
+    let (e, _dir) = engine("");
+    import_hotp(&e, "again", 0, None);
+    assert!(accepted(&verify(&e, "again", CODES[3], T0)));
+    assert!(matches!(
+        import_hotp_forced(&e, "again", 0, None, true),
+        ResponseBody::Done { .. }
+    ));
+    assert_eq!(next_counter(&e, "again"), Some(4));
+    assert!(!accepted(&verify(&e, "again", CODES[3], T0)));
+    assert!(accepted(&verify(&e, "again", CODES[4], T0)));
+    // A counter no store can hold is refused.
+    assert!(matches!(
+        import_hotp_forced(&e, "again", u64::MAX, None, true),
+        ResponseBody::Error { .. }
+    ));
 }
