@@ -11,7 +11,7 @@ pub(super) fn read_google_authenticator(
     file: Option<PathBuf>,
 ) -> Result<String, String> {
     use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     let account = nix::unistd::User::from_name(user).ok().flatten();
     let path = match (file, &account) {
         (Some(f), _) => f,
@@ -23,18 +23,7 @@ pub(super) fn read_google_authenticator(
         }
     };
     let shown = path.display().to_string();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => format!("{shown} is a symbolic link; refusing to follow it"),
-            _ => format!("cannot open {shown}: {e}"),
-        })?;
-    let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{shown} is not a regular file"));
-    }
+    let (mut f, meta) = open_regular(&path)?;
     // A second name for the file (where fs.protected_hardlinks is off, any user can link
     // root's files) would make root read what the user points at.
     if meta.nlink() != 1 {
@@ -117,6 +106,26 @@ pub(super) fn import_google_authenticator(
     }
 }
 
+/// Opens `path` for reading, never through a symbolic link (nor blocking on a FIFO), and only
+/// if it is a regular file; errors name the path.
+fn open_regular(path: &std::path::Path) -> Result<(std::fs::File, std::fs::Metadata), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("{shown} is a symbolic link; refusing to follow it"),
+            _ => format!("cannot open {shown}: {e}"),
+        })?;
+    let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    Ok((f, meta))
+}
+
 /// Root's own input (a URI, a vendor's seed file), from a file or standard input (`-`): at most
 /// `limit` bytes, not through a symbolic link, zeroed when dropped.
 fn read_input(
@@ -124,7 +133,6 @@ fn read_input(
     limit: u64,
 ) -> Result<zeroize::Zeroizing<String>, String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     // At its final size from the start: a buffer grown by reallocation would leave copies of
     // the keys behind, unzeroed.
     let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
@@ -138,19 +146,7 @@ fn read_input(
             .map(|_| ())
             .map_err(|e| format!("reading standard input: {e}"))?,
         Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => {
-                        format!("{shown} is a symbolic link; refusing to follow it")
-                    }
-                    _ => format!("cannot open {shown}: {e}"),
-                })?;
-            if !f.metadata().map_err(|e| format!("{shown}: {e}"))?.is_file() {
-                return Err(format!("{shown} is not a regular file"));
-            }
+            let (mut f, _) = open_regular(path)?;
             Read::by_ref(&mut f)
                 .take(limit + 1)
                 .read_to_end(&mut bytes)
