@@ -28,7 +28,17 @@ say "Installing the packages the demo needs"
 "$repo/scripts/deps.sh"
 
 say "Building twofoldd, twofold and pam_twofold.so (release)"
-(cd "$repo" && cargo build --release --quiet -p twofold-daemon -p pam_twofold)
+# A first build compiles about 200 crates: a few minutes on two cores. Cargo shows its progress
+# bar on a terminal; elsewhere (CI, a pipe) one line per crate, counted here.
+if [ -t 2 ]; then
+  (cd "$repo" && cargo build --release -p twofold-daemon -p pam_twofold)
+else
+  if ! (cd "$repo" && cargo build --release -p twofold-daemon -p pam_twofold 2>&1) \
+    | awk '/^ *Compiling /{ n++; printf "   [%d] %s\n", n, $0; fflush(); next } { print; fflush() }'; then
+    echo "demo.sh: the build failed" >&2
+    exit 1
+  fi
+fi
 bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 module="$bin/libpam_twofold.so"
 [ -f "$module" ] || { echo "demo.sh: $module was not built" >&2; exit 1; }

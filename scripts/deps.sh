@@ -20,6 +20,7 @@ packages=(
   util-linux passwd procps     # setpriv, useradd, pkill for the tests
   debhelper dpkg-dev lintian   # building and checking the Debian package (package-test.sh)
   systemd man-db               # systemd-analyze on its unit; man -l on its manual pages
+  prometheus                   # promtool check metrics on twofold metrics (tests/tests/metrics.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod pam;
+mod rate;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -265,7 +266,10 @@ fn nix_uid() -> u32 {
 /// Up to `logins` (user, code) pairs from a users file (`NAME BASE32` lines): each user's
 /// codes for steps T-1, T and T+1, in rounds, so every one is valid and unused. All codes are
 /// computed before the clock starts, inside one step.
-fn prepared_logins(users_file: &Path, logins: usize) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn prepared_logins(
+    users_file: &Path,
+    logins: usize,
+) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(users_file)
         .map_err(|e| format!("{}: {e}", users_file.display()))?;
     let users: Vec<(String, Secret)> = text
@@ -453,6 +457,8 @@ fn usage() -> ExitCode {
     eprintln!("                     (under pam_wrapper; the flood sends wrong codes for one user)");
     eprintln!("       twofold-bench pam-side-by-side USERS_FILE LOGINS BASELINE SERVICE...");
     eprintln!("                     (one login at a time, each login on every service in turn)");
+    eprintln!("       twofold-bench pam-rate SERVICE USERS_FILE RATE SECONDS [AT COMMAND]...");
+    eprintln!("                     (logins at RATE/s; each COMMAND run by sh -c at AT seconds)");
     eprintln!(
         "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE [AUTHENTICATORS]   (enrolled, no backup codes)"
     );
@@ -501,6 +507,17 @@ fn main() -> ExitCode {
             Ok(n) => pam_interleaved(&args[4..], Path::new(&args[2]), n),
             Err(_) => return usage(),
         },
+        Some("pam-rate") if args.len() >= 6 => {
+            match (
+                args[4].parse::<f64>(),
+                args[5].parse::<f64>(),
+                rate::events(&args[6..]),
+            ) {
+                (Ok(r), Ok(s), Ok(ev)) => rate::run(&args[2], Path::new(&args[3]), r, s, ev),
+                (_, _, Err(e)) => Err(e),
+                _ => return usage(),
+            }
+        }
         _ => return usage(),
     };
     match result {

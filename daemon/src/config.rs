@@ -106,6 +106,9 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// A root-owned file (not readable by others) holding the PostgreSQL password.
     pub postgres_password_file: Option<PathBuf>,
+    /// Where twofoldd writes its metrics every 15 s for node_exporter's textfile collector
+    /// (a `.prom` file in its directory). Unset: not written (`twofold metrics` still prints them).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -138,6 +141,7 @@ impl Default for Config {
             store: StoreKind::Sqlite,
             postgres_url: None,
             postgres_password_file: None,
+            metrics_textfile: None,
         }
     }
 }
@@ -244,6 +248,18 @@ impl Config {
                 "pending_ttl = {} is out of range (60 to 86400 s)",
                 self.pending_ttl
             ));
+        }
+        if let Some(p) = &self.metrics_textfile {
+            let named = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".prom"));
+            if !p.is_absolute() || !named {
+                return fail(format!(
+                    "metrics_textfile = {:?} must be an absolute path ending in .prom (node_exporter reads no other)",
+                    p.display().to_string()
+                ));
+            }
         }
         if !(1..=3650).contains(&self.audit_days) {
             return fail(format!(

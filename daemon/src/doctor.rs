@@ -413,6 +413,44 @@ pub fn check_clock(synchronized: Option<&str>) -> Finding {
     }
 }
 
+/// Where accounts come from (the `passwd:` line of /etc/nsswitch.conf): twofoldd resolves
+/// every login's name through the same sources, so directory users (sss, ldap, winbind) are
+/// asked for codes like local ones, under their canonical names.
+pub fn check_nss(nsswitch: Option<&str>) -> Finding {
+    let sources = nsswitch.and_then(|text| {
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or_default().trim())
+            .find_map(|l| l.strip_prefix("passwd:"))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter(|w| !w.starts_with('['))
+                    .collect::<Vec<_>>()
+            })
+    });
+    match sources {
+        Some(s) if !s.is_empty() => {
+            let directory: Vec<&str> = s
+                .iter()
+                .copied()
+                .filter(|w| matches!(*w, "sss" | "ldap" | "winbind" | "nis" | "extrausers"))
+                .collect();
+            let mut message = format!("accounts come from: {}", s.join(", "));
+            if !directory.is_empty() {
+                message.push_str(&format!(
+                    " ({} users are resolved like local ones, by canonical name and uid; only /etc/passwd accounts are listed below)",
+                    directory.join(", ")
+                ));
+            }
+            ok("nss", message)
+        }
+        _ => warn(
+            "nss",
+            "/etc/nsswitch.conf has no passwd line (or cannot be read): only /etc/passwd is used",
+            "add 'passwd: files' (and your directory's source, e.g. sss) to /etc/nsswitch.conf",
+        ),
+    }
+}
+
 /// `accounts`: local login accounts; `enrolled`: names with an active enrollment.
 pub fn check_users(
     accounts: &[String],
@@ -705,6 +743,24 @@ mod tests {
         assert!(check_users(&accounts, &all, 0, Unenrolled::Allow)
             .iter()
             .all(|f| f.level == Level::Ok));
+    }
+
+    #[test]
+    fn name_service_sources() {
+        let f = check_nss(Some(
+            "# comment\npasswd:         files systemd sss\ngroup: files\n",
+        ));
+        assert_eq!(f.level, Level::Ok);
+        assert!(
+            f.message
+                .starts_with("accounts come from: files, systemd, sss (sss users"),
+            "{}",
+            f.message
+        );
+        let local = check_nss(Some("passwd: files [SUCCESS=merge] systemd\n"));
+        assert_eq!(local.message, "accounts come from: files, systemd");
+        assert_eq!(check_nss(Some("group: files\n")).level, Level::Warn);
+        assert_eq!(check_nss(None).level, Level::Warn);
     }
 
     #[test]

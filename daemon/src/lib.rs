@@ -16,6 +16,7 @@ pub(crate) mod engine;
 pub(crate) mod files;
 pub(crate) mod import;
 pub(crate) mod limits;
+pub(crate) mod metrics;
 pub(crate) mod migrate;
 pub(crate) mod policy;
 pub(crate) mod qr;

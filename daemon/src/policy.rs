@@ -14,6 +14,8 @@ pub enum Operation {
     List,
     Unlock,
     Policy,
+    /// The Prometheus text of what has been decided (root).
+    Metrics,
     Audit,
     Import,
     EmailSet,
@@ -91,7 +93,7 @@ pub fn authorize(
     }
     match op {
         Ping => return Decision::Allow,
-        List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
+        List | Unlock | Policy | Metrics | Audit | Import | SealRekey | Invite | InviteList
         | InviteRevoke | Bypass | BypassRevoke | Resync => {
             return Decision::Deny("only root may do this")
         }
@@ -112,8 +114,10 @@ pub fn authorize(
         // Changing where second-factor codes go is changing the second factor.
         EmailSet | EmailRemove => Decision::AllowWithCode,
         Enroll | BackupCodes | Disable | RemoveAuthenticator => Decision::AllowWithCode,
-        Ping | List | Unlock | Policy | Audit | Import | SealRekey | Invite | InviteList
-        | InviteRevoke | Bypass | BypassRevoke | Resync => Decision::Deny("only root may do this"),
+        Ping | List | Unlock | Policy | Metrics | Audit | Import | SealRekey | Invite
+        | InviteList | InviteRevoke | Bypass | BypassRevoke | Resync => {
+            Decision::Deny("only root may do this")
+        }
     }
 }
 

@@ -216,10 +216,39 @@ fn serve(
             }
         })
         .map_err(|e| StartError::Refused(format!("cannot start housekeeping: {e}")))?;
+    let writer = engine.clone();
+    let writer_log = log.clone();
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || write_metrics(&writer, &writer_log))
+        .map_err(|e| StartError::Refused(format!("cannot start the metrics writer: {e}")))?;
     reload_on_sighup(engine.clone(), path, explicit)
         .map_err(|e| StartError::Refused(format!("cannot handle SIGHUP: {e}")))?;
     server::serve(listening, engine, log.clone())
         .map_err(|e| StartError::Refused(format!("server stopped: {e}")))
+}
+
+/// Every 15 s, the metrics to `metrics_textfile` when one is set (SIGHUP may set or move it).
+/// A failure is logged when it starts and when it ends, not every 15 s.
+fn write_metrics(engine: &Engine, log: &Logger) {
+    let mut failing = false;
+    loop {
+        if let Some(path) = engine.config().metrics_textfile.clone() {
+            let text = engine.metrics_text(clock::now());
+            match (crate::metrics::write_textfile(&path, &text), failing) {
+                (Err(e), false) => {
+                    log.error(&format!("metrics: cannot write {}: {e}", path.display()));
+                    failing = true;
+                }
+                (Ok(()), true) => {
+                    log.info(&format!("metrics: writing {} again", path.display()));
+                    failing = false;
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(crate::metrics::TEXTFILE_INTERVAL);
+    }
 }
 
 /// SIGHUP re-reads the configuration file; an invalid file keeps the policy in force.

@@ -184,6 +184,9 @@ pub enum RequestBody {
     },
     /// The policy in force and whom each rule affects.
     Policy {},
+    /// What twofoldd has decided since it started and the store's state, as Prometheus text
+    /// (root).
+    Metrics {},
     /// Take over an enrollment made elsewhere (google-authenticator-libpam), keeping the
     /// user's secret, parameters and single-use codes.
     Import {
@@ -304,6 +307,7 @@ impl RequestBody {
             RequestBody::List {} => "list",
             RequestBody::Unlock { .. } => "unlock",
             RequestBody::Policy {} => "policy",
+            RequestBody::Metrics {} => "metrics",
             RequestBody::Audit { .. } => "audit",
             RequestBody::Import { .. } => "import",
             RequestBody::EmailSet { .. } => "email_set",
@@ -438,6 +442,10 @@ pub enum ResponseBody {
         message: String,
     },
     Policy(PolicyReport),
+    /// Prometheus text exposition (format 0.0.4).
+    Metrics {
+        text: String,
+    },
     Audit {
         entries: Vec<AuditEntry>,
         /// Older matching entries left out (the answer holds at most the newest 10,000).

@@ -49,6 +49,8 @@ pub(super) fn run_doctor(
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     findings.push(doctor::check_clock(ntp.as_deref()));
+    let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").ok();
+    findings.push(doctor::check_nss(nsswitch.as_deref()));
     findings.extend(user_findings(&client, &config));
     print_findings(&findings, json_out)
 }

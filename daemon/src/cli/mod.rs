@@ -150,6 +150,9 @@ enum Command {
     },
     /// Show the policy in force and whom each rule affects (root).
     Policy,
+    /// Print what twofoldd has decided since it started, and the store's state, as Prometheus
+    /// text exposition (root; for node_exporter, see metrics_textfile in twofold.toml(5)).
+    Metrics,
     /// Take over an enrollment from another tool, so that the user's phone keeps working (root).
     #[command(subcommand)]
     Import(ImportSource),
@@ -339,7 +342,9 @@ pub fn main() -> ExitCode {
     if me != 0 {
         trusted.push(me);
     }
-    let mut client = Client::new(socket, Duration::from_secs(30), trusted);
+    // Generous: a confirmation hashes a dozen backup codes with Argon2id (19 MiB each), one
+    // at a time on a one-CPU machine, which takes half a minute under emulation.
+    let mut client = Client::new(socket, Duration::from_secs(120), trusted);
     client.max_response = twofold_shared::wire::MAX_LARGE_FRAME;
     let ctx = Ctx {
         client,
@@ -475,6 +480,13 @@ fn run(ctx: &Ctx, command: Command) -> u8 {
         Command::Policy => ctx.show(RequestBody::Policy {}, |ctx, r| match r {
             ResponseBody::Policy(p) => {
                 print_policy(ctx, p);
+                true
+            }
+            _ => false,
+        }),
+        Command::Metrics => ctx.show(RequestBody::Metrics {}, |_, r| match r {
+            ResponseBody::Metrics { text } => {
+                print!("{text}");
                 true
             }
             _ => false,

@@ -302,6 +302,7 @@ impl Engine {
         match outcome {
             Outcome::Accepted { .. } => self.log.info(&line),
             Outcome::NowLocked => {
+                self.count_lockout();
                 self.log.warn(&line);
                 self.log.warn(&format!(
                     "user={} locked after {} consecutive failures",

@@ -41,6 +41,7 @@ impl Engine {
         let sent = self
             .mailer(&cfg)
             .and_then(|m| m.send(address, &subject, &body));
+        self.count_mail(sent.is_ok());
         let mut entry = AuditEntry {
             outcome: "sent".into(),
             detail: Some(format!("{what} to {masked}")),

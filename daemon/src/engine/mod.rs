@@ -12,6 +12,7 @@ mod invite;
 mod login;
 mod mail;
 mod route;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod verdict;
@@ -73,6 +74,8 @@ pub struct Engine {
     clock_warned: Coalesce,
     /// One `seal rekey` at a time.
     rekeying: Mutex<()>,
+    /// What has been decided since the start, for `twofold metrics`.
+    metrics: crate::metrics::Metrics,
 }
 
 struct MailerSlot(Option<Arc<dyn Mailer>>);
@@ -144,6 +147,7 @@ impl Engine {
             budget: Budget::default(),
             clock_warned: Coalesce::default(),
             rekeying: Mutex::new(()),
+            metrics: crate::metrics::Metrics::new(crate::clock::now()),
         }
     }
 

@@ -41,6 +41,7 @@ fn route(body: &RequestBody) -> Route<'_> {
         RequestBody::Disable { user, .. } => (Op::Disable, own_or_named(user), None),
         RequestBody::List {} => (Op::List, Target::None, None),
         RequestBody::Policy {} => (Op::Policy, Target::None, None),
+        RequestBody::Metrics {} => (Op::Metrics, Target::None, None),
         RequestBody::Audit { user, .. } => (
             Op::Audit,
             user.clone().map_or(Target::None, Target::Named),
@@ -76,7 +77,7 @@ struct Account {
 }
 
 impl Engine {
-    /// route → bound the PAM items → resolve the account → admit the caller → dispatch.
+    /// Answers one request and counts it for the metrics.
     pub(super) fn answer(
         &self,
         uid: u32,
@@ -84,6 +85,22 @@ impl Engine {
         body: RequestBody,
         now: u64,
     ) -> ResponseBody {
+        let started = std::time::Instant::now();
+        let op = body.op_name();
+        let (reply, operation) = self.decide(uid, pid, body, now);
+        self.metrics
+            .answered(op, operation.is_login(), &reply, started.elapsed());
+        reply
+    }
+
+    /// route → bound the PAM items → resolve the account → admit the caller → dispatch.
+    fn decide(
+        &self,
+        uid: u32,
+        pid: Option<i32>,
+        body: RequestBody,
+        now: u64,
+    ) -> (ResponseBody, Operation) {
         let caller = Caller {
             uid,
             admin: uid == 0 || uid == self.daemon_uid,
@@ -100,20 +117,22 @@ impl Engine {
                 .any(|item| item.len() > MAX_ITEM)
         });
         if long_item {
-            return error(
+            let refusal = error(
                 ErrorKind::BadRequest,
                 format!("a PAM item is longer than {MAX_ITEM} bytes"),
             );
+            return (refusal, operation);
         }
         let login = operation.is_login();
         let account = match self.resolve(target, uid, caller.admin && login, now) {
             Ok(a) => a,
-            Err(refusal) => return *refusal,
+            Err(refusal) => return (*refusal, operation),
         };
-        match self.admit(caller, operation, body.op_name(), &account, now) {
+        let reply = match self.admit(caller, operation, body.op_name(), &account, now) {
             Ok(needs_code) => self.dispatch(body, account, needs_code, uid, pid, now),
             Err(refusal) => *refusal,
-        }
+        };
+        (reply, operation)
     }
 
     /// Resolves who the request is about: named, or the caller's own account. A name with an
@@ -350,6 +369,9 @@ impl Engine {
             RequestBody::Disable { code, .. } => self.disable(&name, code, needs_code, uid, now),
             RequestBody::List {} => self.list(now),
             RequestBody::Policy {} => self.policy_report(),
+            RequestBody::Metrics {} => ResponseBody::Metrics {
+                text: self.metrics_text(now),
+            },
             RequestBody::Unlock { .. } => self.unlock(&name, uid, now),
             RequestBody::EmailSet { address, code, .. } => {
                 self.email_set(&name, &address, code, needs_code, uid, now)

@@ -8,6 +8,8 @@ pub trait Tx {
     /// The seal key's check value, if secrets are sealed.
     fn seal_check(&self) -> Result<Option<Vec<u8>>>;
     fn user_names(&self) -> Result<Vec<String>>;
+    /// The database's size on disk, in bytes (for metrics).
+    fn database_bytes(&self) -> Result<u64>;
     /// The enrollments stored under `name` or recorded for `uid`: each name and its uid.
     fn enrollments_for(&self, name: &str, uid: u32) -> Result<Vec<(String, Option<u32>)>>;
     /// Records the uid of an enrollment (`None`: its name is no account).

@@ -171,6 +171,12 @@ impl Tx for PgTx<'_> {
         }))
     }
 
+    fn database_bytes(&self) -> Result<u64> {
+        let rows = self.all("SELECT pg_database_size(current_database())", &[])?;
+        let bytes: i64 = rows.first().map_or(0, |r| r.get(0));
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     fn user_names(&self) -> Result<Vec<String>> {
         Ok(self
             .all("SELECT name FROM users ORDER BY name", &[])?

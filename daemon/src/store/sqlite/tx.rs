@@ -117,6 +117,12 @@ impl Tx for SqliteTx<'_> {
         }))
     }
 
+    fn database_bytes(&self) -> Result<u64> {
+        let pages: i64 = self.0.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = self.0.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(u64::try_from(pages.saturating_mul(size)).unwrap_or(0))
+    }
+
     fn user_names(&self) -> Result<Vec<String>> {
         let mut stmt = self
             .0
