@@ -131,11 +131,20 @@ vm_boot() {
 # A nested KVM may open and then fail on the guest's first instructions ("KVM internal
 # error"): boot the kernel for a few seconds and look for its banner.
 vm_kvm_works() {
-  local work=$1
-  timeout 20 qemu-system-x86_64 -accel kvm -cpu host -smp 1 -m 256 -kernel "$vm_dir/vmlinuz" \
+  local work=$1 pid verdict=1 _
+  qemu-system-x86_64 -accel kvm -cpu host -smp 1 -m 256 -kernel "$vm_dir/vmlinuz" \
     -append "console=ttyS0 panic=-1" -display none -serial stdio -monitor none -no-reboot \
-    > "$work/kvm-probe.log" 2>&1 < /dev/null || true
-  grep -q 'Linux version' "$work/kvm-probe.log"
+    > "$work/kvm-probe.log" 2>&1 < /dev/null &
+  pid=$!
+  for _ in $(seq 40); do
+    sleep 0.5
+    if grep -q 'Linux version' "$work/kvm-probe.log"; then verdict=0; break; fi
+    grep -q 'KVM internal error\|failed to initialize kvm\|Could not access KVM' "$work/kvm-probe.log" && break
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return "$verdict"
 }
 
 # One SSH connection carries every command (a new one costs seconds under emulation).

@@ -77,11 +77,11 @@ mv "../twofold_${version}_${arch}.deb" "$base/new.deb"
 rm -f "../twofold_${version}_${arch}.buildinfo" "../twofold_${version}_${arch}.changes"
 echo "   ok: twofold $version built"
 
-# The previous version's package, from its tag (or, without tags, the last commit whose
-# changelog names it), cached by commit.
+# The previous version's package, from its tag (or, without tags, the newest commit whose
+# changelog names it first), cached by commit.
 prev_commit=$(git rev-parse -q --verify "refs/tags/v$prev^{commit}" || true)
 if [ -z "$prev_commit" ]; then
-  for c in $(git rev-list HEAD -- debian/changelog); do
+  for c in $(git rev-list HEAD); do
     if git show "$c:debian/changelog" | head -1 | grep -q "($prev)"; then prev_commit=$c; break; fi
   done
 fi
@@ -103,7 +103,9 @@ fi
 cp "$prev_deb" "$base/prev.deb"
 
 # The load driver (logins through libpam at a steady rate).
-cargo build --release --quiet -p twofold-bench
+# With debian/rules' C flags, so that the bundled SQLite is not rebuilt for it.
+CFLAGS="$(dpkg-buildflags --get CFLAGS) $(dpkg-buildflags --get CPPFLAGS)" \
+  cargo build --release --quiet -p twofold-bench
 cp "${CARGO_TARGET_DIR:-$repo/target}/release/twofold-bench" "$base/twofold-bench"
 
 for p in "${children[@]}"; do

@@ -266,10 +266,7 @@ fn nix_uid() -> u32 {
 /// Up to `logins` (user, code) pairs from a users file (`NAME BASE32` lines): each user's
 /// codes for steps T-1, T and T+1, in rounds, so every one is valid and unused. All codes are
 /// computed before the clock starts, inside one step.
-pub(crate) fn prepared_logins(
-    users_file: &Path,
-    logins: usize,
-) -> Result<Vec<(String, String)>, String> {
+fn prepared_logins(users_file: &Path, logins: usize) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(users_file)
         .map_err(|e| format!("{}: {e}", users_file.display()))?;
     let users: Vec<(String, Secret)> = text
@@ -457,8 +454,8 @@ fn usage() -> ExitCode {
     eprintln!("                     (under pam_wrapper; the flood sends wrong codes for one user)");
     eprintln!("       twofold-bench pam-side-by-side USERS_FILE LOGINS BASELINE SERVICE...");
     eprintln!("                     (one login at a time, each login on every service in turn)");
-    eprintln!("       twofold-bench pam-rate SERVICE USERS_FILE RATE SECONDS [AT COMMAND]...");
-    eprintln!("                     (logins at RATE/s; each COMMAND run by sh -c at AT seconds)");
+    eprintln!("       twofold-bench pam-rate SERVICE HOTP_USERS_FILE RATE SECONDS [AT COMMAND]...");
+    eprintln!("                     (HOTP logins at RATE/s for SECONDS and until 3 s after the last COMMAND)");
     eprintln!(
         "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE [AUTHENTICATORS]   (enrolled, no backup codes)"
     );
