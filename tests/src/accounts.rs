@@ -12,26 +12,7 @@ pub fn run_account_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Ou
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut last = None;
     for _ in 0..20 {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
+        let out = run_with_stdin(Command::new(program).args(args), stdin);
         let busy = String::from_utf8_lossy(&out.stderr).contains("lock");
         if out.status.success() || !busy {
             return out;

@@ -187,24 +187,8 @@ impl Daemon {
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
-            .env_remove("TWOFOLD_SOCKET")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn twofold");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        Run(child.wait_with_output().expect("wait twofold"))
+            .env_remove("TWOFOLD_SOCKET");
+        Run(run_with_stdin(&mut cmd, stdin))
     }
 
     fn cli_json(&self, args: &[&str]) -> serde_json::Value {

@@ -73,6 +73,29 @@ impl Finished {
 /// `setsid -w PROGRAM`: for [`run_with_deadline`]. The program runs in a session of its own
 /// (no controlling terminal, so ssh and sudo take their answers from askpass and standard
 /// input) whose process group is the child's pid, so everything it starts can be killed at once.
+/// Runs `cmd` to the end with `stdin` (or nothing) on its standard input, capturing its output.
+pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub fn in_new_session(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("setsid");
     cmd.arg("-w").arg(program);

@@ -4,9 +4,8 @@
 //! node_exporter: at the start, every 15 s, atomically, readable by all.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use twofold_tests::*;
 
@@ -22,20 +21,10 @@ fn value(text: &str, series: &str) -> f64 {
 
 /// `promtool check metrics` on `text`: its exit status and what it said.
 fn promtool(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is needed (Debian package prometheus; scripts/deps.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new("promtool").args(["check", "metrics"]),
+        Some(text),
+    );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
