@@ -224,6 +224,19 @@ mod tests {
         }
     }
 
+    /// The reference implementation's answer (Debian's argon2 command:
+    /// `printf abcdefghijklmnop | argon2 0123456789abcdef -id -t 2 -k 19456 -p 1 -l 32 -r`):
+    /// backup codes hashed by any version of the Argon2 crate verify with every later one.
+    #[test]
+    fn hash_is_the_reference_argon2id() {
+        let a = hash("abcdefghijklmnop", b"0123456789abcdef").unwrap();
+        let hex: String = a.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "43b62dff9134b7c5ab7890d2861e466cf84d24a2e9541943e6f18aa52268ba0a"
+        );
+    }
+
     #[test]
     fn hash_depends_on_code_and_salt() {
         let a = hash("abcdefghijklmnop", b"0123456789abcdef").unwrap();

@@ -58,7 +58,7 @@ impl Sealer {
         let sealed = self
             .cipher
             .encrypt(
-                XNonce::from_slice(&nonce),
+                &XNonce::from(nonce),
                 Payload {
                     msg: plain,
                     aad: &aad(table, name),
@@ -79,9 +79,11 @@ impl Sealer {
             .filter(|b| b.len() > NONCE_BYTES)
             .ok_or_else(|| format!("the secret of {name:?} is not sealed"))?;
         let (nonce, data) = body.split_at(NONCE_BYTES);
+        let nonce =
+            XNonce::try_from(nonce).map_err(|_| format!("the secret of {name:?} is not sealed"))?;
         self.cipher
             .decrypt(
-                XNonce::from_slice(nonce),
+                &nonce,
                 Payload {
                     msg: data,
                     aad: &aad(table, name),
@@ -184,6 +186,31 @@ pub fn promote_pending(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Made by libsodium (PyNaCl's crypto_aead_xchacha20poly1305_ietf_encrypt, key 00..1f,
+    /// nonce 64..7b, our associated data for users/alice): what twofold sealed with any
+    /// version of its AEAD crate must open with every later one.
+    #[test]
+    fn opens_what_libsodium_sealed() {
+        let key: [u8; KEY_BYTES] = std::array::from_fn(|i| i as u8);
+        let sealed = hex(
+            "544653316465666768696a6b6c6d6e6f707172737475767778797a7b3631aae7\
+                          a61dcdd2c278cd74953fe5990c74dd2fba232de9a80cfd84d03fb9b7",
+        );
+        let s = Sealer::from_key(&key);
+        assert_eq!(
+            s.open("users", "alice", &sealed).unwrap(),
+            b"JBSWY3DPEHPK3PXP"
+        );
+        assert!(s.open("users", "bob", &sealed).is_err());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
 
     #[test]
     fn sealed_secrets_open_only_for_their_row_and_key() {

@@ -1,7 +1,7 @@
 //! HOTP (RFC 4226) and TOTP (RFC 6238).
 
 use crate::secret::Secret;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use subtle::ConstantTimeEq;
