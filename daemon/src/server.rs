@@ -5,9 +5,10 @@
 use crate::audit::Logger;
 use crate::clock;
 use crate::engine::Engine;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -42,9 +43,23 @@ pub fn inherited() -> io::Result<Option<UnixListener>> {
             "the socket systemd passed is not listening",
         ));
     }
-    // A previous instance drained it without blocking; this one waits in accept.
-    listener.set_nonblocking(false)?;
+    if shut_down(&listener)? {
+        return Err(io::Error::other(
+            "the socket systemd passed was shut down (twofold 0.1.0 did that when stopped \
+             while logins arrived) and can never accept again: restart twofoldd.socket",
+        ));
+    }
     Ok(Some(listener))
+}
+
+/// Whether a listening socket was shut down for reading: it then refuses every connection
+/// and `accept` fails, for good (nothing undoes a shutdown).
+fn shut_down(listener: &UnixListener) -> io::Result<bool> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(listener, EpollEvent::new(EpollFlags::EPOLLRDHUP, 0))?;
+    let mut events = [EpollEvent::empty(); 1];
+    let n = epoll.wait(&mut events, EpollTimeout::ZERO)?;
+    Ok(n > 0 && events[0].events().contains(EpollFlags::EPOLLRDHUP))
 }
 
 /// Binds the socket: creates its directory if needed, replaces a stale socket (one nobody
@@ -188,8 +203,13 @@ impl Drop for Slot {
 /// per connection cost more than the request itself (a 2 MiB stack mapped, guarded and
 /// unmapped, with TLB shootdowns across cores), and handing an accepted connection to another
 /// thread cost a wake-up per request. A worker that accepts a connection while no other worker
-/// waits in `accept` starts one more first, so a slow client never delays anyone; the pool is
-/// bounded by the connection slots, and shrinks back once [`MAX_IDLE`] workers wait.
+/// waits starts one more first, so a slow client never delays anyone; the pool is bounded by
+/// the connection slots, and shrinks back once [`MAX_IDLE`] workers wait.
+///
+/// Workers wait in epoll, not in `accept`: on the listening socket with `EPOLLEXCLUSIVE` (one
+/// wakes per connection) and on the stop pipe (every one wakes when it is written). Stopping
+/// never touches the listening socket itself: systemd's is shared with the next instance, and
+/// shutting it down would refuse every later connection.
 struct Pool {
     state: Mutex<PoolState>,
     listener: UnixListener,
@@ -198,13 +218,20 @@ struct Pool {
     log: Arc<Logger>,
     daemon_uid: u32,
     timeout: Duration,
-    /// SIGTERM came: answer what was accepted, then leave.
+    /// Stopping: answer what was accepted, then leave.
     stopping: AtomicBool,
+    /// Readable once stopping (a byte is written to `stop_tx` and never read).
+    stop_rx: UnixStream,
+    stop_tx: UnixStream,
+    /// The socket is systemd's: connections queued in it are the next instance's to answer.
+    inherited: bool,
+    /// Why the pool stopped by itself (the socket no longer accepts), if it did.
+    failure: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
 struct PoolState {
-    /// Workers waiting in `accept`.
+    /// Workers waiting for a connection.
     idle: usize,
     /// Workers alive.
     workers: usize,
@@ -212,6 +239,9 @@ struct PoolState {
 
 /// Idle workers kept after a burst.
 const MAX_IDLE: usize = 16;
+
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
 
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -231,24 +261,88 @@ impl Pool {
         }
     }
 
+    /// A worker's own epoll instance: the listener (exclusive wake-ups) and the stop pipe.
+    fn waiter(&self) -> io::Result<Epoll> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            &self.listener,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
+        )?;
+        epoll.add(&self.stop_rx, EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
+        Ok(epoll)
+    }
+
+    /// Waits until a connection may be there (true) or the pool stops (false).
+    fn wait(&self, epoll: &Epoll) -> bool {
+        let mut events = [EpollEvent::empty(); 2];
+        loop {
+            match epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => {
+                    return !self.stopping.load(Ordering::SeqCst)
+                        && events[..n].iter().any(|e| e.data() == LISTENER)
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    self.log.error(&format!("waiting for connections: {e}"));
+                    std::thread::sleep(Duration::from_millis(50));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Stops every worker; the first reason given is kept.
+    fn begin_stop(&self, failure: Option<String>) {
+        if let Some(why) = failure {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(why);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = (&self.stop_tx).write(&[1]);
+    }
+
     /// Accepts and serves connections. A `permanent` worker (the one `serve` runs on) never
-    /// ends; the others end when enough workers are idle without them.
+    /// ends but by stopping; the others end when enough workers are idle without them.
     fn work(self: Arc<Self>, permanent: bool) {
         let _guard = WorkerGuard(self.clone());
+        let mut epoll = None;
         loop {
             if self.stopping.load(Ordering::SeqCst) {
-                self.drain();
+                // Our own socket's name is gone by now: serve what queued before. Systemd's
+                // keeps its queue for the next instance.
+                if !self.inherited {
+                    self.drain();
+                }
                 self.lock().workers -= 1;
                 return;
             }
+            if epoll.is_none() {
+                match self.waiter() {
+                    Ok(e) => epoll = Some(e),
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        self.log.error(&format!("cannot wait for connections: {e}"));
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                }
+            }
             self.lock().idle += 1;
-            let accepted = self.listener.accept();
+            let ready = epoll.as_ref().is_some_and(|e| self.wait(e));
+            let accepted = if ready {
+                Some(self.listener.accept())
+            } else {
+                None
+            };
             let grow = {
                 let mut s = self.lock();
                 s.idle -= 1;
                 // One worker more than there are slots, so that "busy" is still answered. A
                 // failed accept (EMFILE) is no reason for another thread.
-                let spawn = accepted.is_ok() && s.idle == 0 && s.workers <= self.slots.max;
+                let spawn =
+                    matches!(accepted, Some(Ok(_))) && s.idle == 0 && s.workers <= self.slots.max;
                 if spawn {
                     s.workers += 1;
                 }
@@ -260,20 +354,18 @@ impl Pool {
                 self.grow();
             }
             match accepted {
-                Ok((stream, _)) => {
-                    // A panic in one request ends that request (its client hears EOF and
-                    // fails closed), never the worker: one of them is the daemon's main thread.
-                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.serve_one(stream)
-                    }));
-                    if served.is_err() {
-                        self.log.error("a request panicked; it was refused");
-                    }
-                }
-                // Stopping, and the socket was shut down to wake this worker.
-                Err(_) if self.stopping.load(Ordering::SeqCst) => {}
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                Some(Ok((stream, _))) => self.serve_caught(stream),
+                // Another worker took it, or stopping.
+                None => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket was shut down (by an earlier twofoldd, or anyone holding it):
+                // it will never accept again. Leave, loudly, rather than spin.
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => self.begin_stop(Some(
+                    "the listening socket no longer accepts connections (it was shut down); \
+                     restart twofoldd.socket"
+                        .into(),
+                )),
+                Some(Err(e)) => {
                     self.log.error(&format!("accept failed: {e}"));
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -288,49 +380,43 @@ impl Pool {
         }
     }
 
-    /// Stopping: serves every connection already queued, without waiting for more.
-    fn drain(&self) {
-        if self.listener.set_nonblocking(true).is_err() {
-            return;
-        }
-        while let Ok((stream, _)) = self.listener.accept() {
-            // Accepted sockets inherit nothing from the listener on Linux, but be sure.
-            let _ = stream.set_nonblocking(false);
-            let _ =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_one(stream)));
+    /// Serves one connection. A panic in one request ends that request (its client hears EOF
+    /// and fails closed), never the worker: one of them is the daemon's main thread.
+    fn serve_caught(&self, stream: UnixStream) {
+        let served =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_one(stream)));
+        if served.is_err() {
+            self.log.error("a request panicked; it was refused");
         }
     }
 
-    /// SIGTERM: no worker waits for new connections any more. A socket file of our own
-    /// (`remove`) is first renamed away, so that no client connects from then on, and every
-    /// one connected before is served; systemd's stays, with whatever queues in it for the
-    /// next start. Workers blocked in `accept` are woken by connections of our own (closed at
-    /// once: they send nothing and are not answered) until every worker has served what was
-    /// queued and left. When that name no longer reaches this socket (removed, or another
-    /// server's now), the workers are woken by shutting the socket down instead: nobody can
-    /// connect to it any more anyway.
+    /// Stopping with a socket of our own: serves every connection already queued.
+    fn drain(&self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            self.serve_caught(stream);
+        }
+    }
+
+    /// SIGTERM: no worker waits for new connections any more; every connection accepted is
+    /// answered. A socket file of our own (`remove`) is first renamed away, so that no client
+    /// connects from then on, and every one connected before is served; it is removed once
+    /// all are. Systemd's socket stays as it is, with whatever queues in it for the next start.
     fn stop(&self, socket: &Path, remove: bool) {
-        let mut poke = socket.to_path_buf();
+        let mut gone = None;
         if remove {
             let mut name = socket.as_os_str().to_owned();
             name.push(".stopping");
-            if std::fs::rename(socket, &name).is_ok() {
-                poke = PathBuf::from(name);
-            }
+            gone = Some(match std::fs::rename(socket, &name) {
+                Ok(()) => PathBuf::from(name),
+                Err(_) => socket.to_path_buf(),
+            });
         }
-        self.stopping.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        self.begin_stop(None);
         while self.lock().workers > 0 {
-            let reached = UnixStream::connect(&poke).is_ok();
-            if !reached || Instant::now() > deadline {
-                use std::os::fd::AsRawFd;
-                let fd = self.listener.as_raw_fd();
-                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read);
-            }
             std::thread::sleep(Duration::from_millis(1));
         }
-        if remove {
-            let _ = std::fs::remove_file(&poke);
+        if let Some(path) = gone {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -383,6 +469,9 @@ pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io:
         state: Mutex::default(),
     });
     let timeout = Duration::from_secs(engine.config().request_timeout);
+    // Workers wait in epoll and accept without blocking (another may have taken it).
+    listener.set_nonblocking(true)?;
+    let (stop_tx, stop_rx) = UnixStream::pair()?;
     let pool = Arc::new(Pool {
         state: Mutex::new(PoolState {
             idle: 0,
@@ -395,11 +484,16 @@ pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io:
         daemon_uid: nix::unistd::geteuid().as_raw(),
         timeout,
         stopping: AtomicBool::new(false),
+        stop_rx,
+        stop_tx,
+        inherited,
+        failure: Mutex::new(None),
     });
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
+    let signals_handle = signals.handle();
     let stopper = pool.clone();
     let stop_log = log.clone();
     let stopped = std::thread::Builder::new()
@@ -410,11 +504,22 @@ pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io:
                 stopper.stop(&path, !inherited);
             }
         })?;
-    // The permanent worker leaves only once stopping; the stopper returns when all have.
-    pool.work(true);
+    // The permanent worker leaves only once stopping; the stopper returns when all have (or
+    // at once when no signal came: the pool stopped by itself).
+    pool.clone().work(true);
+    signals_handle.close();
     stopped
         .join()
-        .map_err(|_| io::Error::other("the stopping thread panicked"))
+        .map_err(|_| io::Error::other("the stopping thread panicked"))?;
+    let failure = pool
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match failure {
+        Some(why) => Err(io::Error::other(why)),
+        None => Ok(()),
+    }
 }
 
 fn handle(stream: UnixStream, uid: u32, pid: i32, engine: &Engine, timeout: Duration) {

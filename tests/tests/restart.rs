@@ -98,7 +98,7 @@ fn sigterm_answers_what_was_accepted_and_leaves_nothing_behind() {
 /// systemd's part: holds the listening socket and starts twofoldd with it as fd 3
 /// (`LISTEN_FDS=1`, `LISTEN_PID` its pid), stops it with SIGTERM, starts it again.
 const HOLDER: &str = r#"
-import os, signal, socket, sys
+import ctypes, os, signal, socket, sys, time
 path, config, daemon = sys.argv[1:4]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(path); os.chmod(path, 0o666); s.listen(512)
@@ -107,6 +107,8 @@ for line in sys.stdin:
     if line.strip() == "start":
         pid = os.fork()
         if pid == 0:
+            # The daemon dies with the holder (a failed test kills the holder).
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
             if s.fileno() != 3:
                 os.dup2(s.fileno(), 3)
             os.set_inheritable(3, True)
@@ -121,56 +123,101 @@ for line in sys.stdin:
         os.kill(child, signal.SIGTERM)
         _, status = os.waitpid(child, 0)
         print("stopped", os.waitstatus_to_exitcode(status), flush=True)
+    elif line.strip() == "wait":
+        for _ in range(200):
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                print("stopped", os.waitstatus_to_exitcode(status), flush=True)
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            print("still running", flush=True)
+    elif line.strip() == "shutdown":
+        s.shutdown(socket.SHUT_RD)
+        print("shut down", flush=True)
 "#;
+
+/// A daemon of the kit's enrollment and database, served by daemons started by the holder on
+/// its socket (the same configuration, another socket path).
+struct Held {
+    _holder: KillOnDrop,
+    to: std::process::ChildStdin,
+    from: BufReader<std::process::ChildStdout>,
+    socket: std::path::PathBuf,
+    config: std::path::PathBuf,
+    _daemon: Daemon,
+}
+
+impl Held {
+    fn new() -> Held {
+        let mut d = Daemon::start("allow", "");
+        d.enroll("tf-restart");
+        d.stop();
+        let socket = d.dir.path().join("held.sock");
+        let config = d.dir.path().join("held.toml");
+        let text = std::fs::read_to_string(&d.config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace(&format!("{:?}", d.socket), &format!("{socket:?}")),
+        )
+        .unwrap();
+        let mut holder = KillOnDrop(
+            Command::new("python3")
+                .args(["-c", HOLDER])
+                .arg(&socket)
+                .arg(&config)
+                .arg(twofoldd())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        Held {
+            to: holder.0.stdin.take().unwrap(),
+            from: BufReader::new(holder.0.stdout.take().unwrap()),
+            _holder: holder,
+            socket,
+            config,
+            _daemon: d,
+        }
+    }
+
+    fn say(&mut self, what: &str) -> String {
+        writeln!(self.to, "{what}").unwrap();
+        let mut line = String::new();
+        self.from.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("toml.log")).unwrap_or_default()
+    }
+
+    fn ping(&self) -> Result<ResponseBody, ClientError> {
+        Client::new(&self.socket, Duration::from_secs(10), vec![0, my_uid()])
+            .call(RequestBody::Ping {})
+    }
+}
 
 #[test]
 fn a_restart_with_the_socket_held_by_systemd_refuses_no_request() {
-    // The enrollment and its database, made by a daemon of the kit, then served by the held
-    // socket's daemons (the same configuration, another socket path).
-    let mut d = Daemon::start("allow", "");
-    d.enroll("tf-restart");
-    d.stop();
-    let socket = d.dir.path().join("held.sock");
-    let config = d.dir.path().join("held.toml");
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(&format!("{:?}", d.socket), &format!("{socket:?}")),
-    )
-    .unwrap();
-    let mut holder = KillOnDrop(
-        Command::new("python3")
-            .args(["-c", HOLDER])
-            .arg(&socket)
-            .arg(&config)
-            .arg(twofoldd())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut to = holder.0.stdin.take().unwrap();
-    let mut from = BufReader::new(holder.0.stdout.take().unwrap());
-    let mut say = |what: &str| -> String {
-        writeln!(to, "{what}").unwrap();
-        let mut line = String::new();
-        from.read_line(&mut line).unwrap();
-        line
-    };
-    assert!(say("start").starts_with("started"));
-    let log = || std::fs::read_to_string(config.with_extension("toml.log")).unwrap_or_default();
+    let mut held = Held::new();
+    assert!(held.say("start").starts_with("started"));
     let mut restarts = Vec::new();
+    let socket = held.socket.clone();
     let load = under_load(&socket, 20, || {
         for _ in 0..3 {
-            restarts.push(say("stop"));
-            restarts.push(say("start"));
+            restarts.push(held.say("stop"));
+            restarts.push(held.say("start"));
             std::thread::sleep(Duration::from_millis(300));
         }
     });
     assert!(
-        restarts.iter().filter(|l| l.trim() == "stopped 0").count() == 3,
+        restarts.iter().filter(|l| *l == "stopped 0").count() == 3,
         "{restarts:?}\n{}",
-        log()
+        held.log()
     );
     let (answered, refused, unreachable) = (
         load.answered.load(Ordering::SeqCst),
@@ -178,11 +225,67 @@ fn a_restart_with_the_socket_held_by_systemd_refuses_no_request() {
         load.unreachable.load(Ordering::SeqCst),
     );
     eprintln!("restart under load: {answered} requests, {refused} refused, {unreachable} unreachable (3 restarts)");
-    assert_eq!((refused, unreachable), (0, 0), "{}", log());
+    assert_eq!((refused, unreachable), (0, 0), "{}", held.log());
     assert!(answered > 100);
-    assert!(log().contains("(from systemd)"), "{}", log());
+    assert!(held.log().contains("(from systemd)"), "{}", held.log());
     assert!(socket.exists(), "systemd's socket stays");
-    say("stop");
+    held.say("stop");
+}
+
+/// A stop that waits long for a request in flight (a client that sent half a request, held
+/// until request_timeout) must leave systemd's socket as it found it: the next instance
+/// accepts on it. (twofold 0.1.0 shut the socket down after 2 s, and every later login was
+/// refused until twofoldd.socket was restarted.)
+#[test]
+fn a_slow_stop_leaves_systemds_socket_accepting() {
+    let mut held = Held::new();
+    assert!(held.say("start").starts_with("started"));
+    assert!(matches!(held.ping(), Ok(ResponseBody::Pong { .. })));
+    let mut slow = std::os::unix::net::UnixStream::connect(&held.socket).unwrap();
+    slow.write_all(&[0, 0]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    assert_eq!(held.say("stop"), "stopped 0", "{}", held.log());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "the stop did not wait for the slow client ({took:?})"
+    );
+    // A connection made while no daemon runs waits in the queue for the next one.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = Client::new(&held.socket, Duration::from_secs(10), vec![0, my_uid()]);
+    std::thread::spawn(move || tx.send(client.call(RequestBody::Ping {})).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(held.say("start").starts_with("started"));
+    let queued = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        matches!(queued, Ok(ResponseBody::Pong { .. })),
+        "{queued:?}\n{}",
+        held.log()
+    );
+    assert!(
+        matches!(held.ping(), Ok(ResponseBody::Pong { .. })),
+        "{}",
+        held.log()
+    );
+    eprintln!("stop waited {took:?} for the slow client; the socket still accepts");
+    held.say("stop");
+}
+
+/// A socket that was shut down can never accept again: twofoldd says so and exits non-zero
+/// instead of spinning on failed accepts (and its clients fail closed).
+#[test]
+fn a_shut_down_socket_from_systemd_is_refused_at_start() {
+    let mut held = Held::new();
+    assert_eq!(held.say("shutdown"), "shut down");
+    assert!(held.say("start").starts_with("started"));
+    assert_ne!(held.say("wait"), "stopped 0", "{}", held.log());
+    assert!(
+        held.log().contains("restart twofoldd.socket"),
+        "{}",
+        held.log()
+    );
+    assert!(held.ping().is_err());
 }
 
 /// Someone removed the socket file (a purge, an administrator): SIGTERM still stops the
