@@ -237,7 +237,17 @@ fn write_metrics(engine: &Engine, log: &Logger) {
             let text = engine.metrics_text(clock::now());
             match (crate::metrics::write_textfile(&path, &text), failing) {
                 (Err(e), false) => {
-                    log.error(&format!("metrics: cannot write {}: {e}", path.display()));
+                    // The unit's sandbox makes the directory writable only if it existed at start.
+                    let hint = if e.raw_os_error() == Some(libc::EROFS) {
+                        " (a directory made after twofoldd started is read-only to it until \
+                         `systemctl restart twofoldd`)"
+                    } else {
+                        ""
+                    };
+                    log.error(&format!(
+                        "metrics: cannot write {}: {e}{hint}",
+                        path.display()
+                    ));
                     failing = true;
                 }
                 (Ok(()), true) => {
