@@ -3,8 +3,12 @@
 # built with debootstrap (cached in /var/cache/twofold-vm), booted with QEMU, reached over SSH
 # forwarded to 127.0.0.1 only. Inside each VM, as an administrator would:
 #   - the previous release's package (built from its git tag) installed with apt and used;
-#   - the upgrade to this tree's package while logins arrive at 20 a second (none refused),
-#     every enrollment kept; `systemctl restart twofoldd` under the same load (none refused);
+#   - the upgrade to this tree's package, every enrollment kept (with a request in flight
+#     through the old daemon's stop: the previous release then shut the socket down, and the
+#     new package's postinst must make it anew);
+#   - an upgrade from this tree's package to a newer one, and `systemctl restart twofoldd`
+#     twice, while logins arrive at a steady rate: none refused (20 a second with KVM; under
+#     software emulation, where one login costs the emulated CPU some 20 ms, 5 a second);
 #   - the packaged, hardened unit active; `twofold doctor` as root;
 #   - `pam-auth-update --enable twofold`; sshd set up as the README says; a real SSH login
 #     from the host with key + code through the VM's own ssh.service (wrong and replayed
@@ -15,7 +19,8 @@
 #   sudo scripts/vm-test.sh [bookworm|trixie|all]     (default: all, the releases side by side)
 #
 # KVM is used when it runs a guest here, software emulation otherwise (printed).
-# TWOFOLD_VM_CACHE moves the image cache; TWOFOLD_VM_ACCEL=tcg forces emulation.
+# TWOFOLD_VM_CACHE moves the image cache; TWOFOLD_VM_ACCEL=tcg forces emulation;
+# TWOFOLD_VM_RATE sets the logins per second of the load.
 set -euo pipefail
 
 prog=vm-test.sh
@@ -75,7 +80,14 @@ if ! dpkg-buildpackage -us -uc -b > "$base/build.log" 2>&1; then
 fi
 mv "../twofold_${version}_${arch}.deb" "$base/new.deb"
 rm -f "../twofold_${version}_${arch}.buildinfo" "../twofold_${version}_${arch}.changes"
-echo "   ok: twofold $version built"
+# A newer version of the same package, for an upgrade from this tree's code (whose stop is
+# the one that matters from now on): the same files, the version raised.
+next="$version+vmtest1"
+dpkg-deb -R "$base/new.deb" "$base/next"
+sed -i "s/^Version: .*/Version: $next/" "$base/next/DEBIAN/control"
+dpkg-deb -Zxz -b "$base/next" "$base/next.deb" > /dev/null
+rm -rf "$base/next"
+echo "   ok: twofold $version built (and repacked as $next)"
 
 # The previous version's package, from its tag (or, without tags, the newest commit whose
 # changelog names it first), cached by commit.
@@ -116,7 +128,7 @@ cat "$base"/image-*.log
 
 for rel in "${releases[@]}"; do
   mkdir -m 700 "$base/$rel"
-  TWOFOLD_VM_PREV=$prev TWOFOLD_VM_NEW=$version \
+  TWOFOLD_VM_PREV=$prev TWOFOLD_VM_NEW=$version TWOFOLD_VM_NEXT=$next \
     "$repo/scripts/vm-release.sh" "$rel" "$base" > >(sed -u "s/^/[$rel] /") 2>&1 &
   children+=($!)
 done
