@@ -170,6 +170,24 @@ vm_wait_ssh() {
   return 1
 }
 
+# sshd re-executes itself on reload and does not listen meanwhile: wait (up to $1 s) until a
+# new connection is greeted with its banner again.
+vm_sshd_ready() {
+  python3 - "$vm_port" "$1" <<'PY'
+import socket, sys, time
+port, deadline = int(sys.argv[1]), time.time() + int(sys.argv[2])
+while time.time() < deadline:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            if s.recv(64).startswith(b"SSH-"):
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(1)
+sys.exit(1)
+PY
+}
+
 vm_ssh() {
   # shellcheck disable=SC2046
   ssh $(vm_ssh_opts) root@127.0.0.1 "$@"

@@ -191,12 +191,13 @@ ok "$(wc -l < "$work/twofold.prom") lines; promtool check metrics passes; $enrol
 
 step "pam-auth-update --enable twofold; sshd with key + code, as the README says"
 common_auth=$(vm_ssh 'sha256sum < /etc/pam.d/common-auth' < /dev/null)
-vm_ssh 'pam-auth-update --enable twofold && grep -E "^auth.*pam_twofold" /etc/pam.d/common-auth' < /dev/null | sed 's/^/   common-auth: /'
+vm_ssh 'DEBIAN_FRONTEND=noninteractive pam-auth-update --enable twofold && grep -E "^auth.*pam_twofold" /etc/pam.d/common-auth' < /dev/null | sed 's/^/   common-auth: /'
 vm_ssh 'cp /etc/pam.d/sshd /root/pam.d-sshd.orig
 sed -i "s/^@include common-auth$/auth [success=ok ignore=ignore default=die] pam_twofold.so\nauth required pam_permit.so/" /etc/pam.d/sshd
 grep -q "^auth.*pam_twofold" /etc/pam.d/sshd
 printf "KbdInteractiveAuthentication yes\nMatch User *,!root\n    AuthenticationMethods publickey,keyboard-interactive\n" > /etc/ssh/sshd_config.d/twofold.conf
 sshd -t && systemctl reload ssh' < /dev/null || fail "setting up sshd"
+vm_sshd_ready 60 || fail "sshd does not answer after its reload"
 ssh_login() { sshd_login "$work" "$vm_port" alice "$work/id_alice" "$1" 'id -un'; }
 code=$(code_for "$work/alice.key")
 [ "$(ssh_login "$code")" = alice ] || fail "the SSH login with key + right code was refused"
