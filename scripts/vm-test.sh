@@ -92,6 +92,11 @@ echo "   ok: twofold $version built (and repacked as $next)"
 # The previous version's package, from its tag (or, without tags, the newest commit whose
 # changelog names it first), cached by commit.
 prev_commit=$(git rev-parse -q --verify "refs/tags/v$prev^{commit}" || true)
+if [ -z "$prev_commit" ] && [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  echo "   the clone is shallow: fetching its history for $prev"
+  timeout 120 git fetch -q --unshallow --tags 2>/dev/null || true
+  prev_commit=$(git rev-parse -q --verify "refs/tags/v$prev^{commit}" || true)
+fi
 if [ -z "$prev_commit" ]; then
   for c in $(git rev-list HEAD); do
     if git show "$c:debian/changelog" | head -1 | grep -q "($prev)"; then prev_commit=$c; break; fi
