@@ -52,6 +52,9 @@ pub fn inherited() -> io::Result<Option<UnixListener>> {
     Ok(Some(listener))
 }
 
+const SHUT_DOWN: &str = "the listening socket no longer accepts connections (it was shut \
+                         down); restart twofoldd.socket";
+
 /// Whether a listening socket was shut down for reading: it then refuses every connection
 /// and `accept` fails, for good (nothing undoes a shutdown).
 fn shut_down(listener: &UnixListener) -> io::Result<bool> {
@@ -355,16 +358,22 @@ impl Pool {
             }
             match accepted {
                 Some(Ok((stream, _))) => self.serve_caught(stream),
-                // Another worker took it, or stopping.
+                // Stopping (or the wait failed, and was logged).
                 None => {}
+                // Another worker took it; or the socket was shut down by anyone holding it: it
+                // then stays readable and accept says EAGAIN, for good. Leave, loudly (only a
+                // socket made anew accepts again), rather than spin.
+                Some(Err(e))
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && shut_down(&self.listener).unwrap_or(false) =>
+                {
+                    self.begin_stop(Some(SHUT_DOWN.into()))
+                }
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The socket was shut down (by an earlier twofoldd, or anyone holding it):
-                // it will never accept again. Leave, loudly, rather than spin.
-                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => self.begin_stop(Some(
-                    "the listening socket no longer accepts connections (it was shut down); \
-                     restart twofoldd.socket"
-                        .into(),
-                )),
+                // A blocking accept's answer to the same (kept should the flag ever change).
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.begin_stop(Some(SHUT_DOWN.into()))
+                }
                 Some(Err(e)) => {
                     self.log.error(&format!("accept failed: {e}"));
                     std::thread::sleep(Duration::from_millis(50));
@@ -511,6 +520,10 @@ pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io:
     stopped
         .join()
         .map_err(|_| io::Error::other("the stopping thread panicked"))?;
+    // Stopped by itself (no signal): the other workers still finish what they accepted.
+    while pool.lock().workers > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let failure = pool
         .failure
         .lock()

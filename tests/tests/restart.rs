@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use twofold_shared::client::{Client, ClientError};
 use twofold_shared::wire::{RequestBody, ResponseBody};
 use twofold_tests::*;
@@ -290,6 +290,30 @@ fn a_shut_down_socket_from_systemd_is_refused_at_start() {
 
 /// Someone removed the socket file (a purge, an administrator): SIGTERM still stops the
 /// daemon at once, with status 0.
+#[test]
+fn a_socket_shut_down_while_serving_stops_the_daemon_loudly() {
+    let mut held = Held::new();
+    assert!(held.say("start").starts_with("started"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.ping().is_err() {
+        assert!(Instant::now() < deadline, "never answered: {}", held.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(held.say("shutdown"), "shut down");
+    // It exits with a failure (for systemd to see) instead of spinning on a dead socket.
+    let ended = held.say("wait");
+    assert!(
+        ended.starts_with("stopped ") && ended != "stopped 0",
+        "{ended}: {}",
+        held.log()
+    );
+    assert!(
+        held.log().contains("restart twofoldd.socket"),
+        "{}",
+        held.log()
+    );
+}
+
 #[test]
 fn sigterm_stops_even_when_the_socket_file_is_gone() {
     let mut d = Daemon::start("allow", "");
