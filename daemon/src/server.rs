@@ -370,10 +370,6 @@ impl Pool {
                     self.begin_stop(Some(SHUT_DOWN.into()))
                 }
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // A blocking accept's answer to the same (kept should the flag ever change).
-                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.begin_stop(Some(SHUT_DOWN.into()))
-                }
                 Some(Err(e)) => {
                     self.log.error(&format!("accept failed: {e}"));
                     std::thread::sleep(Duration::from_millis(50));
