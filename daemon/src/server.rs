@@ -459,6 +459,15 @@ pub struct Listening {
     pub listener: UnixListener,
     pub path: PathBuf,
     pub inherited: bool,
+    /// SIGTERM and SIGINT, caught from before the socket existed (see [`stop_signals`]).
+    pub signals: signal_hook::iterator::Signals,
+}
+
+/// Catches SIGTERM and SIGINT from now on. Called before the socket is bound: a client (or a
+/// test, or systemd) that sees the socket may stop the daemon at once, and that stop must be
+/// the orderly one, not the signal's default death.
+pub fn stop_signals() -> io::Result<signal_hook::iterator::Signals> {
+    signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
 }
 
 /// Serves until SIGTERM (or SIGINT): then answers everything already accepted or queued and
@@ -468,6 +477,7 @@ pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io:
         listener,
         path,
         inherited,
+        mut signals,
     } = listening;
     let slots = Arc::new(Slots {
         max: engine.config().max_connections,
@@ -494,10 +504,6 @@ pub fn serve(listening: Listening, engine: Arc<Engine>, log: Arc<Logger>) -> io:
         inherited,
         failure: Mutex::new(None),
     });
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
     let signals_handle = signals.handle();
     let stopper = pool.clone();
     let stop_log = log.clone();

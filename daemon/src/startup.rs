@@ -90,16 +90,20 @@ fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
     let cannot = |e: std::io::Error| {
         StartError::Refused(format!("cannot listen on {}: {e}", config.socket.display()))
     };
+    let signals = server::stop_signals()
+        .map_err(|e| StartError::Refused(format!("cannot handle SIGTERM: {e}")))?;
     let listening = match server::inherited().map_err(cannot)? {
         Some(listener) => server::Listening {
             listener,
             path: config.socket.clone(),
             inherited: true,
+            signals,
         },
         None => server::Listening {
             listener: server::bind(&config.socket).map_err(cannot)?,
             path: config.socket.clone(),
             inherited: false,
+            signals,
         },
     };
     log.info(&format!(

@@ -333,3 +333,32 @@ fn sigterm_stops_even_when_the_socket_file_is_gone() {
         started.elapsed()
     );
 }
+
+/// SIGTERM sent the moment the socket appears (systemd, or a test, may do just that) is the
+/// orderly stop, never the signal's default death: the handler is in place before the socket.
+#[test]
+fn sigterm_the_moment_the_socket_appears_is_an_orderly_stop() {
+    let mut d = Daemon::start("allow", "");
+    d.stop();
+    for round in 0..30 {
+        let _ = std::fs::remove_file(&d.socket);
+        let mut child = Command::new(twofoldd())
+            .arg("--config")
+            .arg(&d.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.socket.exists() {
+            assert!(Instant::now() < deadline, "round {round}: no socket");
+            assert!(child.try_wait().unwrap().is_none(), "round {round}: exited");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+}
