@@ -7,8 +7,8 @@
 use crate::backup::{self, BackupHash};
 use crate::seal::Sealer;
 use crate::store::{
-    BypassRecord, CodePurpose, EmailRecord, Invitation, MailedCode, PendingRecord, Store,
-    StoreError, ThrottleRecord, UserRecord,
+    BypassRecord, CodePurpose, EmailRecord, Invitation, LoginDecision, MailedCode, MarkAdvance,
+    PendingRecord, Store, StoreError, ThrottleRecord, UserRecord,
 };
 use twofold_shared::otp::{Algorithm, OtpKind, TotpParams};
 use twofold_shared::secret::Secret;
@@ -86,6 +86,7 @@ pub fn run(store: &Store) {
     mailed_codes(store);
     audit(store);
     invitations_and_helpdesk_codes(store);
+    login_decisions(store);
     rollback(store);
 }
 
@@ -539,6 +540,114 @@ fn rollback(s: &Store) {
     assert!(s.read(|tx| tx.user("alice")).unwrap().is_some());
 }
 
+/// A login decision stands only on the state it was made from (the throttle it saw, the mark
+/// it raises), and is applied whole or not at all; `Store::decide` falls back to deciding under
+/// the lock when it does not stand.
+fn login_decisions(s: &Store) {
+    w(s, |tx| tx.activate(&user("dee", Some(77)), &[]));
+    let state = s.read_one(|tx| tx.login_state("dee")).unwrap();
+    let u = state.user.clone().unwrap();
+    assert_eq!((u.uid, u.authenticators.len()), (Some(77), 1));
+    assert_eq!(
+        u.authenticators[0].secret.as_bytes(),
+        &(0..32).collect::<Vec<u8>>()[..]
+    );
+    assert_eq!(state.throttle, ThrottleRecord::default());
+    assert!(state.mailed.is_none() && !state.verified_address);
+    let nobody = s.read_one(|tx| tx.login_state("nobody-here")).unwrap();
+    assert!(nobody.user.is_none() && nobody.mailed.is_none());
+    let audits = |s: &Store| {
+        s.read(|tx| tx.audit_entries(Some("dee"), 0, 1000))
+            .unwrap()
+            .0
+    };
+    let before = audits(s).len();
+    let mark = MarkAdvance {
+        label: "default".into(),
+        added_at: T,
+        last_step: -1,
+        step: 100,
+        now: T + 5,
+    };
+    let accept = LoginDecision {
+        throttle_was: ThrottleRecord::default(),
+        throttle: Some(None),
+        mark: Some(mark.clone()),
+        last_success: Some(T + 5),
+        audit: vec![entry(T + 5, "login", "dee", "accepted")],
+        remember: Some(("sshd".into(), "rhost:10.0.0.9".into(), T + 5)),
+    };
+    let d = accept.clone();
+    assert!(w(s, move |tx| tx.apply_decision("dee", &d)));
+    let u = w(s, |tx| tx.user("dee")).unwrap();
+    assert_eq!(u.authenticators[0].last_step, 100);
+    assert_eq!(
+        (u.last_success, u.authenticators[0].last_used),
+        (Some(T + 5), Some(T + 5))
+    );
+    assert_eq!(
+        w(s, |tx| tx.remembered_at("dee", "sshd", "rhost:10.0.0.9")),
+        Some(T + 5)
+    );
+    assert_eq!(audits(s).len(), before + 1);
+    // The same decision again: the mark moved; nothing of it is written.
+    let d = LoginDecision {
+        audit: vec![entry(T + 6, "login", "dee", "accepted"); 2],
+        ..accept.clone()
+    };
+    assert!(!w(s, move |tx| tx.apply_decision("dee", &d)), "spent twice");
+    assert_eq!(audits(s).len(), before + 1);
+    // An authenticator replaced meanwhile (another added_at): the old read does not stand.
+    let d = LoginDecision {
+        mark: Some(MarkAdvance {
+            added_at: T - 1,
+            last_step: 100,
+            step: 101,
+            ..mark.clone()
+        }),
+        ..accept.clone()
+    };
+    assert!(!w(s, move |tx| tx.apply_decision("dee", &d)));
+    // A failure counted on the throttle it saw, once.
+    let one = ThrottleRecord {
+        failures: 1,
+        last_failure: T + 7,
+    };
+    let fail = LoginDecision {
+        throttle_was: ThrottleRecord::default(),
+        throttle: Some(Some(one)),
+        audit: vec![entry(T + 7, "login", "dee", "rejected")],
+        ..Default::default()
+    };
+    let d = fail.clone();
+    assert!(w(s, move |tx| tx.apply_decision("dee", &d)));
+    let d = fail.clone();
+    assert!(
+        !w(s, move |tx| tx.apply_decision("dee", &d)),
+        "counted on a stale throttle"
+    );
+    assert_eq!(w(s, |tx| tx.throttle("dee")), one);
+    assert_eq!(audits(s).len(), before + 2);
+    // Through `Store::decide`: a stale first decision falls back to the locked one.
+    let stale = ((7u8, "first"), fail.clone());
+    let got = s
+        .decide("dee", Some(stale), |tx| {
+            Ok((tx.throttle("dee")?.failures as u8, "locked"))
+        })
+        .unwrap();
+    assert_eq!(got, (1, "locked"));
+    let fresh = LoginDecision {
+        throttle_was: one,
+        throttle: Some(None),
+        ..Default::default()
+    };
+    // A first decision that stands, or (SQLite) the locked one that means the same.
+    s.decide("dee", Some(((), fresh)), |tx| tx.clear_throttle("dee"))
+        .unwrap();
+    assert_eq!(w(s, |tx| tx.throttle("dee")), ThrottleRecord::default());
+    w(s, |tx| tx.delete_user("dee").map(|_| ()));
+}
+
 fn sealer() -> Sealer {
     Sealer::from_key(&Sealer::generate_key().unwrap())
 }
@@ -581,6 +690,20 @@ fn postgres() {
     }
     let (store, _) = Store::open_postgres(&url, None, Vec::new()).unwrap();
     run(&store);
+    // A one-statement call runs outside a transaction: a second statement is refused, not run
+    // in a snapshot of its own.
+    let two = store.read_one(|tx| {
+        tx.throttle("x")?;
+        tx.throttle("x")
+    });
+    assert!(
+        two.unwrap_err().to_string().contains("second statement"),
+        "two statements ran as one"
+    );
+    assert_eq!(
+        store.read_one(|tx| tx.throttle("x")).unwrap(),
+        ThrottleRecord::default()
+    );
 }
 
 #[test]

@@ -162,7 +162,7 @@ impl Engine {
         // One read: whether the account is enrolled and, where a replacement could be shown
         // here, whether root invited one.
         let shows = can_enroll && self.config().enroll_at_login != EnrollAtLogin::Never;
-        let looked = self.store.read(|tx| {
+        let look = |tx: &dyn Tx| {
             let digits = tx
                 .user(name)?
                 .map(|u| u.authenticators.first().map_or(6, |a| a.params.digits));
@@ -170,7 +170,12 @@ impl Engine {
             let enrolled = digits.is_some();
             let replace = enrolled && shows && tx.invitation(name)?.is_some_and(|i| i.replace);
             Ok((digits, replace))
-        });
+        };
+        // Without an invitation to look for, the read is one statement.
+        let looked = match shows {
+            true => self.store.read(look),
+            false => self.store.read_one(look),
+        };
         if let Ok((Some(_), true)) = looked {
             if let Some(offer) = self.replacement_at_login(name, pam, uid, now) {
                 return offer;

@@ -25,8 +25,8 @@ use crate::limits::{self, Budget, Coalesce, HashGate, Lane};
 use crate::policy::{self, Caller, Decision, Operation};
 use crate::seal;
 use crate::store::{
-    Authenticator, CodePurpose, MailedCode, PendingRecord, Store, StoreError, ThrottleRecord, Tx,
-    UserRecord, DEFAULT_AUTHENTICATOR,
+    Authenticator, CodePurpose, LoginDecision, LoginState, MailedCode, MarkAdvance, PendingRecord,
+    Store, StoreError, ThrottleRecord, Tx, UserRecord, DEFAULT_AUTHENTICATOR,
 };
 use crate::throttle::{self, Gate};
 use crate::users;

@@ -425,7 +425,7 @@ impl Engine {
     /// enrollment with no recorded uid (its name had no account when twofoldd last started)
     /// is taken as the account's.
     pub(super) fn check_owner(&self, name: &str, uid: u32, now: u64) -> Option<ResponseBody> {
-        let found = match self.store.read(|tx| tx.enrollments_for(name, uid)) {
+        let found = match self.store.read_one(|tx| tx.enrollments_for(name, uid)) {
             Ok(f) => f,
             Err(e) => return Some(self.store_failed("enrollment owner", name, &e)),
         };
@@ -464,7 +464,10 @@ impl Engine {
     /// error says no: the name service is asked, and the error is met again where it is
     /// reported.
     fn unbound_enrollment(&self, name: &str) -> bool {
-        matches!(self.store.read(|tx| tx.recorded_uid(name)), Ok(Some(None)))
+        matches!(
+            self.store.read_one(|tx| tx.recorded_uid(name)),
+            Ok(Some(None))
+        )
     }
 
     /// Whether enrollments are bound to uids: on this host's own store, yes; on a fleet's

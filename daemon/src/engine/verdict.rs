@@ -143,8 +143,19 @@ pub(super) fn record_login_by(
     outcome: Outcome,
     by: Option<&str>,
 ) -> Result<(), StoreError> {
+    login_entries(base, outcome, by)
+        .iter()
+        .try_for_each(|e| tx.audit(e))
+}
+
+/// The audit entries of a login's outcome (none for a quiet refusal, see [`LoginBase`]).
+pub(super) fn login_entries(
+    base: &LoginBase,
+    outcome: Outcome,
+    by: Option<&str>,
+) -> Vec<AuditEntry> {
     if base.quiet && matches!(outcome, Outcome::Throttled { .. } | Outcome::Locked) {
-        return Ok(());
+        return Vec::new();
     }
     let base = &base.entry;
     let (result, method, detail) = match outcome {
@@ -186,32 +197,32 @@ pub(super) fn record_login_by(
         Outcome::Throttled { until } => ("throttled", None, Some(format!("until {until}"))),
         Outcome::Locked => ("locked", None, None),
     };
-    tx.audit(&AuditEntry {
+    let mut entries = vec![AuditEntry {
         outcome: result.into(),
         method: method.map(Into::into),
         detail,
         ..base.clone()
-    })?;
+    }];
     if let Outcome::Accepted {
         method: Method::Bypass,
         left,
     } = outcome
     {
-        tx.audit(&AuditEntry {
+        entries.push(AuditEntry {
             event: "bypass".into(),
             outcome: "used".into(),
             detail: Some(format!("{} use(s) left", left.unwrap_or(0))),
             ..base.clone()
-        })?;
+        });
     }
     if outcome == Outcome::NowLocked {
-        tx.audit(&AuditEntry {
+        entries.push(AuditEntry {
             event: "lockout".into(),
             outcome: "locked".into(),
             ..base.clone()
-        })?;
+        });
     }
-    Ok(())
+    entries
 }
 
 /// What "remember this device" is keyed by (besides the user): the service, and where the
@@ -254,6 +265,18 @@ pub(super) fn remember_in_tx(
     grace: Option<&(String, String)>,
     now: u64,
 ) -> Result<(), StoreError> {
+    match remembered_device(outcome, grace, now) {
+        Some((service, origin, at)) => tx.remember(name, &service, &origin, at),
+        None => Ok(()),
+    }
+}
+
+/// The device an outcome remembers, and when: an accepted code's, with a device to remember.
+pub(super) fn remembered_device(
+    outcome: Outcome,
+    grace: Option<&(String, String)>,
+    now: u64,
+) -> Option<(String, String, u64)> {
     match (outcome, grace) {
         // A helpdesk code lets one login in, not a device for days.
         (
@@ -262,11 +285,11 @@ pub(super) fn remember_in_tx(
                 ..
             },
             _,
-        ) => Ok(()),
+        ) => None,
         (Outcome::Accepted { .. }, Some((service, origin))) => {
-            tx.remember(name, service, origin, now)
+            Some((service.clone(), origin.clone(), now))
         }
-        _ => Ok(()),
+        _ => None,
     }
 }
 
@@ -293,45 +316,105 @@ pub(super) fn verify_totp_in_tx(
     email_try: Option<&HashedTry>,
 ) -> Result<(Outcome, ByAuthenticator), StoreError> {
     let state = tx.throttle(name)?;
-    if let Some(blocked) = gate_outcome(cfg, state, now) {
-        return Ok((blocked, None));
-    }
-    let Some(user) = tx.user(name)? else {
-        // Disabled between the snapshot and now: a plain failure.
-        return Ok((fail_in_tx(tx, name, state, now, cfg, Outcome::Wrong)?, None));
-    };
-    let (matched, fresh) = match_authenticators(&user, code, now, window);
-    let outcome = match fresh {
-        Some((label, step))
-            if tx.advance_step(name, label, i64::try_from(step).unwrap_or(i64::MAX), now)? =>
-        {
+    let user = tx.user(name)?;
+    let why = match decide_totp(user.as_ref(), state, code, now, window, cfg) {
+        TotpVerdict::Blocked(blocked) => return Ok((blocked, None)),
+        // Read in this transaction: the mark cannot have moved since.
+        TotpVerdict::Accept(mark) if tx.advance_mark(name, &mark)? => {
             tx.set_last_success(name, now)?;
             tx.clear_throttle(name)?;
-            return Ok((
-                Outcome::Accepted {
-                    method: Method::Totp,
-                    left: None,
-                },
-                Some(label.to_string()),
-            ));
+            return Ok((accepted(Method::Totp), Some(mark.label)));
         }
-        _ if email_try.is_some_and(|t| email_in_tx(tx, name, t, now).unwrap_or(false)) => {
-            tx.clear_throttle(name)?;
-            Ok(Outcome::Accepted {
-                method: Method::Email,
-                left: None,
+        TotpVerdict::Accept(_) => Outcome::Replayed,
+        TotpVerdict::Failed(why) => why,
+    };
+    if email_try.is_some_and(|t| email_in_tx(tx, name, t, now).unwrap_or(false)) {
+        tx.clear_throttle(name)?;
+        return Ok((accepted(Method::Email), None));
+    }
+    Ok((fail_in_tx(tx, name, state, now, cfg, why)?, None))
+}
+
+fn accepted(method: Method) -> Outcome {
+    Outcome::Accepted { method, left: None }
+}
+
+/// What the TOTP rules make of a code, from the throttle and the enrollment as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TotpVerdict {
+    /// The throttle refuses before any code is looked at.
+    Blocked(Outcome),
+    /// A fresh code: this mark moves.
+    Accept(MarkAdvance),
+    /// Wrong, or replayed (made within the window, but not above the mark).
+    Failed(Outcome),
+}
+
+/// The TOTP rules, on a state read (ARCHITECTURE.md §3): the gate, then every authenticator.
+/// No enrollment (revoked meanwhile) is a wrong code.
+pub(super) fn decide_totp(
+    user: Option<&UserRecord>,
+    state: ThrottleRecord,
+    code: &str,
+    now: u64,
+    window: Windows,
+    cfg: &throttle::ThrottleConfig,
+) -> TotpVerdict {
+    if let Some(blocked) = gate_outcome(cfg, state, now) {
+        return TotpVerdict::Blocked(blocked);
+    }
+    let Some(user) = user else {
+        return TotpVerdict::Failed(Outcome::Wrong);
+    };
+    match match_authenticators(user, code, now, window) {
+        (_, Some((label, step))) => {
+            let a = user.authenticators.iter().find(|a| a.label == label);
+            TotpVerdict::Accept(MarkAdvance {
+                label: label.to_string(),
+                added_at: a.map_or(0, |a| a.added_at),
+                last_step: a.map_or(-1, |a| a.last_step),
+                step: i64::try_from(step).unwrap_or(i64::MAX),
+                now,
             })
         }
-        _ => {
-            let why = if matched {
-                Outcome::Replayed
-            } else {
-                Outcome::Wrong
-            };
-            fail_in_tx(tx, name, state, now, cfg, why)
+        (true, None) => TotpVerdict::Failed(Outcome::Replayed),
+        (false, None) => TotpVerdict::Failed(Outcome::Wrong),
+    }
+}
+
+/// A login's TOTP verdict as a [`LoginDecision`] over the state it came from, with the outcome it
+/// stands for (what `verify_totp_in_tx` and its caller would write, as data).
+pub(super) fn totp_decision(
+    verdict: TotpVerdict,
+    state: ThrottleRecord,
+    base: &LoginBase,
+    grace: Option<&Device>,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+) -> (Outcome, ByAuthenticator, LoginDecision) {
+    let mut d = LoginDecision {
+        throttle_was: state,
+        ..Default::default()
+    };
+    let (outcome, by) = match verdict {
+        TotpVerdict::Blocked(blocked) => (blocked, None),
+        TotpVerdict::Accept(mark) => {
+            let by = mark.label.clone();
+            d.mark = Some(mark);
+            d.last_success = Some(now);
+            // Clearing a throttle that holds nothing would be one more statement.
+            d.throttle = (state != ThrottleRecord::default()).then_some(None);
+            (accepted(Method::Totp), Some(by))
+        }
+        TotpVerdict::Failed(why) => {
+            let (next, outcome) = failure(state, now, cfg, why);
+            d.throttle = Some(Some(next));
+            (outcome, None)
         }
     };
-    Ok((outcome?, None))
+    d.audit = login_entries(base, outcome, by.as_deref());
+    d.remember = remembered_device(outcome, grace, now);
+    (outcome, by, d)
 }
 
 /// Checks `code` against every authenticator of `user`, all of them whatever matches (the time
@@ -427,12 +510,24 @@ pub(super) fn fail_in_tx(
     cfg: &throttle::ThrottleConfig,
     why: Outcome,
 ) -> Result<Outcome, StoreError> {
-    let next = throttle::record_failure(state, now);
+    let (next, outcome) = failure(state, now, cfg, why);
     tx.set_throttle(name, next)?;
+    Ok(outcome)
+}
+
+/// A failure counted: the throttle after it, and the outcome (`NowLocked` when it reached
+/// the lockout limit).
+pub(super) fn failure(
+    state: ThrottleRecord,
+    now: u64,
+    cfg: &throttle::ThrottleConfig,
+    why: Outcome,
+) -> (ThrottleRecord, Outcome) {
+    let next = throttle::record_failure(state, now);
     if cfg.lockout_after > 0 && next.failures == cfg.lockout_after {
-        return Ok(Outcome::NowLocked);
+        return (next, Outcome::NowLocked);
     }
-    Ok(why)
+    (next, why)
 }
 
 impl Engine {
@@ -446,15 +541,12 @@ impl Engine {
         base: LoginBase,
         grace: Option<(String, String)>,
     ) -> Result<Option<(Outcome, ByAuthenticator)>, StoreError> {
-        let snapshot = self.store.read(|tx| {
-            Ok((
-                tx.user(name)?,
-                tx.throttle(name)?,
-                tx.mailed_code(name, CodePurpose::Login)?,
-                tx.email(name)?.is_some_and(|a| a.verified),
-            ))
-        })?;
-        let (user, state, mailed, verified_address) = snapshot;
+        let LoginState {
+            user,
+            throttle: state,
+            mailed,
+            verified_address,
+        } = self.store.read_one(|tx| tx.login_state(name))?;
         if let Some(u) = &user {
             self.warn_if_clock_behind(name, u, now);
         }
@@ -499,7 +591,15 @@ impl Engine {
         };
         let outcome = match input {
             Input::Totp(c) => {
-                let (outcome, by) = self.store.write(move |tx| {
+                // Decided from the state read, when no mailed code is in play; the store applies
+                // that in one statement if it still holds, else decides again under the lock.
+                let first = email_try.is_none().then(|| {
+                    let verdict = decide_totp(Some(&user), state, &c, now, window, &cfg);
+                    let (outcome, by, d) =
+                        totp_decision(verdict, state, &base, grace.as_ref(), now, &cfg);
+                    ((outcome, by), d)
+                });
+                let (outcome, by) = self.store.decide(name, first, move |tx| {
                     let (outcome, by) =
                         verify_totp_in_tx(tx, &owned, &c, now, window, &cfg, email_try.as_ref())?;
                     record_login_by(tx, &base, outcome, by.as_deref())?;

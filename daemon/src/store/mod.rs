@@ -93,6 +93,44 @@ impl Store {
         }
     }
 
+    /// A read that is one statement on PostgreSQL (`Tx::login_state`, `Tx::recorded_uid`,
+    /// `Tx::user`): run there without a transaction around it (one statement sees one
+    /// snapshot), saving two round trips; on SQLite, `read`.
+    pub fn read_one<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.read(f),
+            Backend::Postgres(p) => p.one(f),
+        }
+    }
+
+    /// A login decision. On PostgreSQL, `first` (a decision made from a state read before,
+    /// and what it means) is applied in one statement if that state still holds
+    /// (`Tx::apply_decision`); if it does not (another host decided about the user meanwhile),
+    /// or without `first`, `locked` decides in a write transaction, as on SQLite, whose single
+    /// writer decides without a round trip and never races.
+    pub fn decide<R, F>(
+        &self,
+        name: &str,
+        first: Option<(R, LoginDecision)>,
+        locked: F,
+    ) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn Tx) -> Result<R> + Send + 'static,
+    {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.write(locked),
+            Backend::Postgres(p) => {
+                if let Some((meaning, decision)) = first {
+                    if p.one(|tx| tx.apply_decision(name, &decision))? {
+                        return Ok(meaning);
+                    }
+                }
+                p.write(locked)
+            }
+        }
+    }
+
     /// Re-encrypts every secret under `new` (see `Sqlite::rekey`).
     pub fn rekey(&self, new: Sealer) -> Result<usize> {
         match &*self.0 {

@@ -209,3 +209,44 @@ pub(crate) fn params_from(algorithm: String, digits: i64, period: i64) -> Result
     params.validate().map_err(StoreError::Corrupt)?;
     Ok(params)
 }
+
+/// What a login decision reads about a name, in one go (`Tx::login_state`): the enrollment,
+/// the throttle, the live mailed login code, and whether a verified address exists.
+#[derive(Debug, Clone)]
+pub struct LoginState {
+    pub user: Option<UserRecord>,
+    pub throttle: ThrottleRecord,
+    pub mailed: Option<MailedCode>,
+    pub verified_address: bool,
+}
+
+/// A login decision made from a [`LoginState`], as the writes it makes and the facts it was
+/// made from (`Tx::apply_decision`): applied whole if those still hold, else not at all (the
+/// caller reads again and decides again). This is what lets a fleet's store decide in one
+/// round trip without a lock held across the decision.
+#[derive(Debug, Clone, Default)]
+pub struct LoginDecision {
+    /// The throttle the decision saw; the decision stands only while it is still so.
+    pub throttle_was: ThrottleRecord,
+    /// The new throttle: `None` keeps it, `Some(None)` clears it.
+    pub throttle: Option<Option<ThrottleRecord>>,
+    /// An accepted code: the authenticator's mark moves, if nobody moved it since.
+    pub mark: Option<MarkAdvance>,
+    /// The account's last success, when accepted.
+    pub last_success: Option<u64>,
+    pub audit: Vec<AuditEntry>,
+    /// The device remembered: service, origin, when.
+    pub remember: Option<(String, String, u64)>,
+}
+
+/// The high-water mark of authenticator `label` (added at `added_at`, mark `last_step` when
+/// read) raised to `step` at `now`: a compare-and-set, so a code is spent exactly once and
+/// never against an authenticator that was replaced meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkAdvance {
+    pub label: String,
+    pub added_at: u64,
+    pub last_step: i64,
+    pub step: i64,
+    pub now: u64,
+}

@@ -27,6 +27,8 @@ pub trait Tx {
     /// Raises the high-water mark of the user's authenticator `label` to `step` if it is below
     /// it (and marks it used at `now`). True when it was.
     fn advance_step(&self, name: &str, label: &str, step: i64, now: u64) -> Result<bool>;
+    /// The compare-and-set of [`MarkAdvance`]. True when it held and the mark moved.
+    fn advance_mark(&self, name: &str, mark: &MarkAdvance) -> Result<bool>;
     fn set_throttle(&self, name: &str, state: ThrottleRecord) -> Result<()>;
     fn clear_throttle(&self, name: &str) -> Result<()>;
     /// Counts a rejected attempt for a name with no enrollment: the same write a wrong code
@@ -117,7 +119,44 @@ pub trait Tx {
     /// Every mailed code of `name`, whatever it was for.
     fn delete_mailed_codes(&self, name: &str) -> Result<()>;
 
-    // ---- The rules inside compound writes, written once for every store.
+    // ---- The rules inside compound writes, written once for every store (a backend may
+    // ---- run one as a single statement, meaning the same: PostgreSQL does for the login's).
+
+    /// What a login decides from, read together.
+    fn login_state(&self, name: &str) -> Result<LoginState> {
+        Ok(LoginState {
+            user: self.user(name)?,
+            throttle: self.throttle(name)?,
+            mailed: self.mailed_code(name, CodePurpose::Login)?,
+            verified_address: self.email(name)?.is_some_and(|a| a.verified),
+        })
+    }
+
+    /// Applies `d` if the facts it was made from still hold (the throttle it saw, the mark it
+    /// raises): every write or none. False when they did not (nothing was written).
+    fn apply_decision(&self, name: &str, d: &LoginDecision) -> Result<bool> {
+        if self.throttle(name)? != d.throttle_was {
+            return Ok(false);
+        }
+        if let Some(mark) = &d.mark {
+            if !self.advance_mark(name, mark)? {
+                return Ok(false);
+            }
+        }
+        if let Some(at) = d.last_success {
+            self.set_last_success(name, at)?;
+        }
+        match d.throttle {
+            Some(Some(state)) => self.set_throttle(name, state)?,
+            Some(None) => self.clear_throttle(name)?,
+            None => {}
+        }
+        d.audit.iter().try_for_each(|e| self.audit(e))?;
+        if let Some((service, origin, at)) = &d.remember {
+            self.remember(name, service, origin, *at)?;
+        }
+        Ok(true)
+    }
 
     /// Makes `user` the active enrollment (replacing any) with these backup codes. A new
     /// secret: devices remembered under the old one are asked again, and the pending

@@ -162,8 +162,9 @@ fn a_postgres_enrollment_of_schema_4_becomes_its_default_authenticator() {
              UPDATE twofold_schema SET version = 4;",
         )
         .unwrap();
-    // Schema 5 made the authenticators; 6 gave them a kind (time- or counter-based).
-    assert_eq!(postgres::MIGRATIONS.len(), POSTGRES_BEFORE + 2);
+    // Schema 5 made the authenticators; 6 gave them a kind (time- or counter-based); 7 the
+    // one-statement login decision.
+    assert_eq!(postgres::MIGRATIONS.len(), POSTGRES_BEFORE + 3);
     client
         .execute(
             "INSERT INTO users (name, secret, algorithm, digits, period, enrolled_at, last_step,

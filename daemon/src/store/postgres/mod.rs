@@ -3,7 +3,8 @@
 //! before the reply; a transaction that touches a user first takes a transaction-scoped advisory
 //! lock on the user's name, so that two hosts deciding about the same user (the same code sent
 //! to both, failures counted on both) take turns, exactly as the single SQLite writer does on one
-//! host. A small pool per host (at most [`POOL`] connections), a connect and statement timeout
+//! host. A login's decision is one statement (`Store::decide`, the function `twofold_decide`
+//! of schema 7, which takes the same lock inside). A small pool per host (at most [`POOL`] connections), a connect and statement timeout
 //! of [`TIMEOUT`]: a database that is down or slow fails logins closed within the PAM timeout,
 //! and the next request reconnects.
 //!
@@ -28,7 +29,8 @@ use crate::backup::BackupHash;
 use crate::seal::Sealer;
 use crate::store::{
     kind_from, params_from, Authenticator, BypassRecord, CodePurpose, EmailRecord, Invitation,
-    MailedCode, PendingRecord, Result, StoreError, ThrottleRecord, Tx, UserRecord,
+    LoginDecision, LoginState, MailedCode, MarkAdvance, PendingRecord, Result, StoreError,
+    ThrottleRecord, Tx, UserRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
@@ -170,32 +172,39 @@ impl PgStore {
         }
     }
 
-    pub(crate) fn run<R>(&self, write: bool, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+    pub(crate) fn run<R>(&self, mode: Mode, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
         let mut lease = self.lease()?;
         let Some(Conn { client, statements }) = lease.client.as_mut() else {
             return Err(StoreError::Unavailable);
         };
-        let tx = if write {
-            client
-                .build_transaction()
-                .isolation_level(IsolationLevel::ReadCommitted)
-                .start()?
-        } else {
-            client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?
+        let session = match mode {
+            Mode::Write => Session::Tx(
+                client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::ReadCommitted)
+                    .start()?,
+            ),
+            Mode::Read => Session::Tx(
+                client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?,
+            ),
+            Mode::One => Session::One { client, ran: false },
         };
         let pg = PgTx {
-            tx: RefCell::new(tx),
+            tx: RefCell::new(session),
             statements: RefCell::new(statements),
             seal: self.seal.as_deref(),
-            write,
+            // One statement takes no lock of its own (a decision takes it inside).
+            write: mode == Mode::Write,
             locked: RefCell::new(HashSet::new()),
         };
         let result = f(&pg);
-        let tx = pg.tx.into_inner();
+        let Session::Tx(tx) = pg.tx.into_inner() else {
+            return result;
+        };
         match result {
             // Committed before the caller hears of it: the reply follows durability.
             Ok(value) => {
@@ -210,12 +219,28 @@ impl PgStore {
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
-        self.run(false, f)
+        self.run(Mode::Read, f)
     }
 
     pub fn write<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
-        self.run(true, f)
+        self.run(Mode::Write, f)
     }
+
+    /// `f` runs one statement, on its own (see `Session::One`).
+    pub fn one<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
+        self.run(Mode::One, f)
+    }
+}
+
+/// How `PgStore::run` runs a store call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A snapshot: REPEATABLE READ, read only.
+    Read,
+    /// READ COMMITTED, under the advisory lock of each user it touches.
+    Write,
+    /// One statement, its own transaction.
+    One,
 }
 
 pub(crate) fn choose_seal(

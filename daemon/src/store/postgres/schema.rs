@@ -132,6 +132,61 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE pending ADD COLUMN label TEXT NOT NULL DEFAULT 'default';",
     // 6: counter-based (HOTP) authenticators beside time-based ones
     "ALTER TABLE authenticators ADD COLUMN kind TEXT NOT NULL DEFAULT 'totp';",
+    // 7: a login decided in one statement (`Tx::apply_decision`, ARCHITECTURE.md §7): under
+    // the user's lock (the one `PgTx::lock` takes), the throttle and the mark must still be
+    // what the decision saw; then every write of it, or (false) none. Each statement of a
+    // PL/pgSQL function reads what was committed before it began, so the checks see
+    // everything that committed while the lock was awaited.
+    "CREATE OR REPLACE FUNCTION twofold_decide(
+        p_name TEXT, p_failures BIGINT, p_last_failure BIGINT,
+        p_throttle INT, p_new_failures BIGINT, p_new_last_failure BIGINT,
+        p_label TEXT, p_added_at BIGINT, p_last_step BIGINT, p_step BIGINT, p_now BIGINT,
+        p_last_success BIGINT, p_audit JSONB,
+        p_service TEXT, p_origin TEXT, p_at BIGINT
+    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        f BIGINT := 0;
+        lf BIGINT := 0;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_name, 7243));
+        SELECT failures, last_failure INTO f, lf FROM throttle WHERE name = p_name;
+        IF NOT FOUND THEN
+            f := 0;
+            lf := 0;
+        END IF;
+        IF f <> p_failures OR lf <> p_last_failure THEN
+            RETURN FALSE;
+        END IF;
+        IF p_label IS NOT NULL THEN
+            UPDATE authenticators SET last_step = p_step, last_used = p_now
+            WHERE name = p_name AND label = p_label AND added_at = p_added_at
+              AND last_step = p_last_step AND last_step < p_step;
+            IF NOT FOUND THEN
+                RETURN FALSE;
+            END IF;
+        END IF;
+        IF p_last_success IS NOT NULL THEN
+            UPDATE users SET last_success = p_last_success WHERE name = p_name;
+        END IF;
+        IF p_throttle = 1 THEN
+            INSERT INTO throttle (name, failures, last_failure)
+            VALUES (p_name, p_new_failures, p_new_last_failure)
+            ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,
+                last_failure = excluded.last_failure;
+        ELSIF p_throttle = 2 THEN
+            DELETE FROM throttle WHERE name = p_name;
+        END IF;
+        INSERT INTO audit (time, event, \"user\", outcome, method, service, rhost, tty,
+            caller_uid, detail)
+        SELECT time, event, \"user\", outcome, method, service, rhost, tty, caller_uid, detail
+        FROM jsonb_populate_recordset(NULL::audit, p_audit);
+        IF p_service IS NOT NULL THEN
+            INSERT INTO grace (name, service, origin, at) VALUES (p_name, p_service, p_origin, p_at)
+            ON CONFLICT (name, service, origin) DO UPDATE SET at = excluded.at;
+        END IF;
+        RETURN TRUE;
+    END
+    $$;",
 ];
 
 /// twofold's tables, the version table first: `fleet init` refuses a database holding any.

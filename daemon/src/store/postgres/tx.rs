@@ -21,13 +21,118 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
+/// Where a transaction's statements go: an open transaction, or the connection itself for a
+/// store call of one statement (`Store::read_one`, `Store::decide`: one statement is its own
+/// transaction, and the BEGIN and COMMIT round trips are saved). A second statement there is
+/// refused, not run outside the transaction.
+pub(crate) enum Session<'a> {
+    Tx(Transaction<'a>),
+    One { client: &'a mut Client, ran: bool },
+}
+
+impl Session<'_> {
+    fn prepare(&mut self, sql: Sql) -> Result<Statement> {
+        Ok(match self {
+            Session::Tx(tx) => tx.prepare(sql)?,
+            Session::One { client, .. } => client.prepare(sql)?,
+        })
+    }
+
+    /// The connection or transaction a statement may run on now.
+    fn next(&mut self) -> Result<&mut dyn Run> {
+        match self {
+            Session::Tx(tx) => Ok(tx),
+            Session::One { ran: true, .. } => Err(StoreError::Remote(
+                "internal error: a one-statement store call ran a second statement".into(),
+            )),
+            Session::One { client, ran } => {
+                *ran = true;
+                Ok(*client)
+            }
+        }
+    }
+}
+
+/// What a statement runs on: `Client` or `Transaction` (the crate's `GenericClient` is not
+/// object-safe).
+trait Run {
+    fn run_execute(&mut self, s: &Statement, p: Params<'_>) -> Result<u64>;
+    fn run_query(&mut self, s: &Statement, p: Params<'_>) -> Result<Vec<Row>>;
+}
+
+impl Run for Client {
+    fn run_execute(&mut self, s: &Statement, p: Params<'_>) -> Result<u64> {
+        Ok(self.execute(s, p)?)
+    }
+    fn run_query(&mut self, s: &Statement, p: Params<'_>) -> Result<Vec<Row>> {
+        Ok(self.query(s, p)?)
+    }
+}
+
+impl Run for Transaction<'_> {
+    fn run_execute(&mut self, s: &Statement, p: Params<'_>) -> Result<u64> {
+        Ok(self.execute(s, p)?)
+    }
+    fn run_query(&mut self, s: &Statement, p: Params<'_>) -> Result<Vec<Row>> {
+        Ok(self.query(s, p)?)
+    }
+}
+
 pub(crate) struct PgTx<'a> {
-    pub(crate) tx: RefCell<Transaction<'a>>,
+    pub(crate) tx: RefCell<Session<'a>>,
     pub(crate) statements: RefCell<&'a mut HashMap<&'static str, Statement>>,
     pub(crate) seal: Option<&'a Sealer>,
     pub(crate) write: bool,
     /// Users whose advisory lock this transaction holds.
     pub(crate) locked: RefCell<HashSet<String>>,
+}
+
+/// An enrollment's columns, one row per authenticator (`PgTx::user_from` reads them).
+macro_rules! user_columns {
+    () => {
+        "u.enrolled_at, u.last_success, u.backup_salt, u.uid, a.label, a.secret, a.algorithm,
+         a.digits, a.period, a.added_at, a.last_step, a.last_used, a.\"window\", a.kind"
+    };
+}
+
+const USER_BY_NAME: Sql = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users u LEFT JOIN authenticators a ON a.name = u.name
+     WHERE u.name = $1 ORDER BY a.added_at, a.label"
+);
+
+/// A row for every authenticator (at least one row), with the throttle (14-15), the mailed
+/// code (16-20) and the address's verified flag (21) beside the enrollment's columns.
+const LOGIN_STATE: Sql = concat!(
+    "SELECT ",
+    user_columns!(),
+    ", t.failures, t.last_failure, m.hash, m.salt, m.sent_at, m.expires, m.tries, e.verified
+     FROM (SELECT $1::text AS name) k
+     LEFT JOIN users u ON u.name = k.name
+     LEFT JOIN authenticators a ON a.name = u.name
+     LEFT JOIN throttle t ON t.name = k.name
+     LEFT JOIN email_codes m ON m.name = k.name AND m.purpose = $2
+     LEFT JOIN emails e ON e.name = k.name
+     ORDER BY a.added_at, a.label"
+);
+
+/// Audit entries as the JSON array `twofold_decide` inserts.
+fn audit_json(entries: &[AuditEntry]) -> String {
+    serde_json::Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "time": to_i64(e.time), "event": e.event, "user": e.user,
+                    "outcome": e.outcome, "method": e.method, "service": e.service,
+                    "rhost": e.rhost, "tty": e.tty, "caller_uid": e.caller_uid,
+                    "detail": e.detail,
+                })
+            })
+            .collect(),
+    )
+    .to_string()
 }
 
 pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -43,29 +148,38 @@ pub(crate) fn count(n: i64) -> u32 {
 }
 
 impl PgTx<'_> {
-    /// The account's authenticators, in the order they were added.
-    fn authenticator_rows(&self, name: &str) -> Result<Vec<Authenticator>> {
-        self.lock(name)?;
-        self.all(
-            "SELECT label, secret, algorithm, digits, period, added_at, last_step, last_used,
-                    \"window\", kind
-             FROM authenticators WHERE name = $1 ORDER BY added_at, label",
-            &[&name],
-        )?
-        .iter()
-        .map(|r| {
-            Ok(Authenticator {
-                label: r.get(0),
-                secret: self.read_secret("users", name, r.get(1))?,
-                params: params_from(r.get(2), r.get(3), r.get(4))?,
-                added_at: r.get::<_, i64>(5).max(0) as u64,
-                last_step: r.get(6),
-                last_used: r.get::<_, Option<i64>>(7).map(|t| t.max(0) as u64),
-                window: r.get::<_, Option<i64>>(8).map(|w| w.clamp(0, 10) as u32),
-                kind: kind_from(r.get(9))?,
+    /// The enrollment in `rows` of `user_columns!()` (one per authenticator, in the order
+    /// they were added; none: not enrolled).
+    fn user_from(&self, name: &str, rows: &[Row]) -> Result<Option<UserRecord>> {
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        let authenticators = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<String>>(4).is_some())
+            .map(|r| {
+                Ok(Authenticator {
+                    label: r.get(4),
+                    secret: self.read_secret("users", name, r.get(5))?,
+                    params: params_from(r.get(6), r.get(7), r.get(8))?,
+                    added_at: r.get::<_, i64>(9).max(0) as u64,
+                    last_step: r.get(10),
+                    last_used: r.get::<_, Option<i64>>(11).map(|t| t.max(0) as u64),
+                    window: r.get::<_, Option<i64>>(12).map(|w| w.clamp(0, 10) as u32),
+                    kind: kind_from(r.get(13))?,
+                })
             })
-        })
-        .collect()
+            .collect::<Result<_>>()?;
+        Ok(Some(UserRecord {
+            name: name.to_string(),
+            enrolled_at: r.get::<_, i64>(0).max(0) as u64,
+            last_success: r.get::<_, Option<i64>>(1).map(|t| t.max(0) as u64),
+            backup_salt: r.get(2),
+            uid: r
+                .get::<_, Option<i64>>(3)
+                .and_then(|u| u32::try_from(u).ok()),
+            authenticators,
+        }))
     }
 
     /// `sql` prepared on this connection, once.
@@ -85,7 +199,7 @@ impl PgTx<'_> {
             return Ok(());
         }
         let lock = self.statement("SELECT pg_advisory_xact_lock(hashtextextended($1, 7243))")?;
-        self.tx.borrow_mut().execute(&lock, &[&name])?;
+        self.tx.borrow_mut().next()?.run_execute(&lock, &[&name])?;
         self.locked.borrow_mut().insert(name.to_string());
         Ok(())
     }
@@ -95,7 +209,7 @@ impl PgTx<'_> {
             self.lock(n)?;
         }
         let statement = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().execute(&statement, params)?)
+        self.tx.borrow_mut().next()?.run_execute(&statement, params)
     }
 
     pub(crate) fn one(
@@ -108,12 +222,19 @@ impl PgTx<'_> {
             self.lock(n)?;
         }
         let statement = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query_opt(&statement, params)?)
+        let mut rows = self.tx.borrow_mut().next()?.run_query(&statement, params)?;
+        if rows.len() > 1 {
+            return Err(StoreError::Corrupt(format!(
+                "{} rows where one was expected",
+                rows.len()
+            )));
+        }
+        Ok(rows.pop())
     }
 
     pub(crate) fn all(&self, sql: Sql, params: Params<'_>) -> Result<Vec<Row>> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query(&statement, params)?)
+        self.tx.borrow_mut().next()?.run_query(&statement, params)
     }
 
     pub(crate) fn stored_secret(
@@ -151,24 +272,80 @@ impl Tx for PgTx<'_> {
     }
 
     fn user(&self, name: &str) -> Result<Option<UserRecord>> {
-        let Some(r) = self.one(
-            Some(name),
-            "SELECT enrolled_at, last_success, backup_salt, uid FROM users WHERE name = $1",
-            &[&name],
-        )?
-        else {
-            return Ok(None);
+        self.lock(name)?;
+        let rows = self.all(USER_BY_NAME, &[&name])?;
+        self.user_from(name, &rows)
+    }
+
+    /// One statement: the enrollment, throttle, mailed login code and address together.
+    fn login_state(&self, name: &str) -> Result<LoginState> {
+        self.lock(name)?;
+        let rows = self.all(LOGIN_STATE, &[&name, &CodePurpose::Login.key()])?;
+        let Some(r) = rows.first() else {
+            return Err(StoreError::Corrupt(
+                "the login state query returned no row".into(),
+            ));
         };
-        Ok(Some(UserRecord {
-            name: name.to_string(),
-            enrolled_at: r.get::<_, i64>(0).max(0) as u64,
-            last_success: r.get::<_, Option<i64>>(1).map(|t| t.max(0) as u64),
-            backup_salt: r.get(2),
-            uid: r
-                .get::<_, Option<i64>>(3)
-                .and_then(|u| u32::try_from(u).ok()),
-            authenticators: self.authenticator_rows(name)?,
-        }))
+        let enrolled = r.get::<_, Option<i64>>(0).is_some();
+        let user = match enrolled {
+            true => self.user_from(name, &rows)?,
+            false => None,
+        };
+        Ok(LoginState {
+            user,
+            throttle: match r.get::<_, Option<i64>>(14) {
+                Some(failures) => ThrottleRecord {
+                    failures: count(failures),
+                    last_failure: r.get::<_, i64>(15).max(0) as u64,
+                },
+                None => ThrottleRecord::default(),
+            },
+            mailed: r.get::<_, Option<Vec<u8>>>(16).map(|hash| MailedCode {
+                hash,
+                salt: r.get(17),
+                sent_at: r.get::<_, i64>(18).max(0) as u64,
+                expires: r.get::<_, i64>(19).max(0) as u64,
+                tries: count(r.get(20)),
+            }),
+            verified_address: r.get::<_, Option<i64>>(21).is_some_and(|v| v != 0),
+        })
+    }
+
+    /// One statement: `twofold_decide` (schema version 7) checks and writes under the user's
+    /// lock, in the statement's own transaction.
+    fn apply_decision(&self, name: &str, d: &LoginDecision) -> Result<bool> {
+        let audit = audit_json(&d.audit);
+        let mark = d.mark.as_ref();
+        let (throttle_op, new_state) = match d.throttle {
+            None => (0i32, ThrottleRecord::default()),
+            Some(Some(state)) => (1, state),
+            Some(None) => (2, ThrottleRecord::default()),
+        };
+        let remember = d.remember.as_ref();
+        let row = self.one(
+            None,
+            "SELECT twofold_decide($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb,
+                                   $14::text, $15::text, $16)",
+            &[
+                &name,
+                &i64::from(d.throttle_was.failures),
+                &to_i64(d.throttle_was.last_failure),
+                &throttle_op,
+                &i64::from(new_state.failures),
+                &to_i64(new_state.last_failure),
+                &mark.map(|m| m.label.as_str()),
+                &mark.map(|m| to_i64(m.added_at)),
+                &mark.map(|m| m.last_step),
+                &mark.map(|m| m.step),
+                &mark.map(|m| to_i64(m.now)),
+                &d.last_success.map(to_i64),
+                &audit,
+                &remember.map(|r| r.0.as_str()),
+                &remember.map(|r| r.1.as_str()),
+                &remember.map(|r| to_i64(r.2)),
+            ],
+        )?;
+        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
     }
 
     fn database_bytes(&self) -> Result<u64> {
@@ -287,6 +464,24 @@ impl Tx for PgTx<'_> {
             "UPDATE authenticators SET last_step = $3, last_used = $4
              WHERE name = $1 AND label = $2 AND last_step < $3",
             &[&name, &label, &step, &to_i64(now)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn advance_mark(&self, name: &str, m: &MarkAdvance) -> Result<bool> {
+        let changed = self.exec(
+            Some(name),
+            "UPDATE authenticators SET last_step = $5, last_used = $6
+             WHERE name = $1 AND label = $2 AND added_at = $3 AND last_step = $4
+               AND last_step < $5",
+            &[
+                &name,
+                &m.label,
+                &to_i64(m.added_at),
+                &m.last_step,
+                &m.step,
+                &to_i64(m.now),
+            ],
         )?;
         Ok(changed == 1)
     }

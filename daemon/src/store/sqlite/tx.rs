@@ -248,6 +248,25 @@ impl Tx for SqliteTx<'_> {
         Ok(changed == 1)
     }
 
+    fn advance_mark(&self, name: &str, m: &MarkAdvance) -> Result<bool> {
+        let changed = self
+            .0
+            .prepare_cached(
+                "UPDATE authenticators SET last_step = ?5, last_used = ?6
+                 WHERE name = ?1 AND label = ?2 AND added_at = ?3 AND last_step = ?4
+                   AND last_step < ?5",
+            )?
+            .execute(params![
+                name,
+                m.label,
+                to_i64(m.added_at),
+                m.last_step,
+                m.step,
+                to_i64(m.now)
+            ])?;
+        Ok(changed == 1)
+    }
+
     fn delete_backup_code(&self, name: &str, hash: &BackupHash) -> Result<bool> {
         let changed = self
             .0
