@@ -393,6 +393,70 @@ pub fn check_postgres(
     out
 }
 
+/// Whether a promoted standby would have every accepted code: only if each commit waited for
+/// a synchronous standby (else a failover can bring a used code back, once).
+pub fn check_replication(r: Result<crate::store::postgres::Replication, String>) -> Finding {
+    let r = match r {
+        Ok(r) => r,
+        Err(why) => {
+            return warn(
+                "replication",
+                format!("could not ask the database how it replicates: {why}"),
+                "check postgres_url and that the database answers",
+            )
+        }
+    };
+    if r.standby_names.trim().is_empty() {
+        return warn(
+            "replication",
+            "the database has no synchronous standby (synchronous_standby_names is empty): a \
+             standby promoted after a failover may lack the last codes accepted, and they would be \
+             accepted once more",
+            "on the primary: ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (NAME)' (NAME: \
+             the standby's application_name) and SELECT pg_reload_conf(); see BENCHMARKS.md for \
+             what it costs",
+        );
+    }
+    if matches!(r.synchronous_commit.as_str(), "off" | "local") {
+        return warn(
+            "replication",
+            format!(
+                "synchronous_commit = {} for twofold's role: commits do not wait for the standby, \
+                 so a failover can bring a used code back",
+                r.synchronous_commit
+            ),
+            "ALTER ROLE twofold SET synchronous_commit = on (or remote_apply)",
+        );
+    }
+    match r.synchronous {
+        Some(0) => warn(
+            "replication",
+            format!(
+                "synchronous_standby_names = '{}', and no standby streams synchronously now: every \
+                 commit waits, so logins fail by timeout",
+                r.standby_names
+            ),
+            "start the standby (or correct synchronous_standby_names to its application_name)",
+        ),
+        Some(n) => ok(
+            "replication",
+            format!(
+                "commits wait for a synchronous standby ({n} streaming, synchronous_standby_names \
+                 = '{}'): a promoted standby has every accepted code",
+                r.standby_names
+            ),
+        ),
+        None => ok(
+            "replication",
+            format!(
+                "commits wait for a synchronous standby (synchronous_standby_names = '{}'; whether \
+                 one streams now is visible to pg_read_all_stats only)",
+                r.standby_names
+            ),
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clock and users
 
@@ -681,6 +745,48 @@ mod tests {
         assert_eq!(check_database(d, Some((0, 0o100644)), 0).level, Level::Fail);
         assert_eq!(check_database(d, Some((5, 0o100600)), 0).level, Level::Fail);
         assert_eq!(check_database(d, None, 0).level, Level::Warn);
+    }
+
+    #[test]
+    fn replication_without_a_synchronous_standby_is_warned_with_the_fix() {
+        use crate::store::postgres::Replication;
+        let r = |names: &str, commit: &str, synchronous: Option<i64>| {
+            check_replication(Ok(Replication {
+                standby_names: names.into(),
+                synchronous_commit: commit.into(),
+                synchronous,
+            }))
+        };
+        let none = r("", "on", Some(0));
+        assert_eq!(none.level, Level::Warn);
+        assert!(
+            none.message.contains("accepted once more"),
+            "{}",
+            none.message
+        );
+        assert!(none
+            .fix
+            .unwrap()
+            .contains("synchronous_standby_names = 'FIRST 1"));
+        let local = r("s1", "local", Some(1));
+        assert_eq!(local.level, Level::Warn);
+        assert!(local.fix.unwrap().contains("synchronous_commit = on"));
+        let absent = r("s1", "on", Some(0));
+        assert_eq!(absent.level, Level::Warn);
+        assert!(
+            absent.message.contains("fail by timeout"),
+            "{}",
+            absent.message
+        );
+        for (names, commit, visible) in [
+            ("s1", "on", Some(1)),
+            ("FIRST 1 (a, b)", "remote_apply", None),
+        ] {
+            let f = r(names, commit, visible);
+            assert_eq!(f.level, Level::Ok, "{f:?}");
+            assert!(f.message.contains("synchronous standby"), "{}", f.message);
+        }
+        assert_eq!(check_replication(Err("refused".into())).level, Level::Warn);
     }
 
     #[test]

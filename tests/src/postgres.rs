@@ -119,8 +119,8 @@ impl Postgres {
             .unwrap();
             std::fs::write(
                 data.join("pg_hba.conf"),
-                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
-                 host all all 127.0.0.1/32 reject\n",
+                "local all all trust\nlocal replication all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
             )
             .unwrap();
         }
@@ -139,6 +139,79 @@ impl Postgres {
         Some(server)
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R` over the primary's Unix socket,
+    /// so its settings, certificate and pg_hba.conf too), on a port and socket of its own,
+    /// known to the primary as `name` (its `application_name`, for
+    /// `synchronous_standby_names`). Read-only until [`Postgres::promote`].
+    pub fn standby_of(primary: &Postgres, name: &str) -> Postgres {
+        let dir = open_tempdir();
+        let data = dir.path().join("data");
+        let sock = dir.path().join("sock");
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        for d in [&data, &sock] {
+            std::fs::create_dir(d).unwrap();
+            let mode = if *d == data { 0o700 } else { 0o755 };
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+            nix::unistd::chown(d, Some(pg.uid), Some(pg.gid)).unwrap();
+        }
+        let from = format!(
+            "host={} port={} user=twofold application_name={name}",
+            primary.dir.path().join("sock").display(),
+            primary.port
+        );
+        let out = as_postgres(&primary.bin.join("pg_basebackup"))
+            .args(["-d", &from, "-R", "-X", "stream", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut standby = Postgres {
+            dir,
+            port,
+            bin: primary.bin.clone(),
+            child: None,
+        };
+        standby.restart();
+        standby
+    }
+
+    /// Makes commits wait until the standby `name` has them (synchronous replication), and
+    /// waits until it is streaming synchronously.
+    pub fn require_sync_standby(&self, name: &str) {
+        self.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET synchronous_standby_names = '{name}'"),
+        );
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sql =
+            format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'");
+        while self.psql("postgres", &sql).trim() != "sync" {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not become synchronous"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Promotes a standby to a primary; returns once it accepts writes.
+    pub fn promote(&self) {
+        assert_eq!(
+            self.psql("postgres", "SELECT pg_promote(true, 30)").trim(),
+            "t"
+        );
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server and every backend of it: a database
     /// that is up but does not answer.
     pub fn freeze(&self, frozen: bool) {
@@ -147,6 +220,29 @@ impl Postgres {
         let pid = child.id().to_string();
         let _ = Command::new("pkill").args([signal, "-P", &pid]).status();
         let _ = Command::new("kill").args([signal, &pid]).status();
+    }
+
+    /// Stops (SIGSTOP) the processes that stream WAL to standbys: the standbys hear nothing
+    /// more, as if the network to them had stalled. `crash` or `stop` ends it.
+    pub fn stall_replication(&self) {
+        let pids = self.psql("postgres", "SELECT pid FROM pg_stat_replication");
+        assert!(!pids.trim().is_empty(), "no standby is streaming");
+        for pid in pids.split_whitespace() {
+            let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        }
+    }
+
+    /// The host dies: the server and every backend stop at once (frozen, then killed), with
+    /// nothing flushed or sent to a standby on the way out.
+    pub fn crash(&mut self) {
+        self.freeze(true);
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The server's programs (psql, pg_isready, …).

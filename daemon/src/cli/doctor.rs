@@ -113,13 +113,15 @@ fn daemon_finding(client: &Client, socket: &std::path::Path) -> Finding {
 fn store_findings(config: &crate::config::Config) -> Vec<Finding> {
     if config.store == crate::config::StoreKind::Postgres {
         let url = config.postgres_url.as_deref().unwrap_or_default();
-        doctor::check_postgres(
+        let password_file = config.postgres_password_file.as_deref();
+        let mut out = doctor::check_postgres(
             crate::store::postgres::transport(url),
-            config
-                .postgres_password_file
-                .as_deref()
-                .map(crate::store::postgres::check_password_file),
-        )
+            password_file.map(crate::store::postgres::check_password_file),
+        );
+        let replication =
+            crate::store::postgres::replication(url, password_file).map_err(|e| e.to_string());
+        out.push(doctor::check_replication(replication));
+        out
     } else {
         vec![doctor::check_database(
             &config.database,

@@ -302,3 +302,35 @@ pub(crate) fn tls_connector(root_file: Option<&str>) -> Result<MakeRustlsConnect
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
+
+/// What the database says of its replication (for `twofold doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// `synchronous_standby_names` (empty: commits wait for no standby).
+    pub standby_names: String,
+    /// `synchronous_commit` as this role's session has it.
+    pub synchronous_commit: String,
+    /// Standbys streaming synchronously now (`sync` or `quorum`); `None`: this role may not
+    /// see (pg_stat_replication shows its state to superusers and pg_read_all_stats only).
+    pub synchronous: Option<i64>,
+}
+
+/// Asks the database at `url` how its commits are replicated.
+pub fn replication(url: &str, password_file: Option<&Path>) -> Result<Replication> {
+    let (config, connector) = client_config(url, password_file)?;
+    let mut client = connector.connect(&config)?;
+    let row = client.query_one(
+        "SELECT current_setting('synchronous_standby_names'),
+                current_setting('synchronous_commit'),
+                (SELECT count(*) FROM pg_stat_replication),
+                (SELECT count(state) FROM pg_stat_replication),
+                (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))",
+        &[],
+    )?;
+    let (rows, visible): (i64, i64) = (row.get(2), row.get(3));
+    Ok(Replication {
+        standby_names: row.get(0),
+        synchronous_commit: row.get(1),
+        synchronous: (visible == rows).then(|| row.get(4)),
+    })
+}

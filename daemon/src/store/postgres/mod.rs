@@ -136,6 +136,11 @@ impl PgStore {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(c) = pool.idle.pop() {
+                // The server went away (a failover, a restart): connect anew instead.
+                if c.client.is_closed() {
+                    pool.open = pool.open.saturating_sub(1);
+                    continue;
+                }
                 return Ok(Lease {
                     store: self,
                     client: Some(c),
