@@ -42,11 +42,13 @@ work=$(mktemp -d /tmp/twofold-bench.XXXXXX)
 daemon_pid=""
 daemon2_pid=""
 pg_pid=""
+pg2_pid=""
 pgwork=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
   [ -n "$daemon2_pid" ] && kill "$daemon2_pid" 2>/dev/null && wait "$daemon2_pid" 2>/dev/null
   [ -n "$pg_pid" ] && kill -INT "$pg_pid" 2>/dev/null && wait "$pg_pid" 2>/dev/null
+  [ -n "$pg2_pid" ] && kill -INT "$pg2_pid" 2>/dev/null && wait "$pg2_pid" 2>/dev/null
   rm -rf "$work"
   [ -n "$pgwork" ] && rm -rf "$pgwork"
 }
@@ -200,7 +202,50 @@ kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 if $quick; then pg_cap_users=5000; else pg_cap_users=20000; fi
 cap_pg=$("$bench" capacity "$target/twofoldd" "$pg_cap_users" 32 "$secs" "$pgurl dbname=capacity")
 record capacity_pg 0 32 "$cap_pg"
+
+# The same with a synchronous standby (what a failover without replay costs): a streaming
+# replica of the server (pg_basebackup -R) on another port, named in
+# synchronous_standby_names, so that every commit waits until the standby has it.
+echo "== PostgreSQL store with a synchronous standby: N = 100 logins, then capacity" >&2
+install -d -m 700 -o postgres -g postgres "$pgwork/standby"
+as_postgres "$pgbin/pg_basebackup" -d "host=127.0.0.1 port=$pgport user=twofold application_name=bench_standby" \
+  -R -X stream -c fast --no-sync -D "$pgwork/standby"
+pgport2=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+setpriv --reuid postgres --regid postgres --init-groups -- "$pgbin/postgres" -D "$pgwork/standby" \
+  -p "$pgport2" -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=100 \
+  2> "$pgwork/standby.log" &
+pg2_pid=$!
+for _ in $(seq 300); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$pgport2" -U twofold && break; sleep 0.1; done
+pgsql() { "$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U twofold -d postgres -qAtc "$1"; }
+pgsql "ALTER SYSTEM SET synchronous_standby_names = 'bench_standby'" > /dev/null
+pgsql "SELECT pg_reload_conf()" > /dev/null
+for _ in $(seq 300); do
+  [ "$(pgsql "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'bench_standby'")" = sync ] && break
+  sleep 0.1
+done
+[ "$(pgsql "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'bench_standby'")" = sync ] \
+  || { echo "bench.sh: the standby did not become synchronous" >&2; exit 1; }
+"$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U twofold logins_sync
+"$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U twofold capacity_sync
+"$bench" seed "postgres:$pgurl dbname=logins_sync" 100 "$pgdir/users-sync.txt" > /dev/null
+head -n 49 "$pgdir/users-sync.txt" > "$pgdir/s1.txt"
+sed -n '50,98p' "$pgdir/users-sync.txt" > "$pgdir/s8.txt"
+sed "s/dbname=logins\"/dbname=logins_sync\"/; s|$pgdir/s\"|$pgdir/sync.s\"|" "$pgdir/twofold.toml" > "$pgdir/sync.toml"
+"$target/twofoldd" --config "$pgdir/sync.toml" 2> "$pgdir/twofoldd-sync.log" &
+daemon_pid=$!
+for _ in $(seq 200); do [ -S "$pgdir/sync.s" ] && break; sleep 0.05; done
+echo "auth required $module socket=$pgdir/sync.s" > "$work/pam.d/twofold-pg-sync"
+for threads in 1 8; do
+  slice="$pgdir/s1.txt"; [ "$threads" = 8 ] && slice="$pgdir/s8.txt"
+  r=$(run_pam twofold-pg-sync "$slice" "$threads" 147)
+  echo "   twofold (postgres, synchronous standby) threads=$threads: $r" >&2
+  record pg_sync 100 "$threads" "$r"
+done
+kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+cap_sync=$("$bench" capacity "$target/twofoldd" "$pg_cap_users" 32 "$secs" "$pgurl dbname=capacity_sync")
+record capacity_pg_sync 0 32 "$cap_sync"
 kill -INT "$pg_pid"; wait "$pg_pid" 2>/dev/null || true; pg_pid=""
+kill -INT "$pg2_pid"; wait "$pg2_pid" 2>/dev/null || true; pg2_pid=""
 
 echo "== capacity: 32 clients, durable acceptances" >&2
 cap=$("$bench" capacity "$target/twofoldd" "$cap_users" 32 "$secs")
@@ -276,6 +321,22 @@ if side:
 cap_pg = get("capacity_pg", 0, 32)
 if cap_pg:
     pg["daemon_durable_verifications_per_s_two_daemons"] = round(cap_pg["durable_verifications_per_s"], 1)
+sync = {"overhead_ms": {}, "p99_ms": {}, "succeeded": {}}
+for threads in (1, 8):
+    r, base = get("pg_sync", small, threads), get("permit", small, threads)
+    if r is None:
+        continue
+    over = r["p50_ms"] - base["p50_ms"]
+    print(f"{'pam_twofold (pg, sync)':<26}{small:>8}{threads:>6}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{over:>+10.3f}{r['succeeded']:>6}/{r['logins']:<5}")
+    sync["overhead_ms"][str(threads)] = round(over, 4)
+    sync["p99_ms"][str(threads)] = round(r["p99_ms"], 4)
+    sync["succeeded"][str(threads)] = f"{r['succeeded']}/{r['logins']}"
+    if str(threads) in pg["overhead_ms"]:
+        sync.setdefault("ratio_overhead_vs_no_standby", {})[str(threads)] = ratio(over, pg["overhead_ms"][str(threads)])
+cap_sync = get("capacity_pg_sync", 0, 32)
+if cap_sync:
+    sync["daemon_durable_verifications_per_s_two_daemons"] = round(cap_sync["durable_verifications_per_s"], 1)
+pg["synchronous_standby"] = sync
 out["postgres"] = pg
 print()
 print(f"twofold / google-authenticator overhead (N={small}): {out['ratio_overhead_vs_google_authenticator']} at 1 login, {out['ratio_overhead_vs_google_authenticator_8']} at 8")
@@ -286,6 +347,7 @@ if "authenticators_5" in out:
 print(f"daemon capacity, 32 clients, durable:            {out['daemon_durable_verifications_per_s']} verifications/s")
 print(f"p99 under a flood of {out['flood_requests_per_s']} wrong codes/s / without: {out['flood_p99_ratio']} (N={big})")
 print(f"postgres store: overhead {pg['overhead_ms']} ms (1 and 8 logins), {pg.get('ratio_overhead_vs_sqlite')} of SQLite's; {pg.get('daemon_durable_verifications_per_s_two_daemons')} verifications/s over two daemons")
+print(f"postgres with a synchronous standby: overhead {sync['overhead_ms']} ms, {sync.get('ratio_overhead_vs_no_standby')} of without; {sync.get('daemon_durable_verifications_per_s_two_daemons')} verifications/s over two daemons")
 print(f"twofoldd RSS at {big} users: {out['daemon_rss_mib_100k']} MiB; pam_twofold.so: {out['so_size_bytes']} bytes")
 if sys.argv[2]:
     json.dump(out, open(sys.argv[2], "w"), indent=2)
