@@ -25,10 +25,14 @@ set -euo pipefail
 
 prog=vm-test.sh
 [ "$(id -u)" -eq 0 ] || { echo "$prog: run as root (debootstrap, mkfs)" >&2; exit 2; }
+# `deps` installs what the test needs and stops; `images` also builds (or finds cached) both
+# images and stops: .ci/run builds them in the background from its start, beside the tests.
+mode=test
 case "${1:-all}" in
   all) releases=(bookworm trixie) ;;
   bookworm|trixie) releases=("$1") ;;
-  *) echo "usage: $prog [bookworm|trixie|all]" >&2; exit 2 ;;
+  deps|images) mode=$1; releases=(bookworm trixie) ;;
+  *) echo "usage: $prog [bookworm|trixie|all|deps|images]" >&2; exit 2 ;;
 esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -43,8 +47,18 @@ for p in "${vm_deps[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 
+[ "$mode" = deps ] && exit 0
+
 # shellcheck source-path=SCRIPTDIR source=vm-lib.sh
 . "$repo/scripts/vm-lib.sh"
+
+if [ "$mode" = images ]; then
+  children=()
+  for rel in "${releases[@]}"; do vm_image "$rel" & children+=($!); done
+  for p in "${children[@]}"; do wait "$p"; done
+  echo "$prog: images ready in $(( $(date +%s) - start )) s"
+  exit 0
+fi
 
 base=$(mktemp -d /tmp/twofold-vmtest.XXXXXX)
 chmod 700 "$base"
