@@ -160,7 +160,17 @@ impl Postgres {
             primary.port
         );
         let out = as_postgres(&primary.bin.join("pg_basebackup"))
-            .args(["-d", &from, "-R", "-X", "stream", "-c", "fast", "--no-sync", "-D"])
+            .args([
+                "-d",
+                &from,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .unwrap();
