@@ -28,6 +28,11 @@ impl BackupHash {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// A hash as a store keeps it; `None` if it is not one (the wrong length).
+    pub fn from_stored(bytes: &[u8]) -> Option<BackupHash> {
+        bytes.try_into().ok().map(BackupHash)
+    }
 }
 
 impl std::fmt::Debug for BackupHash {

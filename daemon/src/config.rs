@@ -21,6 +21,18 @@ pub enum StoreKind {
     Postgres,
 }
 
+/// What a login on the PostgreSQL store does when the database does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Offline {
+    /// Refused: fails closed, as every error does.
+    #[default]
+    Deny,
+    /// Decided by this host alone from its sealed copy of the fleet's enrollments, under
+    /// stricter rules, and merged into the fleet when the database answers again.
+    Cached,
+}
+
 /// What happens to users who have not enrolled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +118,18 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// A root-owned file (not readable by others) holding the PostgreSQL password.
     pub postgres_password_file: Option<PathBuf>,
+    /// With `store = "postgres"`: `deny` (default) or `cached` (outage mode).
+    pub offline: Offline,
+    /// Outage mode's sealed copy of the fleet (an SQLite file); default `fleet-cache.db`
+    /// beside `database`.
+    pub offline_cache: Option<PathBuf>,
+    /// Seconds between refreshes of that copy while the database answers.
+    pub offline_refresh: u64,
+    /// Consecutive failures that lock a user out of offline logins on this host.
+    pub offline_lockout_after: u32,
+    /// Whether backup codes are copied and accepted offline (each is then spent on the
+    /// first host that sees it; the fleet learns of it when that host reconnects).
+    pub offline_backup_codes: bool,
     /// Where twofoldd writes its metrics every 15 s for node_exporter's textfile collector
     /// (a `.prom` file in its directory). Unset: not written (`twofold metrics` still prints them).
     pub metrics_textfile: Option<PathBuf>,
@@ -141,6 +165,11 @@ impl Default for Config {
             store: StoreKind::Sqlite,
             postgres_url: None,
             postgres_password_file: None,
+            offline: Offline::Deny,
+            offline_cache: None,
+            offline_refresh: 60,
+            offline_lockout_after: 10,
+            offline_backup_codes: false,
             metrics_textfile: None,
         }
     }
@@ -174,6 +203,39 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Outage mode's sealed copy of the fleet.
+    pub fn offline_cache_path(&self) -> PathBuf {
+        self.offline_cache.clone().unwrap_or_else(|| {
+            self.database
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("fleet-cache.db")
+        })
+    }
+
+    fn validate_offline(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        if self.offline == Offline::Deny {
+            return Ok(());
+        }
+        if self.store != StoreKind::Postgres {
+            return fail("offline = \"cached\" is for store = \"postgres\" (an SQLite store is always on this host)");
+        }
+        if self.seal_key_file.is_none() {
+            return fail("offline = \"cached\" needs seal_key_file: the host's copy of the fleet's secrets is sealed with the fleet's key");
+        }
+        if self.offline_cache_path() == self.database {
+            return fail("offline_cache must not be the database file");
+        }
+        if !(1..=86_400).contains(&self.offline_refresh) {
+            return fail("offline_refresh is out of range (1 to 86400 s)");
+        }
+        if !(1..=100).contains(&self.offline_lockout_after) {
+            return fail("offline_lockout_after is out of range (1 to 100)");
+        }
+        Ok(())
+    }
+
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
         config.validate()?;
@@ -207,6 +269,7 @@ impl Config {
                 "postgres_url must not hold the password: put it in postgres_password_file".into(),
             );
         }
+        self.validate_offline()?;
         if self.window > MAX_WINDOW {
             return fail(format!(
                 "window = {} is out of range (0 to {MAX_WINDOW})",
@@ -327,6 +390,33 @@ impl Config {
 mod tests {
     use super::*;
     use crate::email::{EmailConfig, Transport};
+
+    #[test]
+    fn outage_mode_needs_the_shared_store_and_a_seal_key() {
+        let pg = "store = \"postgres\"\npostgres_url = \"host=/run/postgresql\"\n";
+        let c = Config::parse(pg).unwrap();
+        assert_eq!(c.offline, Offline::Deny);
+        let cached = format!("{pg}offline = \"cached\"\n");
+        let e = Config::parse(&cached).unwrap_err().to_string();
+        assert!(e.contains("seal_key_file"), "{e}");
+        let e = Config::parse("offline = \"cached\"\nseal_key_file = \"/k\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store = \"postgres\""), "{e}");
+        let sealed = format!("{cached}seal_key_file = \"/k\"\ndatabase = \"/v/t.db\"\n");
+        let c = Config::parse(&sealed).unwrap();
+        assert_eq!(c.offline_cache_path(), PathBuf::from("/v/fleet-cache.db"));
+        assert_eq!((c.offline_lockout_after, c.offline_refresh), (10, 60));
+        assert!(!c.offline_backup_codes);
+        for bad in [
+            "offline_lockout_after = 0",
+            "offline_refresh = 0",
+            "offline_cache = \"/v/t.db\"",
+        ] {
+            assert!(Config::parse(&format!("{sealed}{bad}\n")).is_err(), "{bad}");
+        }
+        assert!(Config::parse(&format!("{pg}offline = \"sometimes\"\n")).is_err());
+    }
 
     #[test]
     fn defaults_and_full_file() {

@@ -249,6 +249,9 @@ fn backup_codes(s: &Store) {
         Some(T + 10)
     );
     assert_eq!(w(s, |tx| tx.backup_codes_left("nobody")), 0);
+    // What is left, as hashes (the outage copy's), read back equal.
+    assert_eq!(w(s, |tx| tx.backup_hashes("alice")), vec![code_hash("b2")]);
+    assert!(w(s, |tx| tx.backup_hashes("nobody")).is_empty());
 }
 
 fn pending_and_devices(s: &Store) {

@@ -457,6 +457,74 @@ pub fn check_replication(r: Result<crate::store::postgres::Replication, String>)
     }
 }
 
+/// Outage mode, from the daemon's metrics text (`None`: twofoldd did not give it): whether
+/// this host decides alone now, and how fresh its copy of the fleet is.
+pub fn check_offline(
+    mode: crate::config::Offline,
+    refresh: u64,
+    metrics: Option<&str>,
+    now: u64,
+) -> Finding {
+    if mode == crate::config::Offline::Deny {
+        return ok(
+            "offline",
+            "offline = \"deny\": while the database does not answer, every login on this host \
+             is refused (offline = \"cached\" lets it decide alone from a sealed copy)",
+        );
+    }
+    let Some(text) = metrics else {
+        return warn(
+            "offline",
+            "offline = \"cached\", but twofoldd did not say whether it is offline",
+            "run 'twofold doctor' as root with twofoldd running",
+        );
+    };
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let users = value("twofold_offline_copy_users").unwrap_or(0);
+    let refreshed = value("twofold_offline_copy_refreshed_timestamp_seconds");
+    let age = |t: u64| format!("{} s ago", now.saturating_sub(t));
+    if let Some(since) = value("twofold_offline_since_timestamp_seconds") {
+        return warn(
+            "offline",
+            format!(
+                "the database has not answered for {} s: this host decides logins alone from \
+                 its copy ({users} enrollments, refreshed {}), under the offline rules",
+                now.saturating_sub(since),
+                refreshed.map_or("never".into(), age)
+            ),
+            "bring the database back (twofoldd merges this host's decisions into it by \
+             itself); 'twofold doctor' on another host says whether it is down for all",
+        );
+    }
+    match refreshed {
+        Some(t) if now.saturating_sub(t) <= refresh.saturating_mul(3).max(60) => ok(
+            "offline",
+            format!(
+                "offline = \"cached\": this host's sealed copy of the fleet holds {users} \
+                 enrollments, refreshed {}",
+                age(t)
+            ),
+        ),
+        _ => warn(
+            "offline",
+            format!(
+                "offline = \"cached\", but this host's copy of the fleet was refreshed {}: in \
+                 an outage, logins would be decided from stale enrollments",
+                refreshed.map_or("never".into(), age)
+            ),
+            "'journalctl -u twofoldd' says why the copy is not refreshed",
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clock and users
 
@@ -622,6 +690,27 @@ pub fn load_config(path: &Path, explicit: bool) -> Result<Config, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outage_mode_is_reported_from_the_daemons_metrics() {
+        use crate::config::Offline;
+        assert_eq!(check_offline(Offline::Deny, 60, None, 0).level, Level::Ok);
+        assert_eq!(
+            check_offline(Offline::Cached, 60, None, 0).level,
+            Level::Warn
+        );
+        let fresh = "twofold_offline 0\ntwofold_offline_copy_refreshed_timestamp_seconds 1000\n\
+                     twofold_offline_copy_users 7\n";
+        let f = check_offline(Offline::Cached, 60, Some(fresh), 1030);
+        assert_eq!(f.level, Level::Ok, "{}", f.message);
+        assert!(f.message.contains("7 enrollments"), "{}", f.message);
+        let stale = check_offline(Offline::Cached, 60, Some(fresh), 5000);
+        assert_eq!(stale.level, Level::Warn);
+        let down = format!("{fresh}twofold_offline_since_timestamp_seconds 1010\n");
+        let f = check_offline(Offline::Cached, 60, Some(&down), 1040);
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.message.contains("30 s"), "{}", f.message);
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -18,6 +18,7 @@ pub(crate) mod import;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod migrate;
+pub mod offline;
 pub(crate) mod policy;
 pub(crate) mod qr;
 pub(crate) mod seal;

@@ -158,7 +158,14 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4). `gauges`: `None` when the store could
     /// not be read (then `twofold_store_up` is 0).
-    pub fn render(&self, version: &str, gauges: Option<&Gauges>, now: u64) -> String {
+    /// `offline`: outage mode's state, when it is on.
+    pub fn render(
+        &self,
+        version: &str,
+        gauges: Option<&Gauges>,
+        offline: Option<&crate::offline::Status>,
+        now: u64,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -284,6 +291,45 @@ impl Metrics {
             ];
             for (name, help, v) in gauge_rows {
                 family(name, "gauge", help, &one(v));
+            }
+        }
+        if let Some(o) = offline {
+            let rows: [(&str, &str, &str, Option<u64>); 5] = [
+                (
+                    "twofold_offline",
+                    "gauge",
+                    "1 while the database does not answer and this host decides logins from its copy.",
+                    Some(u64::from(o.offline_since.is_some())),
+                ),
+                (
+                    "twofold_offline_since_timestamp_seconds",
+                    "gauge",
+                    "Since when this host decides logins alone (Unix time; only while it does).",
+                    o.offline_since,
+                ),
+                (
+                    "twofold_offline_copy_refreshed_timestamp_seconds",
+                    "gauge",
+                    "When this host's copy of the fleet was last refreshed (Unix time).",
+                    o.refreshed_at,
+                ),
+                (
+                    "twofold_offline_copy_users",
+                    "gauge",
+                    "Enrollments in this host's copy of the fleet at its last refresh.",
+                    Some(o.users),
+                ),
+                (
+                    "twofold_offline_logins_total",
+                    "counter",
+                    "Logins this host decided offline since twofoldd started.",
+                    Some(o.decided_offline),
+                ),
+            ];
+            for (name, kind, help, v) in rows {
+                if let Some(v) = v {
+                    family(name, kind, help, &one(v));
+                }
             }
         }
         let mut rows = Vec::new();

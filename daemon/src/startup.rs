@@ -87,6 +87,7 @@ fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
     // Everything twofoldd creates (database, WAL, journal) is private to it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let store = open_store(&config, log)?;
+    let offline = open_offline_copy(&config, log)?;
     let cannot = |e: std::io::Error| {
         StartError::Refused(format!("cannot listen on {}: {e}", config.socket.display()))
     };
@@ -119,13 +120,11 @@ fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
         config.unenrolled.name()
     ));
     let database = (config.store != StoreKind::Postgres).then(|| config.database.clone());
-    serve(
-        Engine::new(store, config, log.clone()),
-        listening,
-        path,
-        explicit,
-        log,
-    )?;
+    let mut engine = Engine::new(store, config, log.clone());
+    if let Some(cache) = offline {
+        engine = engine.with_offline(cache);
+    }
+    serve(engine, listening, path, explicit, log)?;
     if let Some(db) = database {
         // Every answer is out and the write-ahead log is folded back into the database.
         match rusqlite::Connection::open(&db)
@@ -168,6 +167,35 @@ fn open_store(config: &Config, log: &Logger) -> Result<Store, StartError> {
         log.warn("seal: finished an interrupted rekey (the new key is now in place)");
     }
     Ok(store)
+}
+
+/// Outage mode's copy of the fleet (`offline = "cached"`): a private SQLite file, sealed with
+/// the fleet's key.
+fn open_offline_copy(
+    config: &Config,
+    log: &Arc<Logger>,
+) -> Result<Option<Arc<crate::offline::Cache>>, StartError> {
+    if config.offline != crate::config::Offline::Cached {
+        return Ok(None);
+    }
+    let path = config.offline_cache_path();
+    prepare_state_dir(&path)?;
+    files::check_database(&path, nix::unistd::geteuid().as_raw()).map_err(refused)?;
+    let (copy, _) = Store::open_sealed(&path, seal_keys(config)?).map_err(|e| {
+        StartError::Refused(format!(
+            "cannot open the offline copy {}: {e} (a copy sealed with another key can be \
+             deleted: it is made again from the fleet)",
+            path.display()
+        ))
+    })?;
+    log.info(&format!(
+        "offline = \"cached\": logins are decided from {} while the database does not answer",
+        path.display()
+    ));
+    Ok(Some(Arc::new(crate::offline::Cache::new(
+        copy,
+        log.clone(),
+    ))))
 }
 
 /// Creates the database's directory if it is missing (root's alone, under umask 077).
@@ -220,6 +248,13 @@ fn serve(
             }
         })
         .map_err(|e| StartError::Refused(format!("cannot start housekeeping: {e}")))?;
+    if engine.offline_cache().is_some() {
+        let keeper = engine.clone();
+        std::thread::Builder::new()
+            .name("offline-copy".into())
+            .spawn(move || keeper.keep_offline_copy())
+            .map_err(|e| StartError::Refused(format!("cannot start the offline copy: {e}")))?;
+    }
     let writer = engine.clone();
     let writer_log = log.clone();
     std::thread::Builder::new()

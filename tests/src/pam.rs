@@ -39,7 +39,10 @@ impl PamService {
     /// `stack` is the service file's text; `MODULE` in it is replaced by the module's path.
     pub fn new(stack: &str) -> PamService {
         let dir = open_tempdir();
-        let name = "twofold-test".to_string();
+        // A name of its own: pam_wrapper 1.1.4 picks its runtime directory (/tmp/pam.A, …)
+        // racily, and two pamtester starting together may share one, each copying its
+        // service files into it; with one name for all, one would run the other's stack.
+        let name = unique("twofold-test");
         let text = stack.replace("MODULE", pam_module().to_str().unwrap());
         std::fs::write(dir.path().join(&name), text).unwrap();
         assert!(

@@ -29,6 +29,18 @@ pub(super) fn run_doctor(
         0,
     ));
     findings.extend(store_findings(&config));
+    if config.store == crate::config::StoreKind::Postgres {
+        let metrics = match client.call(RequestBody::Metrics {}) {
+            Ok(ResponseBody::Metrics { text }) => Some(text),
+            _ => None,
+        };
+        findings.push(doctor::check_offline(
+            config.offline,
+            config.offline_refresh,
+            metrics.as_deref(),
+            crate::clock::now(),
+        ));
+    }
     findings.extend(sshd_findings());
     let read = |service: &str| {
         std::fs::read_to_string(std::path::Path::new("/etc/pam.d").join(service)).ok()

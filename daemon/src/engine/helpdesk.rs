@@ -157,9 +157,13 @@ impl Engine {
 
     /// A typed helpdesk code, hashed (outside the writer) under the salt of the code on record,
     /// or under a decoy salt when there is none: the same work either way.
-    pub(super) fn bypass_try(&self, name: &str, normalized: &str) -> Result<HashedTry, StoreError> {
-        let salt = self
-            .store
+    pub(super) fn bypass_try(
+        &self,
+        store: &Store,
+        name: &str,
+        normalized: &str,
+    ) -> Result<HashedTry, StoreError> {
+        let salt = store
             .read(|tx| tx.bypass(name))?
             .map_or_else(|| vec![0x5a; backup::SALT_BYTES], |r| r.salt);
         Ok(HashedTry {

@@ -86,6 +86,10 @@ impl Engine {
     ) -> Option<ResponseBody> {
         let (service, origin) = device;
         let grace_secs = *grace_secs;
+        // Remembered devices are the fleet's: offline, every login gives a code.
+        if self.deciding_offline() {
+            return None;
+        }
         let cfg = self.config().throttle;
         let (at, state) = self
             .store
@@ -172,10 +176,7 @@ impl Engine {
             Ok((digits, replace))
         };
         // Without an invitation to look for, the read is one statement.
-        let looked = match shows {
-            true => self.store.read(look),
-            false => self.store.read_one(look),
-        };
+        let looked = self.login_read(!shows, now, look);
         if let Ok((Some(_), true)) = looked {
             if let Some(offer) = self.replacement_at_login(name, pam, uid, now) {
                 return offer;
@@ -255,7 +256,7 @@ impl Engine {
             Outcome::Accepted { method, left } => (
                 match method {
                     Method::Totp => match &by {
-                        Some(label) => {
+                        Some((label, _)) => {
                             format!("accepted method=totp authenticator={}", audit::field(label))
                         }
                         None => "accepted method=totp".to_string(),
@@ -288,8 +289,12 @@ impl Engine {
             ),
             Outcome::Locked => ("locked".into(), ResponseBody::Locked),
         };
+        let offline = match self.deciding_offline() {
+            true => " offline=yes",
+            false => "",
+        };
         let mut line = format!(
-            "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome={result}",
+            "verify user={} service={} rhost={} tty={} caller_uid={uid} outcome={result}{offline}",
             audit::field(name),
             audit::opt(pam.service.as_deref()),
             audit::opt(pam.rhost.as_deref()),

@@ -11,6 +11,7 @@ mod helpdesk;
 mod invite;
 mod login;
 mod mail;
+mod outage;
 mod route;
 mod stats;
 #[cfg(test)]
@@ -76,6 +77,9 @@ pub struct Engine {
     rekeying: Mutex<()>,
     /// What has been decided since the start, for `twofold metrics`.
     metrics: crate::metrics::Metrics,
+    /// Outage mode (`offline = "cached"`): this host's copy of the fleet and whether the
+    /// fleet answers.
+    offline: Option<Arc<crate::offline::Cache>>,
 }
 
 struct MailerSlot(Option<Arc<dyn Mailer>>);
@@ -148,6 +152,7 @@ impl Engine {
             clock_warned: Coalesce::default(),
             rekeying: Mutex::new(()),
             metrics: crate::metrics::Metrics::new(crate::clock::now()),
+            offline: None,
         }
     }
 
@@ -179,14 +184,19 @@ impl Engine {
         if new.socket != old.socket
             || new.database != old.database
             || new.seal_key_file != old.seal_key_file
+            || new.offline != old.offline
+            || new.offline_cache != old.offline_cache
         {
             self.log.warn(
-                "reload: socket, database and seal_key_file changes take effect only at restart",
+                "reload: socket, database, seal_key_file, offline and offline_cache changes \
+                 take effect only at restart",
             );
         }
         new.socket = old.socket.clone();
         new.database = old.database.clone();
         new.seal_key_file = old.seal_key_file.clone();
+        new.offline = old.offline;
+        new.offline_cache = old.offline_cache.clone();
         self.log.info(&format!(
             "policy reloaded: enabled={} unenrolled={} require_groups={} window={} self_enroll={} enroll_at_login={}",
             new.enabled,

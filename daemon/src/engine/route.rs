@@ -158,7 +158,7 @@ impl Engine {
             Target::Named(name) => {
                 users::validate_name(&name)
                     .map_err(|why| Box::new(error(ErrorKind::BadRequest, why)))?;
-                if pam_login && self.unbound_enrollment(&name) {
+                if pam_login && self.unbound_enrollment(&name, now) {
                     return Ok(Account { name, uid: None });
                 }
                 match users::canonical(&name) {
@@ -463,9 +463,9 @@ impl Engine {
     /// Whether `name` is enrolled under exactly that spelling with no uid recorded. A store
     /// error says no: the name service is asked, and the error is met again where it is
     /// reported.
-    fn unbound_enrollment(&self, name: &str) -> bool {
+    fn unbound_enrollment(&self, name: &str, now: u64) -> bool {
         matches!(
-            self.store.read_one(|tx| tx.recorded_uid(name)),
+            self.login_read(true, now, |tx| tx.recorded_uid(name)),
             Ok(Some(None))
         )
     }

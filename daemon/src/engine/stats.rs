@@ -6,13 +6,22 @@ use crate::metrics::Gauges;
 impl Engine {
     /// Prometheus text for `twofold metrics` and the textfile (see crate::metrics).
     pub fn metrics_text(&self, now: u64) -> String {
-        let gauges = self.gauges(now);
+        let offline = self.offline_cache().map(|c| c.status());
+        // Offline, the fleet is not asked (it would only time out again).
+        let gauges = match offline.is_some_and(|o| o.offline_since.is_some()) {
+            true => Ok(None),
+            false => self.gauges(now).map(Some),
+        };
         if let Err(e) = &gauges {
             self.log
                 .error(&format!("metrics: the store could not be read: {e}"));
         }
-        self.metrics
-            .render(env!("CARGO_PKG_VERSION"), gauges.ok().as_ref(), now)
+        self.metrics.render(
+            env!("CARGO_PKG_VERSION"),
+            gauges.ok().flatten().as_ref(),
+            offline.as_ref(),
+            now,
+        )
     }
 
     fn gauges(&self, now: u64) -> Result<Gauges, StoreError> {

@@ -293,10 +293,8 @@ pub(super) fn remembered_device(
     }
 }
 
-/// Evaluates a TOTP code inside the writer: throttle gate, window, high-water mark, failure
-/// accounting — one transaction, so parallel submissions of one code succeed exactly once.
-/// The name of the authenticator that made an accepted code.
-pub(super) type ByAuthenticator = Option<String>;
+/// The authenticator that made an accepted code, and the step (or counter) it was made at.
+pub(super) type ByAuthenticator = Option<(String, i64)>;
 
 /// How far from the high-water mark codes are looked for: time steps either side of now
 /// (TOTP), counters ahead of the last one accepted (HOTP).
@@ -306,6 +304,8 @@ pub(super) struct Windows {
     pub(super) hotp: u32,
 }
 
+/// Evaluates a TOTP code inside the writer: throttle gate, window, high-water mark, failure
+/// accounting — one transaction, so parallel submissions of one code succeed exactly once.
 pub(super) fn verify_totp_in_tx(
     tx: &dyn Tx,
     name: &str,
@@ -323,7 +323,7 @@ pub(super) fn verify_totp_in_tx(
         TotpVerdict::Accept(mark) if tx.advance_mark(name, &mark)? => {
             tx.set_last_success(name, now)?;
             tx.clear_throttle(name)?;
-            return Ok((accepted(Method::Totp), Some(mark.label)));
+            return Ok((accepted(Method::Totp), Some((mark.label, mark.step))));
         }
         TotpVerdict::Accept(_) => Outcome::Replayed,
         TotpVerdict::Failed(why) => why,
@@ -333,6 +333,11 @@ pub(super) fn verify_totp_in_tx(
         return Ok((accepted(Method::Email), None));
     }
     Ok((fail_in_tx(tx, name, state, now, cfg, why)?, None))
+}
+
+/// The authenticator's name of [`ByAuthenticator`].
+pub(super) fn label(by: &ByAuthenticator) -> Option<&str> {
+    by.as_ref().map(|(label, _)| label.as_str())
 }
 
 fn accepted(method: Method) -> Outcome {
@@ -399,7 +404,7 @@ pub(super) fn totp_decision(
     let (outcome, by) = match verdict {
         TotpVerdict::Blocked(blocked) => (blocked, None),
         TotpVerdict::Accept(mark) => {
-            let by = mark.label.clone();
+            let by = (mark.label.clone(), mark.step);
             d.mark = Some(mark);
             d.last_success = Some(now);
             // Clearing a throttle that holds nothing would be one more statement.
@@ -412,7 +417,7 @@ pub(super) fn totp_decision(
             (outcome, None)
         }
     };
-    d.audit = login_entries(base, outcome, by.as_deref());
+    d.audit = login_entries(base, outcome, label(&by));
     d.remember = remembered_device(outcome, grace, now);
     (outcome, by, d)
 }
@@ -532,9 +537,15 @@ pub(super) fn failure(
 
 impl Engine {
     /// `Ok(None)`: a known account without enrollment. Unknown names are evaluated against a
-    /// decoy and rejected, at the same cost as a wrong code.
-    pub(super) fn evaluate(
+    /// decoy and rejected, at the same cost as a wrong code. On `store` (the fleet, or this
+    /// host's copy of it while the fleet does not answer: `offline`, see `outage.rs`), from
+    /// the login's state read there.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn evaluate_on(
         &self,
+        store: &Store,
+        state: LoginState,
+        offline: bool,
         name: &str,
         code: &str,
         now: u64,
@@ -546,7 +557,7 @@ impl Engine {
             throttle: state,
             mailed,
             verified_address,
-        } = self.store.read_one(|tx| tx.login_state(name))?;
+        } = state;
         if let Some(u) = &user {
             self.warn_if_clock_behind(name, u, now);
         }
@@ -562,7 +573,7 @@ impl Engine {
             totp: self.config().window,
             hotp: self.config().hotp_window,
         };
-        let cfg = self.config().throttle;
+        let cfg = self.login_throttle(offline);
         let owned = name.to_string();
         let not_totp = user
             .as_ref()
@@ -573,7 +584,7 @@ impl Engine {
                 salt: attempt.salt.clone(),
                 hash: attempt.hash.clone(),
             };
-            let outcome = self.store.write(move |tx| {
+            let outcome = store.write(move |tx| {
                 let outcome = verify_email_in_tx(tx, &owned, &attempt, now, &cfg)?;
                 record_login(tx, &base, outcome)?;
                 remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
@@ -586,7 +597,7 @@ impl Engine {
                 return Ok(None);
             }
             return self
-                .evaluate_unknown(name, &input, now, base)
+                .evaluate_unknown(store, offline, name, &input, now, base)
                 .map(|o| Some((o, None)));
         };
         let outcome = match input {
@@ -599,10 +610,10 @@ impl Engine {
                         totp_decision(verdict, state, &base, grace.as_ref(), now, &cfg);
                     ((outcome, by), d)
                 });
-                let (outcome, by) = self.store.decide(name, first, move |tx| {
+                let (outcome, by) = store.decide(name, first, move |tx| {
                     let (outcome, by) =
                         verify_totp_in_tx(tx, &owned, &c, now, window, &cfg, email_try.as_ref())?;
-                    record_login_by(tx, &base, outcome, by.as_deref())?;
+                    record_login_by(tx, &base, outcome, label(&by))?;
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok((outcome, by))
                 })?;
@@ -616,7 +627,7 @@ impl Engine {
                     return Ok(Some((blocked, None)));
                 }
                 let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
-                self.store.write(move |tx| {
+                store.write(move |tx| {
                     let outcome = verify_backup_in_tx(tx, &owned, hash, now, &cfg)?;
                     record_login(tx, &base, outcome)?;
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
@@ -629,15 +640,15 @@ impl Engine {
                         .write(move |tx| record_login(tx, &base, blocked))?;
                     return Ok(Some((blocked, None)));
                 }
-                let attempt = self.bypass_try(name, &c)?;
-                self.store.write(move |tx| {
+                let attempt = self.bypass_try(store, name, &c)?;
+                store.write(move |tx| {
                     let outcome = verify_bypass_in_tx(tx, &owned, &attempt, now, &cfg)?;
                     record_login(tx, &base, outcome)?;
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok(outcome)
                 })?
             }
-            Input::Garbage => self.store.write(move |tx| {
+            Input::Garbage => store.write(move |tx| {
                 let state = tx.throttle(&owned)?;
                 let outcome = match gate_outcome(&cfg, state, now) {
                     Some(blocked) => blocked,
@@ -724,13 +735,15 @@ impl Engine {
     /// locked) do not tell the two apart.
     fn evaluate_unknown(
         &self,
+        store: &Store,
+        offline: bool,
         name: &str,
         input: &Input,
         now: u64,
         base: LoginBase,
     ) -> Result<Outcome, StoreError> {
         let window = self.config().window;
-        let cfg = self.config().throttle;
+        let cfg = self.login_throttle(offline);
         match input {
             Input::Totp(c) => {
                 let _ = otp::matching_steps(
@@ -747,7 +760,7 @@ impl Engine {
             Input::Garbage => {}
         }
         let owned = name.to_string();
-        self.store.write(move |tx| {
+        store.write(move |tx| {
             let state = tx.throttle(&owned)?;
             let outcome = match gate_outcome(&cfg, state, now) {
                 Some(blocked) => blocked,

@@ -12,8 +12,11 @@ pub enum StoreError {
     },
     /// The seal key is missing, wrong, or does not open a secret.
     Seal(String),
-    /// The PostgreSQL store failed (unreachable, timed out, refused).
+    /// The PostgreSQL store failed (refused, a statement failed).
     Remote(String),
+    /// The PostgreSQL store did not answer: no connection, a connection lost, a statement
+    /// or lock cut short by the timeout, a server shutting down.
+    Unreachable(String),
     /// The writer thread is gone or its queue is full.
     Unavailable,
     /// Stored data that cannot be read back (bad algorithm name, …).
@@ -35,11 +38,19 @@ impl fmt::Display for StoreError {
             StoreError::Commit(why) => write!(f, "database write failed: {why}"),
             StoreError::Seal(why) => write!(f, "sealed secrets: {why}"),
             StoreError::Remote(why) => write!(f, "PostgreSQL: {why}"),
+            StoreError::Unreachable(why) => write!(f, "PostgreSQL does not answer: {why}"),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
+
+impl StoreError {
+    /// The shared database did not answer (what outage mode decides without it on).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unreachable(_))
+    }
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -249,4 +260,10 @@ pub struct MarkAdvance {
     pub last_step: i64,
     pub step: i64,
     pub now: u64,
+}
+
+/// A backup-code hash read back from a store.
+pub(crate) fn stored_hash(bytes: &[u8]) -> Result<BackupHash> {
+    BackupHash::from_stored(bytes)
+        .ok_or_else(|| StoreError::Corrupt("a backup-code hash of the wrong length".into()))
 }

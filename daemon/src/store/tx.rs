@@ -23,6 +23,8 @@ pub trait Tx {
     fn pending_names(&self) -> Result<Vec<String>>;
     fn throttle(&self, name: &str) -> Result<ThrottleRecord>;
     fn backup_codes_left(&self, name: &str) -> Result<u32>;
+    /// The hashes of `name`'s unspent backup codes (for the outage copy).
+    fn backup_hashes(&self, name: &str) -> Result<Vec<BackupHash>>;
 
     /// Raises the high-water mark of the user's authenticator `label` to `step` if it is below
     /// it (and marks it used at `now`). True when it was.

@@ -12,7 +12,23 @@ pub(crate) fn pg_error(e: postgres::Error) -> StoreError {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    StoreError::Remote(text)
+    // No answer at all (no connection, a connection lost or timed out), or one that says
+    // the server cannot serve now: 08 connection exceptions, 57014 a statement cut short by
+    // the timeout, 57P01-57P03 shutting down or starting, 55P03 a lock not had in time. A
+    // refused certificate or password, or a statement that failed, is not an outage.
+    const NO_ANSWER: [&str; 3] = [
+        "error communicating with the server",
+        "error connecting to server",
+        "timeout waiting for server",
+    ];
+    let unanswered = match e.code().map(|c| c.code()) {
+        None => e.is_closed() || NO_ANSWER.iter().any(|t| text.starts_with(t)),
+        Some(code) => code.starts_with("08") || code.starts_with("57") || code == "55P03",
+    };
+    match unanswered {
+        true => StoreError::Unreachable(text),
+        false => StoreError::Remote(text),
+    }
 }
 
 impl From<postgres::Error> for StoreError {
@@ -456,6 +472,17 @@ impl Tx for PgTx<'_> {
             )?
             .map_or(0, |r| r.get(0));
         Ok(count(n))
+    }
+
+    fn backup_hashes(&self, name: &str) -> Result<Vec<BackupHash>> {
+        self.lock(name)?;
+        self.all(
+            "SELECT hash FROM backup_codes WHERE name = $1 ORDER BY hash",
+            &[&name],
+        )?
+        .iter()
+        .map(|r| crate::store::stored_hash(&r.get::<_, Vec<u8>>(0)))
+        .collect()
     }
 
     fn advance_step(&self, name: &str, label: &str, step: i64, now: u64) -> Result<bool> {

@@ -237,6 +237,16 @@ impl Tx for SqliteTx<'_> {
         Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
+    fn backup_hashes(&self, name: &str) -> Result<Vec<BackupHash>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT hash FROM backup_codes WHERE name = ?1 ORDER BY hash")?;
+        let rows = stmt
+            .query_map([name], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.iter().map(|h| stored_hash(h)).collect()
+    }
+
     fn advance_step(&self, name: &str, label: &str, step: i64, now: u64) -> Result<bool> {
         let changed = self
             .0

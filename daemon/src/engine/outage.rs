@@ -1,0 +1,138 @@
+//! Which store a login is decided on: the fleet's, or, in outage mode while the fleet does not
+//! answer, this host's copy of it (`crate::offline`), with the stricter offline rules.
+
+use super::*;
+use crate::offline::{Cache, OfflineLogin, OFFLINE_LOGIN};
+
+impl Engine {
+    /// Outage mode on: logins are decided from `cache` while the fleet does not answer.
+    pub fn with_offline(mut self, cache: Arc<Cache>) -> Engine {
+        self.offline = Some(cache);
+        self
+    }
+
+    /// Outage mode's copy and link, when it is on.
+    pub fn offline_cache(&self) -> Option<&Arc<Cache>> {
+        self.offline.as_ref()
+    }
+
+    /// Outage mode's keeper (a thread of twofoldd; see `Cache::keep`). Returns at once when
+    /// outage mode is off.
+    pub fn keep_offline_copy(&self) {
+        if let Some(cache) = &self.offline {
+            cache.keep(&self.store, || {
+                let cfg = self.config();
+                (cfg.offline_refresh, cfg.offline_backup_codes)
+            });
+        }
+    }
+
+    /// While the fleet does not answer (outage mode): this host's copy to decide on.
+    fn offline_login(&self) -> Option<OfflineLogin<'_>> {
+        self.offline.as_ref()?.offline()
+    }
+
+    /// Whether `e`, met on the fleet by a login, takes this host offline (outage mode, and
+    /// the database did not answer).
+    fn went_offline(&self, e: &StoreError, now: u64) -> bool {
+        self.offline.as_ref().is_some_and(|c| c.lost(e, now))
+    }
+
+    /// The throttle a login is decided under: offline, the lockout comes sooner.
+    pub(super) fn login_throttle(&self, offline: bool) -> throttle::ThrottleConfig {
+        let cfg = self.config();
+        let mut t = cfg.throttle;
+        if offline && (t.lockout_after == 0 || t.lockout_after > cfg.offline_lockout_after) {
+            t.lockout_after = cfg.offline_lockout_after;
+        }
+        t
+    }
+
+    /// A login's read (`one`: a single statement, see `Store::read_one`): on the fleet, or on
+    /// this host's copy while the fleet does not answer; a read that finds it not answering
+    /// goes offline and reads the copy.
+    pub(super) fn login_read<R>(
+        &self,
+        one: bool,
+        now: u64,
+        f: impl Fn(&dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        if let Some(offline) = self.offline_login() {
+            return offline.store().read(&f);
+        }
+        let read = match one {
+            true => self.store.read_one(&f),
+            false => self.store.read(&f),
+        };
+        match read {
+            Err(e) if self.went_offline(&e, now) => match self.offline_login() {
+                Some(offline) => offline.store().read(&f),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether logins are decided offline now (remembered devices are not in the copy).
+    pub(super) fn deciding_offline(&self) -> bool {
+        self.offline
+            .as_ref()
+            .is_some_and(|c| c.status().offline_since.is_some())
+    }
+
+    /// A login's verdict (see `evaluate_on`): on the fleet while it answers; on this host's
+    /// copy, audited as offline, while it does not. A login whose first read finds the fleet
+    /// not answering is decided offline; one that loses it later (its decision may or may not
+    /// have been made) fails closed, and the next is decided offline.
+    pub(super) fn evaluate(
+        &self,
+        name: &str,
+        code: &str,
+        now: u64,
+        base: LoginBase,
+        grace: Option<(String, String)>,
+    ) -> Result<Option<(Outcome, ByAuthenticator)>, StoreError> {
+        if let Some(offline) = self.offline_login() {
+            return self.evaluate_offline(&offline, name, code, now, base);
+        }
+        let state = match self.store.read_one(|tx| tx.login_state(name)) {
+            Ok(state) => state,
+            Err(e) if self.went_offline(&e, now) => match self.offline_login() {
+                Some(offline) => return self.evaluate_offline(&offline, name, code, now, base),
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let verdict = self.evaluate_on(&self.store, state, false, name, code, now, base, grace);
+        match &verdict {
+            Ok(Some((Outcome::Accepted { .. }, Some((label, step))))) => {
+                if let Some(cache) = &self.offline {
+                    cache.note_accepted(name, label, *step);
+                }
+            }
+            Err(e) => {
+                self.went_offline(e, now);
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    fn evaluate_offline(
+        &self,
+        offline: &OfflineLogin<'_>,
+        name: &str,
+        code: &str,
+        now: u64,
+        mut base: LoginBase,
+    ) -> Result<Option<(Outcome, ByAuthenticator)>, StoreError> {
+        base.entry.event = OFFLINE_LOGIN.into();
+        let store = offline.store();
+        let state = store.read(|tx| tx.login_state(name))?;
+        let verdict = self.evaluate_on(store, state, true, name, code, now, base, None);
+        if verdict.is_ok() {
+            offline.decided();
+        }
+        verdict
+    }
+}

@@ -1,0 +1,279 @@
+//! Logins through a database outage (issue 18, `offline = "cached"`): two twofoldd on one real
+//! PostgreSQL, each with its sealed copy of the fleet. The database stopped: both hosts decide
+//! alone, a replay on the same host is refused, the stricter offline lockout applies. The
+//! database back: each host merges what it decided before deciding online again (the code used
+//! offline on A is refused on B, failures add up, the backup code is spent everywhere). A host
+//! cut off alone (a relay in front of the database, cut) while its user is removed on the other
+//! refuses that user once it reconnects. Codes from oathtool.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+use twofold_shared::client::Client;
+use twofold_shared::wire::{RequestBody, ResponseBody, SecretText};
+use twofold_tests::*;
+
+/// RFC 4226's test key in base32: every counter-based user here has it (marks are per user).
+const KEY: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+fn hotp(counter: u64) -> String {
+    let out = std::process::Command::new("oathtool")
+        .args(["--hotp", "-b", "-c", &counter.to_string(), KEY])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "oathtool failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn verify(host: &Daemon, user: &str, code: &str) -> ResponseBody {
+    Client::new(&host.socket, Duration::from_secs(10), vec![0])
+        .call(RequestBody::Verify {
+            user: user.into(),
+            code: SecretText::new(code.to_string()),
+            pam: Default::default(),
+            grace_secs: 0,
+        })
+        .unwrap()
+}
+
+fn accepted(r: &ResponseBody) -> bool {
+    matches!(r, ResponseBody::Accepted { .. })
+}
+
+/// One metric's value in the host's metrics text.
+fn metric(host: &Daemon, name: &str) -> Option<u64> {
+    let out = host.cli(&["metrics"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    out.stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (at most 20 s) until `what` holds for the host.
+fn wait_until(host: &Daemon, what: &str, holds: impl Fn(&Daemon) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !holds(host) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after 20 s\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn copied(host: &Daemon, users: u64) {
+    wait_until(host, "the copy refreshed", |h| {
+        metric(h, "twofold_offline_copy_users") == Some(users)
+    });
+}
+
+fn online(host: &Daemon) {
+    wait_until(host, "back online", |h| {
+        metric(h, "twofold_offline") == Some(0)
+    });
+}
+
+fn import_hotp(host: &Daemon, user: &str) {
+    let uri = format!("otpauth://hotp/fleet:{user}?secret={KEY}&counter=0\n");
+    let run = host.cli_as(None, &["import", "otpauth", "--user", user], Some(&uri));
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+}
+
+/// A fleet schema sealed with one key, and two hosts in outage mode on `url` (`urls`: each
+/// host's own, when they differ).
+fn two_hosts(urls: [&str; 2], extra: &str) -> (tempfile::TempDir, Daemon, Daemon) {
+    let keydir = open_tempdir();
+    std::fs::set_permissions(
+        keydir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let key = keydir.path().join("seal.key");
+    let config = |url: &str| {
+        format!(
+            "store = \"postgres\"\npostgres_url = {url:?}\nseal_key_file = {key:?}\n\
+             offline = \"cached\"\noffline_refresh = 1\noffline_backup_codes = true\n{extra}\n\
+             [throttle]\nfree_failures = 100\nlockout_after = 50\n"
+        )
+    };
+    let init = keydir.path().join("init.toml");
+    std::fs::write(&init, config(urls[0])).unwrap();
+    for args in [["seal", "init", "--config"], ["fleet", "init", "--config"]] {
+        let out = std::process::Command::new(twofold_cli())
+            .args(args)
+            .arg(&init)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let a = Daemon::start("allow", &config(urls[0]));
+    let b = Daemon::start("allow", &config(urls[1]));
+    (keydir, a, b)
+}
+
+#[test]
+fn logins_go_on_through_an_outage_and_are_merged_when_the_database_is_back() {
+    let Some(mut pg) = Postgres::start("outage::merged") else {
+        return;
+    };
+    let url = pg.socket_url();
+    let (_key, a, b) = two_hosts([&url, &url], "");
+    for user in ["ou-ann", "ou-bob", "ou-guess"] {
+        import_hotp(&a, user);
+    }
+    let carl = a.enroll("ou-carl");
+    for host in [&a, &b] {
+        copied(host, 4);
+    }
+    // Accepted online on A just before the outage: the copy knows it at once.
+    assert!(accepted(&verify(&a, "ou-ann", &hotp(1))));
+    pg.stop();
+
+    let started = Instant::now();
+    assert!(accepted(&verify(&a, "ou-ann", &hotp(2))), "A offline");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(&a, "twofold_offline"), Some(1));
+    for replay in [1, 2] {
+        assert!(
+            matches!(verify(&a, "ou-ann", &hotp(replay)), ResponseBody::Rejected),
+            "counter {replay} accepted twice on A"
+        );
+    }
+    assert!(accepted(&verify(&b, "ou-bob", &hotp(1))), "B offline");
+    // The offline lockout (10) comes before the configured one (50).
+    for i in 1..=10 {
+        let r = verify(&a, "ou-guess", "000000");
+        assert!(matches!(r, ResponseBody::Rejected), "failure {i}: {r:?}");
+    }
+    assert!(matches!(
+        verify(&a, "ou-guess", &hotp(1)),
+        ResponseBody::Locked
+    ));
+    for _ in 0..3 {
+        assert!(matches!(
+            verify(&b, "ou-guess", "000000"),
+            ResponseBody::Rejected
+        ));
+    }
+    let backup = &carl.backup_codes[0];
+    assert!(
+        accepted(&verify(&a, "ou-carl", backup)),
+        "backup code offline"
+    );
+    assert!(
+        matches!(verify(&a, "ou-carl", backup), ResponseBody::Rejected),
+        "a backup code spent twice offline"
+    );
+    let doctor = a.cli(&["--json", "doctor", "--config", a.config.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout()).unwrap();
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "offline")
+        .cloned()
+        .unwrap();
+    assert_eq!(finding["level"], "warn", "{finding}");
+    assert!(
+        finding["message"]
+            .as_str()
+            .unwrap()
+            .contains("decides logins alone"),
+        "{finding}"
+    );
+
+    pg.restart();
+    for host in [&a, &b] {
+        online(host);
+    }
+    assert!(
+        a.log().contains("offline decision(s) merged"),
+        "{}",
+        a.log()
+    );
+    // What each host decided alone, the fleet now knows.
+    assert!(matches!(
+        verify(&b, "ou-ann", &hotp(2)),
+        ResponseBody::Rejected
+    ));
+    assert!(matches!(
+        verify(&a, "ou-bob", &hotp(1)),
+        ResponseBody::Rejected
+    ));
+    assert!(accepted(&verify(&b, "ou-ann", &hotp(3))));
+    let status = b.cli(&["status", "--user", "ou-guess", "--json"]).json();
+    assert_eq!(status["failures"], 13, "10 on A, 3 on B: {status}");
+    assert!(
+        matches!(verify(&b, "ou-carl", backup), ResponseBody::Rejected),
+        "the backup code spent on A offline accepted on B"
+    );
+    let status = b.cli(&["status", "--user", "ou-carl", "--json"]).json();
+    assert_eq!(
+        status["backup_codes_left"].as_u64(),
+        Some(carl.backup_codes.len() as u64 - 1),
+        "{status}"
+    );
+    // Audited as offline, in the fleet's trail.
+    let audit = b.cli(&["audit", "--user", "ou-ann"]);
+    assert!(
+        audit.stdout().contains("offline-login"),
+        "{}",
+        audit.stdout()
+    );
+    assert!(
+        audit.stdout().contains("decided offline on"),
+        "{}",
+        audit.stdout()
+    );
+}
+
+#[test]
+fn a_user_removed_while_a_host_was_cut_off_is_refused_there_once_it_reconnects() {
+    let Some(pg) = Postgres::start_tls("outage::revoked") else {
+        return;
+    };
+    let relay = Relay::to(pg.port);
+    let through_relay = pg.tls_url().replace(
+        &format!("port={}", pg.port),
+        &format!("port={}", relay.port),
+    );
+    let (_key, a, b) = two_hosts([&through_relay, &pg.tls_url()], "");
+    import_hotp(&a, "ou-dan");
+    import_hotp(&a, "ou-eve");
+    for host in [&a, &b] {
+        copied(host, 2);
+    }
+    relay.cut();
+    // A alone is cut off: it decides alone (the bound: what B does meanwhile, it cannot know).
+    assert!(accepted(&verify(&a, "ou-dan", &hotp(1))), "A cut off");
+    assert!(accepted(&verify(&b, "ou-eve", &hotp(1))), "B online");
+    assert_eq!(metric(&b, "twofold_offline"), Some(0));
+    let removed = b.cli(&["disable", "--user", "ou-dan"]);
+    assert_eq!(removed.code(), 0, "{}", removed.stderr());
+
+    relay.mend();
+    online(&a);
+    let r = verify(&a, "ou-dan", &hotp(2));
+    assert!(
+        !accepted(&r),
+        "a removed user accepted after the reconnect: {r:?}"
+    );
+    copied(&a, 1);
+    // The merge did not bring the enrollment back.
+    let list = b.cli(&["list", "--json"]).stdout();
+    assert!(!list.contains("ou-dan"), "{list}");
+    let audit = b.cli(&["audit", "--user", "ou-dan"]);
+    assert!(
+        audit.stdout().contains("decided offline on"),
+        "{}",
+        audit.stdout()
+    );
+}
