@@ -148,6 +148,12 @@ fn logins_go_on_through_an_outage_and_are_merged_when_the_database_is_back() {
         );
     }
     assert!(accepted(&verify(&b, "ou-bob", &hotp(1))), "B offline");
+    // A real login through libpam, offline: the module cannot tell.
+    let pam = PamService::required(&b.socket, "");
+    let run = pam.authenticate("ou-bob", Some(&format!("{}\n", hotp(2))));
+    assert!(run.success, "{}", run.text());
+    let run = pam.authenticate("ou-bob", Some(&format!("{}\n", hotp(2))));
+    assert!(!run.success, "a replay through PAM: {}", run.text());
     // The offline lockout (10) comes before the configured one (50).
     for i in 1..=10 {
         let r = verify(&a, "ou-guess", "000000");
@@ -172,6 +178,13 @@ fn logins_go_on_through_an_outage_and_are_merged_when_the_database_is_back() {
         matches!(verify(&a, "ou-carl", backup), ResponseBody::Rejected),
         "a backup code spent twice offline"
     );
+    let text = a.cli(&["metrics"]).stdout();
+    assert!(text.contains("twofold_offline_logins_total 16"), "{text}");
+    let check = run_with_stdin(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        Some(&text),
+    );
+    assert!(check.status.success(), "promtool: {check:?}");
     let doctor = a.cli(&["--json", "doctor", "--config", a.config.to_str().unwrap()]);
     let report: serde_json::Value = serde_json::from_str(&doctor.stdout()).unwrap();
     let finding = report["findings"]
