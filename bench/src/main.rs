@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
+mod floor;
 mod pam;
 mod rate;
 
@@ -456,6 +457,8 @@ fn usage() -> ExitCode {
     eprintln!("                     (one login at a time, each login on every service in turn)");
     eprintln!("       twofold-bench pam-rate SERVICE HOTP_USERS_FILE RATE SECONDS [AT COMMAND]...");
     eprintln!("                     (HOTP logins at RATE/s for SECONDS and until 3 s after the last COMMAND)");
+    eprintln!("       twofold-bench fsync DIR TRIES        (4 KiB write + fdatasync in DIR)");
+    eprintln!("       twofold-bench round-trip SOCKET TRIES (connect, ping, reply)");
     eprintln!(
         "       twofold-bench seed DATABASE|postgres:URL USERS USERS_FILE [AUTHENTICATORS]   (enrolled, no backup codes)"
     );
@@ -500,6 +503,14 @@ fn main() -> ExitCode {
                 _ => return usage(),
             }
         }
+        Some("fsync") if args.len() == 4 => match args[3].parse() {
+            Ok(n) => floor::fsync(Path::new(&args[2]), n),
+            Err(_) => return usage(),
+        },
+        Some("round-trip") if args.len() == 4 => match args[3].parse() {
+            Ok(n) => floor::round_trip(Path::new(&args[2]), n),
+            Err(_) => return usage(),
+        },
         Some("pam-side-by-side") if args.len() >= 6 => match args[3].parse::<usize>() {
             Ok(n) => pam_interleaved(&args[4..], Path::new(&args[2]), n),
             Err(_) => return usage(),

@@ -86,8 +86,8 @@ fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
     users::check_groups(&config.require_groups).map_err(StartError::Config)?;
     // Everything twofoldd creates (database, WAL, journal) is private to it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let store = open_store(&config, log)?;
-    let offline = open_offline_copy(&config, log)?;
+    let (store, deferred) = open_store(&config, log)?;
+    let offline = open_offline_copy(&config, deferred, log)?;
     let cannot = |e: std::io::Error| {
         StartError::Refused(format!("cannot listen on {}: {e}", config.socket.display()))
     };
@@ -140,7 +140,8 @@ fn start(args: Overrides, log: &Arc<Logger>) -> Result<(), StartError> {
 }
 
 /// The store the configuration names, with the seal key(s), after the local files' checks.
-fn open_store(config: &Config, log: &Logger) -> Result<Store, StartError> {
+/// `.1`: opened deferred (outage mode, and the database does not answer at start).
+fn open_store(config: &Config, log: &Logger) -> Result<(Store, bool), StartError> {
     let postgres = config.store == StoreKind::Postgres;
     if !postgres {
         prepare_state_dir(&config.database)?;
@@ -154,25 +155,41 @@ fn open_store(config: &Config, log: &Logger) -> Result<Store, StartError> {
         }
         _ => Store::open_sealed(&config.database, keys),
     };
-    let (store, which) = opened.map_err(|e| {
-        StartError::Refused(if postgres {
-            format!("cannot open the PostgreSQL store: {e}")
-        } else {
-            format!("cannot open database {}: {e}", config.database.display())
-        })
-    })?;
+    let (store, which) = match (opened, &config.postgres_url) {
+        (Err(e), Some(url)) if e.is_unreachable() && crate::offline::can_start_offline(config) => {
+            log.warn(&format!(
+                "offline: the database does not answer at start ({e}); this host decides \
+                 logins from its copy of the fleet until it does"
+            ));
+            let seal = seal_keys(config)?.into_iter().next();
+            let store =
+                Store::open_postgres_deferred(url, config.postgres_password_file.as_deref(), seal)
+                    .map_err(|e| {
+                        StartError::Refused(format!("cannot open the PostgreSQL store: {e}"))
+                    })?;
+            return Ok((store, true));
+        }
+        (opened, _) => opened.map_err(|e| {
+            StartError::Refused(if postgres {
+                format!("cannot open the PostgreSQL store: {e}")
+            } else {
+                format!("cannot open database {}: {e}", config.database.display())
+            })
+        })?,
+    };
     if let (Some(path), Some(1)) = (&config.seal_key_file, which) {
         // The last rekey committed but its key file was not yet in place.
         seal::promote_pending(path).map_err(refused)?;
         log.warn("seal: finished an interrupted rekey (the new key is now in place)");
     }
-    Ok(store)
+    Ok((store, false))
 }
 
 /// Outage mode's copy of the fleet (`offline = "cached"`): a private SQLite file, sealed with
 /// the fleet's key.
 fn open_offline_copy(
     config: &Config,
+    start_offline: bool,
     log: &Arc<Logger>,
 ) -> Result<Option<Arc<crate::offline::Cache>>, StartError> {
     if config.offline != crate::config::Offline::Cached {
@@ -192,10 +209,9 @@ fn open_offline_copy(
         "offline = \"cached\": logins are decided from {} while the database does not answer",
         path.display()
     ));
-    Ok(Some(Arc::new(crate::offline::Cache::new(
-        copy,
-        log.clone(),
-    ))))
+    let cache = crate::offline::Cache::new(copy, &path, log.clone(), clock::now(), start_offline)
+        .map_err(|e| StartError::Refused(format!("cannot read the offline copy: {e}")))?;
+    Ok(Some(Arc::new(cache)))
 }
 
 /// Creates the database's directory if it is missing (root's alone, under umask 077).

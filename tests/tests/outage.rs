@@ -121,7 +121,7 @@ fn logins_go_on_through_an_outage_and_are_merged_when_the_database_is_back() {
         return;
     };
     let url = pg.socket_url();
-    let (_key, a, b) = two_hosts([&url, &url], "");
+    let (_key, mut a, b) = two_hosts([&url, &url], "");
     for user in ["ou-ann", "ou-bob", "ou-guess"] {
         import_hotp(&a, user);
     }
@@ -203,6 +203,19 @@ fn logins_go_on_through_an_outage_and_are_merged_when_the_database_is_back() {
         "{finding}"
     );
 
+    // A reboot while the database is down: twofoldd starts offline, from the copy, which
+    // still holds what it decided before (not merged yet).
+    a.restart();
+    assert!(a.log().contains("does not answer at start"), "{}", a.log());
+    assert!(matches!(
+        verify(&a, "ou-ann", &hotp(2)),
+        ResponseBody::Rejected
+    ));
+    assert!(
+        accepted(&verify(&a, "ou-ann", &hotp(3))),
+        "A offline after a restart"
+    );
+
     pg.restart();
     for host in [&a, &b] {
         online(host);
@@ -221,7 +234,7 @@ fn logins_go_on_through_an_outage_and_are_merged_when_the_database_is_back() {
         verify(&a, "ou-bob", &hotp(1)),
         ResponseBody::Rejected
     ));
-    assert!(accepted(&verify(&b, "ou-ann", &hotp(3))));
+    assert!(accepted(&verify(&b, "ou-ann", &hotp(4))));
     let status = b.cli(&["status", "--user", "ou-guess", "--json"]).json();
     assert_eq!(status["failures"], 13, "10 on A, 3 on B: {status}");
     assert!(
@@ -267,6 +280,11 @@ fn a_user_removed_while_a_host_was_cut_off_is_refused_there_once_it_reconnects()
     relay.cut();
     // A alone is cut off: it decides alone (the bound: what B does meanwhile, it cannot know).
     assert!(accepted(&verify(&a, "ou-dan", &hotp(1))), "A cut off");
+    assert_eq!(
+        metric(&a, "twofold_offline"),
+        Some(1),
+        "A decided it online"
+    );
     assert!(accepted(&verify(&b, "ou-eve", &hotp(1))), "B online");
     assert_eq!(metric(&b, "twofold_offline"), Some(0));
     let removed = b.cli(&["disable", "--user", "ou-dan"]);

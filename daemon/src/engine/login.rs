@@ -70,7 +70,15 @@ impl Engine {
             entry.outcome,
             limits::omitted(left_out)
         ));
-        if let Err(e) = self.store.write(move |tx| tx.audit(&entry)) {
+        // Offline, into the copy: merged into the fleet's trail with the rest.
+        let written = match self.offline_store() {
+            Some(offline) => {
+                entry.event = crate::offline::OFFLINE_LOGIN.into();
+                offline.store().write(move |tx| tx.audit(&entry))
+            }
+            None => self.store.write(move |tx| tx.audit(&entry)),
+        };
+        if let Err(e) = written {
             self.log.error(&format!("audit write failed: {e}"));
         }
     }

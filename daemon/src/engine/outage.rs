@@ -2,7 +2,7 @@
 //! answer, this host's copy of it (`crate::offline`), with the stricter offline rules.
 
 use super::*;
-use crate::offline::{Cache, OfflineLogin, OFFLINE_LOGIN};
+use crate::offline::{Cache, Noted, OfflineLogin, Route, OFFLINE_LOGIN};
 
 impl Engine {
     /// Outage mode on: logins are decided from `cache` while the fleet does not answer.
@@ -27,15 +27,30 @@ impl Engine {
         }
     }
 
+    /// While the fleet does not answer (outage mode): this host's copy, to write a login's
+    /// audit entry to.
+    pub(super) fn offline_store(&self) -> Option<OfflineLogin<'_>> {
+        self.offline_login()
+    }
+
     /// While the fleet does not answer (outage mode): this host's copy to decide on.
     fn offline_login(&self) -> Option<OfflineLogin<'_>> {
         self.offline.as_ref()?.offline()
     }
 
-    /// Whether `e`, met on the fleet by a login, takes this host offline (outage mode, and
-    /// the database did not answer).
+    /// Whether `e`, met on the fleet by a login (holding no [`Route`]), takes this host
+    /// offline (outage mode, and the database does not answer, not even a new connection).
     fn went_offline(&self, e: &StoreError, now: u64) -> bool {
-        self.offline.as_ref().is_some_and(|c| c.lost(e, now))
+        self.offline
+            .as_ref()
+            .is_some_and(|c| c.lost(e, now, || self.store.answers()))
+    }
+
+    /// A change this login made online, for the copy (outage mode).
+    pub(super) fn note_online(&self, change: Noted) {
+        if let Some(cache) = &self.offline {
+            cache.note(change);
+        }
     }
 
     /// The throttle a login is decided under: offline, the lockout comes sooner.
@@ -92,28 +107,40 @@ impl Engine {
         base: LoginBase,
         grace: Option<(String, String)>,
     ) -> Result<Option<(Outcome, ByAuthenticator)>, StoreError> {
-        if let Some(offline) = self.offline_login() {
-            return self.evaluate_offline(&offline, name, code, now, base);
-        }
+        let Some(cache) = &self.offline else {
+            let state = self.store.read_one(|tx| tx.login_state(name))?;
+            return self.evaluate_on(&self.store, state, false, name, code, now, base, grace);
+        };
+        let held = match cache.route() {
+            Route::Offline(offline) => {
+                return self.evaluate_offline(&offline, name, code, now, base)
+            }
+            Route::Online(held) => held,
+        };
         let state = match self.store.read_one(|tx| tx.login_state(name)) {
             Ok(state) => state,
-            Err(e) if self.went_offline(&e, now) => match self.offline_login() {
-                Some(offline) => return self.evaluate_offline(&offline, name, code, now, base),
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
+            Err(e) => {
+                drop(held);
+                if self.went_offline(&e, now) {
+                    if let Some(offline) = self.offline_login() {
+                        return self.evaluate_offline(&offline, name, code, now, base);
+                    }
+                }
+                return Err(e);
+            }
         };
         let verdict = self.evaluate_on(&self.store, state, false, name, code, now, base, grace);
-        match &verdict {
-            Ok(Some((Outcome::Accepted { .. }, Some((label, step))))) => {
-                if let Some(cache) = &self.offline {
-                    cache.note_accepted(name, label, *step);
-                }
-            }
-            Err(e) => {
-                self.went_offline(e, now);
-            }
-            _ => {}
+        if let Ok(Some((Outcome::Accepted { .. }, Some((label, step))))) = &verdict {
+            cache.note(Noted::Mark {
+                name: name.to_string(),
+                label: label.clone(),
+                step: *step,
+            });
+        }
+        // Noted before letting go: no offline decision starts without what this one changed.
+        drop(held);
+        if let Err(e) = &verdict {
+            self.went_offline(e, now);
         }
         verdict
     }

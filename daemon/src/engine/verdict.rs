@@ -622,22 +622,28 @@ impl Engine {
             Input::Backup(c) => {
                 // Do not spend an Argon2id hash on an attempt the throttle refuses anyway.
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {
-                    self.store
-                        .write(move |tx| record_login(tx, &base, blocked))?;
+                    store.write(move |tx| record_login(tx, &base, blocked))?;
                     return Ok(Some((blocked, None)));
                 }
                 let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
-                store.write(move |tx| {
+                let spent = hash.clone();
+                let outcome = store.write(move |tx| {
                     let outcome = verify_backup_in_tx(tx, &owned, hash, now, &cfg)?;
                     record_login(tx, &base, outcome)?;
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok(outcome)
-                })?
+                })?;
+                if let (Outcome::Accepted { .. }, Some(hash), false) = (outcome, spent, offline) {
+                    self.note_online(crate::offline::Noted::BackupCode {
+                        name: name.to_string(),
+                        hash,
+                    });
+                }
+                outcome
             }
             Input::Helpdesk(c) => {
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {
-                    self.store
-                        .write(move |tx| record_login(tx, &base, blocked))?;
+                    store.write(move |tx| record_login(tx, &base, blocked))?;
                     return Ok(Some((blocked, None)));
                 }
                 let attempt = self.bypass_try(store, name, &c)?;

@@ -13,12 +13,15 @@
 //! again on another host only while it is within its window, and only if that host is cut
 //! off too.
 
+mod noted;
 mod sync;
 
+pub use noted::Noted;
 pub use sync::OFFLINE_LOGIN;
 
 use crate::audit::{self, Logger};
 use crate::store::{Result, Store, StoreError};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -26,17 +29,43 @@ use std::time::Duration;
 /// How often a host that went offline asks the database whether it answers again.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
+/// Where the time of the copy's last refresh is kept, beside it.
+fn stamp_of(copy: &Path) -> PathBuf {
+    let mut stamp = copy.as_os_str().to_owned();
+    stamp.push(".refreshed");
+    PathBuf::from(stamp)
+}
+
+fn filled_at(stamp: &Path) -> Option<u64> {
+    std::fs::read_to_string(stamp)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|t| *t > 0)
+}
+
+/// Whether twofoldd may start while the database does not answer: outage mode is on and this
+/// host's copy was filled before (an empty copy would find nobody enrolled).
+pub fn can_start_offline(config: &crate::config::Config) -> bool {
+    config.offline == crate::config::Offline::Cached
+        && filled_at(&stamp_of(&config.offline_cache_path())).is_some()
+}
+
 /// This host's copy of the fleet, and whether the fleet answers.
 #[derive(Debug)]
 pub struct Cache {
     copy: Store,
-    /// Offline decisions hold it shared while they run; going back online takes it whole,
-    /// so that nothing decided offline is left behind when the push is done.
+    /// Every login holds it shared while it decides (online or offline); changing the link
+    /// takes it whole: going offline waits for the online decisions in flight (their accepted
+    /// codes are noted first), going online waits for the offline ones (all are merged).
     link: RwLock<Link>,
-    /// Codes this host accepted online and the copy does not have yet: `(user, label, step)`.
-    noted: Mutex<Vec<(String, String, i64)>>,
-    /// When the copy was last refreshed from the fleet (0: not since twofoldd started).
+    /// What this host changed online and the copy does not have yet.
+    noted: Mutex<Vec<Noted>>,
+    /// When the copy was last filled from the fleet (0: never), kept across restarts in
+    /// `stamp`: a copy never filled cannot decide anything (every enrollment would be missing).
     refreshed_at: AtomicU64,
+    stamp: PathBuf,
     /// Users in the copy at its last refresh.
     users: AtomicU64,
     /// Logins decided offline since twofoldd started.
@@ -60,7 +89,21 @@ pub struct Status {
     pub decided_offline: u64,
 }
 
-/// A login decided offline: the copy to decide on, held so that the push waits for it.
+/// Where a login is decided, held for as long as it decides.
+#[derive(Debug)]
+pub enum Route<'a> {
+    /// On the fleet; what it changes is noted here (`Cache::note`) before it lets go.
+    Online(OnlineLogin<'a>),
+    Offline(OfflineLogin<'a>),
+}
+
+/// A login decided on the fleet: held so that going offline waits for it.
+#[derive(Debug)]
+pub struct OnlineLogin<'a> {
+    _held: RwLockReadGuard<'a, Link>,
+}
+
+/// A login decided offline: the copy to decide on, held so that the merge waits for it.
 #[derive(Debug)]
 pub struct OfflineLogin<'a> {
     cache: &'a Cache,
@@ -79,25 +122,64 @@ impl OfflineLogin<'_> {
 }
 
 impl Cache {
-    /// The copy at `copy` (opened by the caller, sealed with the fleet's key).
-    pub fn new(copy: Store, log: Arc<Logger>) -> Cache {
-        Cache {
+    /// The copy `copy`, opened by the caller from the file `path` and sealed with the fleet's
+    /// key. A copy holding offline decisions not merged yet (twofoldd stopped before the
+    /// database came back) starts offline: they are merged before any login goes online.
+    /// `offline`: the database did not answer at start (see [`can_start_offline`]).
+    pub fn new(
+        copy: Store,
+        path: &Path,
+        log: Arc<Logger>,
+        now: u64,
+        offline: bool,
+    ) -> Result<Cache> {
+        let stamp = stamp_of(path);
+        let refreshed_at = filled_at(&stamp).unwrap_or(0);
+        let (pending, _) = copy.read(|tx| tx.audit_entries(None, 0, 1))?;
+        let link = match (pending.is_empty(), offline) {
+            (true, false) => Link::Online,
+            (true, true) => Link::Offline { since: now },
+            (false, _) => {
+                log.warn(
+                    "offline: this host's copy holds offline decisions not merged into the \
+                     fleet yet; logins are decided from it until they are",
+                );
+                Link::Offline { since: now }
+            }
+        };
+        Ok(Cache {
             copy,
-            link: RwLock::new(Link::Online),
+            link: RwLock::new(link),
             noted: Mutex::new(Vec::new()),
-            refreshed_at: AtomicU64::new(0),
+            refreshed_at: AtomicU64::new(refreshed_at),
+            stamp,
             users: AtomicU64::new(0),
             decided: AtomicU64::new(0),
             log,
-        }
+        })
     }
 
     fn link(&self) -> RwLockReadGuard<'_, Link> {
         self.link.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Where the login starting now is decided (see [`Route`]).
+    pub fn route(&self) -> Route<'_> {
+        let held = self.link();
+        if *held == Link::Online {
+            return Route::Online(OnlineLogin { _held: held });
+        }
+        drop(held);
+        match self.offline() {
+            Some(offline) => Route::Offline(offline),
+            // Back online meanwhile.
+            None => Route::Online(OnlineLogin { _held: self.link() }),
+        }
+    }
+
     /// While the fleet does not answer: the copy to decide a login on, with what this host
-    /// accepted online just before brought into it first.
+    /// changed online just before brought into it first. `None` when online, or when the
+    /// copy cannot be brought up to date (then the login fails closed).
     pub fn offline(&self) -> Option<OfflineLogin<'_>> {
         let held = self.link();
         if *held == Link::Online {
@@ -105,7 +187,7 @@ impl Cache {
         }
         if let Err(e) = self.apply_noted() {
             self.log.error(&format!(
-                "offline: this host's last online codes could not be written to its copy: {e}"
+                "offline: this host's last online changes could not be written to its copy: {e}"
             ));
             return None;
         }
@@ -115,10 +197,22 @@ impl Cache {
         })
     }
 
-    /// A login met `e` on the fleet: when it is an outage, this host decides alone from now
-    /// until the database answers again. True when it does.
-    pub fn lost(&self, e: &StoreError, now: u64) -> bool {
+    /// A login met `e` on the fleet. When it is an outage (no answer, and none on a fresh
+    /// connection either: `answers`) and the copy was ever filled, this host decides alone
+    /// from now until the database answers again: true. The caller must hold no [`Route`].
+    pub fn lost(&self, e: &StoreError, now: u64, answers: impl FnOnce() -> bool) -> bool {
         if !e.is_unreachable() {
+            return false;
+        }
+        if self.refreshed_at.load(Ordering::Relaxed) == 0 {
+            self.log.error(
+                "offline: the database does not answer, and this host's copy of the fleet was \
+                 never filled: logins fail closed",
+            );
+            return false;
+        }
+        if *self.link() == Link::Online && answers() {
+            // One dead connection (a restart, a middlebox), not an outage.
             return false;
         }
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
@@ -126,42 +220,12 @@ impl Cache {
             *link = Link::Offline { since: now };
             self.log.warn(&format!(
                 "offline: the database does not answer ({}); logins are decided from this \
-                 host's copy of the fleet (refreshed {}) until it does",
+                 host's copy of the fleet (refreshed {} s before) until it does",
                 audit::field(&e.to_string()),
-                match self.refreshed_at.load(Ordering::Relaxed) {
-                    0 => "never since twofoldd started".to_string(),
-                    t => format!("{} s before", now.saturating_sub(t)),
-                }
+                now.saturating_sub(self.refreshed_at.load(Ordering::Relaxed))
             ));
         }
         true
-    }
-
-    /// A code this host accepted online: the copy learns of it before any offline decision.
-    pub fn note_accepted(&self, name: &str, label: &str, step: i64) {
-        let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
-        noted.push((name.to_string(), label.to_string(), step));
-    }
-
-    /// Writes the noted codes' marks into the copy (raised, never lowered).
-    fn apply_noted(&self) -> Result<()> {
-        let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
-        if noted.is_empty() {
-            return Ok(());
-        }
-        let marks = std::mem::take(&mut *noted);
-        let now = crate::clock::now();
-        let kept = marks.clone();
-        let written = self.copy.write(move |tx| {
-            marks.iter().try_for_each(|(name, label, step)| {
-                tx.advance_step(name, label, *step, now).map(|_| ())
-            })
-        });
-        if written.is_err() {
-            // Kept for the next try: a mark must not be forgotten.
-            noted.extend(kept);
-        }
-        written
     }
 
     pub fn status(&self) -> Status {
@@ -178,16 +242,16 @@ impl Cache {
     }
 
     /// The link's keeper (a thread of twofoldd): while online, the copy refreshed every
-    /// `refresh()` seconds and this host's accepted codes written into it every second; while
+    /// `refresh()` seconds and this host's online changes written into it every second; while
     /// offline, the database asked every [`PROBE_EVERY`], and once it answers, this host's
-    /// decisions pushed, the copy refreshed, and logins decided online again.
+    /// decisions merged, the copy refreshed, and logins decided online again.
     pub fn keep(&self, fleet: &Store, refresh: impl Fn() -> (u64, bool)) -> ! {
         loop {
             let now = crate::clock::now();
             let (every, backup_codes) = refresh();
             let offline = *self.link() != Link::Online;
             if offline {
-                if fleet.read_one(|tx| tx.seal_check()).is_ok() {
+                if fleet.answers() {
                     if let Err(e) = self.reconnect(fleet, backup_codes) {
                         self.log.error(&format!(
                             "offline: the database answers, but this host's offline \
@@ -209,7 +273,7 @@ impl Cache {
             if now >= due {
                 match self.refresh(fleet, backup_codes) {
                     Ok(()) => {}
-                    Err(e) if self.lost(&e, now) => {}
+                    Err(e) if self.lost(&e, now, || fleet.answers()) => {}
                     Err(e) => self.log.error(&format!(
                         "offline: refreshing this host's copy of the fleet failed: {e}"
                     )),
@@ -219,7 +283,7 @@ impl Cache {
         }
     }
 
-    /// Back online: with every offline decision finished and none starting, pushes them
+    /// Back online: with every offline decision finished and none starting, merges them
     /// all, refreshes the copy, and only then lets logins go to the fleet again.
     fn reconnect(&self, fleet: &Store, backup_codes: bool) -> Result<()> {
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
@@ -237,3 +301,6 @@ impl Cache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

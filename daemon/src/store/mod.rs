@@ -131,6 +131,25 @@ impl Store {
         }
     }
 
+    /// Whether the store answers now, on a fresh connection (PostgreSQL; SQLite always does).
+    pub fn answers(&self) -> bool {
+        match &*self.0 {
+            Backend::Sqlite(_) => true,
+            Backend::Postgres(p) => p.answers(),
+        }
+    }
+
+    /// The PostgreSQL store at `url` while it does not answer (outage mode at start; see
+    /// `PgStore::open_deferred`).
+    pub fn open_postgres_deferred(
+        url: &str,
+        password_file: Option<&Path>,
+        seal: Option<Sealer>,
+    ) -> Result<Store> {
+        let p = crate::store::postgres::PgStore::open_deferred(url, password_file, seal)?;
+        Ok(Store(Arc::new(Backend::Postgres(Box::new(p)))))
+    }
+
     /// Re-encrypts every secret under `new` (see `Sqlite::rekey`).
     pub fn rekey(&self, new: Sealer) -> Result<usize> {
         match &*self.0 {

@@ -78,6 +78,10 @@ pub struct PgStore {
     pub(crate) pool: Mutex<Pool>,
     pub(crate) freed: Condvar,
     pub(crate) seal: Option<Arc<Sealer>>,
+    /// Opened while the database did not answer (outage mode, `open_deferred`): the schema
+    /// and the seal key are checked on the first connection that answers; no statement runs
+    /// before that check has passed.
+    pub(crate) deferred: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -127,11 +131,68 @@ impl PgStore {
             }),
             freed: Condvar::new(),
             seal: seal.map(Arc::new),
+            deferred: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((store, which))
     }
 
+    /// The store at `url` while it does not answer (outage mode at start): the schema and the
+    /// seal key are checked on the first connection that answers (see `check_deferred`);
+    /// secrets are taken as sealed with `seal` until then.
+    pub fn open_deferred(
+        url: &str,
+        password_file: Option<&Path>,
+        seal: Option<Sealer>,
+    ) -> Result<PgStore> {
+        let (config, connector) = client_config(url, password_file)?;
+        Ok(PgStore {
+            config,
+            connector,
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
+            seal: seal.map(Arc::new),
+            deferred: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// What `open` checks, for a store opened deferred, on the first connection that answers:
+    /// the schema brought up to date, and the fleet's secrets sealed with this host's key.
+    /// Until it passes, every call fails (closed).
+    fn check_deferred(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.deferred.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // One check at a time; the others wait for its result.
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.deferred.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut client = self.connector.connect(&self.config)?;
+        upgrade(&mut client)?;
+        let check: Option<Vec<u8>> = client
+            .query_opt("SELECT value FROM meta WHERE key = 'seal_check'", &[])?
+            .map(|r| r.get(0));
+        let sealed_alike = match (&check, &self.seal) {
+            (Some(c), Some(key)) => key.matches(c),
+            (None, None) => true,
+            _ => false,
+        };
+        if !sealed_alike {
+            return Err(StoreError::Seal(
+                "the fleet's secrets are not sealed with this host's seal_key_file (or not \
+                 sealed at all): restart twofoldd now that the database answers"
+                    .into(),
+            ));
+        }
+        pool.idle.push(Conn::new(client));
+        pool.open += 1;
+        self.deferred.store(false, Ordering::Release);
+        Ok(())
+    }
+
     pub(crate) fn lease(&self) -> Result<Lease<'_>> {
+        self.check_deferred()?;
         let deadline = Instant::now() + TIMEOUT;
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -225,6 +286,18 @@ impl PgStore {
 
     pub fn read<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
         self.run(Mode::Read, f)
+    }
+
+    /// Whether the database answers a new connection now (not a pooled one, which may be a
+    /// dead one): a connect and `SELECT 1` within the timeout.
+    pub fn answers(&self) -> bool {
+        if self.check_deferred().is_err() {
+            return false;
+        }
+        match self.connector.connect(&self.config) {
+            Ok(mut c) => c.simple_query("SELECT 1").is_ok(),
+            Err(_) => false,
+        }
     }
 
     pub fn write<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {

@@ -12,10 +12,11 @@ pub(crate) fn pg_error(e: postgres::Error) -> StoreError {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    // No answer at all (no connection, a connection lost or timed out), or one that says
-    // the server cannot serve now: 08 connection exceptions, 57014 a statement cut short by
-    // the timeout, 57P01-57P03 shutting down or starting, 55P03 a lock not had in time. A
-    // refused certificate or password, or a statement that failed, is not an outage.
+    // No answer at all (no connection, a connection lost or timed out), or a server that says
+    // it cannot serve: 08 connection exceptions, 57P01-57P03 shutting down, crashed, starting.
+    // A refused certificate or password, a statement that failed or was cut short by the
+    // timeout, a lock not had in time: the server answered, and that is no outage (a host must
+    // not be sent offline by a slow statement or a contended lock).
     const NO_ANSWER: [&str; 3] = [
         "error communicating with the server",
         "error connecting to server",
@@ -23,7 +24,7 @@ pub(crate) fn pg_error(e: postgres::Error) -> StoreError {
     ];
     let unanswered = match e.code().map(|c| c.code()) {
         None => e.is_closed() || NO_ANSWER.iter().any(|t| text.starts_with(t)),
-        Some(code) => code.starts_with("08") || code.starts_with("57") || code == "55P03",
+        Some(code) => code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code),
     };
     match unanswered {
         true => StoreError::Unreachable(text),
