@@ -130,6 +130,18 @@ PY
   record flood_on "$n" 1 "$loud"
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
   record rss "$n" 0 "{\"kib\": $rss}"
+  if [ "$n" = "${sizes[0]}" ]; then
+    # The floor under one login, in this run: a durable write on the database's file system,
+    # a raw round trip to twofoldd (a login makes two), and libpam loading and unloading the
+    # module (a stack whose pam_twofold line is never reached, against pam_permit alone).
+    record floor_fsync "$n" 1 "$("$bench" fsync "$dir" 500)"
+    record floor_round_trip "$n" 1 "$("$bench" round-trip "$dir/s" 500)"
+    printf 'auth sufficient pam_permit.so\nauth required %s socket=%s/s\n' "$module" "$dir" > "$work/pam.d/twofold-load"
+    r=$(LD_PRELOAD="$wrapper" PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$work/pam.d" \
+      "$bench" pam-side-by-side "$dir/c1.txt" "$per_run" permit twofold-load 2>> "$work/pam-stderr.log")
+    echo "   floor: module load and unload, side by side with pam_permit: $r" >&2
+    record floor_load "$n" 1 "$r"
+  fi
   kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
   if [ "$n" = "${sizes[0]}" ]; then
     # What several authenticators add to a login: the same users on two fresh stores, one
@@ -349,6 +361,15 @@ print(f"p99 under a flood of {out['flood_requests_per_s']} wrong codes/s / witho
 print(f"postgres store: overhead {pg['overhead_ms']} ms (1 and 8 logins), {pg.get('ratio_overhead_vs_sqlite')} of SQLite's; {pg.get('daemon_durable_verifications_per_s_two_daemons')} verifications/s over two daemons")
 print(f"postgres with a synchronous standby: overhead {sync['overhead_ms']} ms, {sync.get('ratio_overhead_vs_no_standby')} of without; {sync.get('daemon_durable_verifications_per_s_two_daemons')} verifications/s over two daemons")
 print(f"twofoldd RSS at {big} users: {out['daemon_rss_mib_100k']} MiB; pam_twofold.so: {out['so_size_bytes']} bytes")
+fs, rt, ld = get("floor_fsync", small, 1), get("floor_round_trip", small, 1), get("floor_load", small, 1)
+if fs and rt and ld:
+    load = {r["service"]: r for r in ld["interleaved"]}["twofold-load"]["p50_over_baseline_ms"]
+    floor = fs["p50_ms"] + 2 * rt["p50_ms"] + load
+    over = ov["pam_twofold"][str(small)]
+    out["floor"] = {"fsync_ms": round(fs["p50_ms"], 4), "round_trip_ms": round(rt["p50_ms"], 4), "module_load_ms": round(load, 4)}
+    out["floor_ms"] = round(floor, 4)
+    out["overhead_over_floor"] = ratio(over, floor)
+    print(f"floor (N={small}): fsync {fs['p50_ms']:.3f} + 2 x round trip {rt['p50_ms']:.3f} + module load {load:.3f} = {floor:.3f} ms; twofold's overhead {over:.3f} ms = {out['overhead_over_floor']} x the floor (target: at most 1.3)")
 if sys.argv[2]:
     json.dump(out, open(sys.argv[2], "w"), indent=2)
 PY

@@ -71,12 +71,13 @@ impl Engine {
             limits::omitted(left_out)
         ));
         // Offline, into the copy: merged into the fleet's trail with the rest.
-        let written = match self.offline_store() {
-            Some(offline) => {
+        let written = match self.login_route() {
+            crate::offline::Route::Offline(offline) => {
                 entry.event = crate::offline::OFFLINE_LOGIN.into();
                 offline.store().write(move |tx| tx.audit(&entry))
             }
-            None => self.store.write(move |tx| tx.audit(&entry)),
+            crate::offline::Route::Closed => Err(StoreError::Unavailable),
+            crate::offline::Route::Online => self.store.write(move |tx| tx.audit(&entry)),
         };
         if let Err(e) = written {
             self.log.error(&format!("audit write failed: {e}"));

@@ -27,23 +27,21 @@ impl Engine {
         }
     }
 
-    /// While the fleet does not answer (outage mode): this host's copy, to write a login's
-    /// audit entry to.
-    pub(super) fn offline_store(&self) -> Option<OfflineLogin<'_>> {
-        self.offline_login()
+    /// Where a login is decided now: on the fleet (outage mode off, or the fleet answers),
+    /// or on this host's copy; `Closed` when offline and the copy cannot be used.
+    pub(super) fn login_route(&self) -> Route<'_> {
+        match &self.offline {
+            None => Route::Online,
+            Some(cache) => cache.route(),
+        }
     }
 
-    /// While the fleet does not answer (outage mode): this host's copy to decide on.
-    fn offline_login(&self) -> Option<OfflineLogin<'_>> {
-        self.offline.as_ref()?.offline()
-    }
-
-    /// Whether `e`, met on the fleet by a login (holding no [`Route`]), takes this host
+    /// Whether `e`, met on the fleet by a login (holding no offline [`Route`]), takes this host
     /// offline (outage mode, and the database does not answer, not even a new connection).
     fn went_offline(&self, e: &StoreError, now: u64) -> bool {
         self.offline
             .as_ref()
-            .is_some_and(|c| c.lost(e, now, || self.store.answers()))
+            .is_some_and(|c| c.lost(e, now, || self.store.answers().is_ok()))
     }
 
     /// A change this login made online, for the copy (outage mode).
@@ -72,17 +70,19 @@ impl Engine {
         now: u64,
         f: impl Fn(&dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        if let Some(offline) = self.offline_login() {
-            return offline.store().read(&f);
+        match self.login_route() {
+            Route::Offline(offline) => return offline.store().read(&f),
+            Route::Closed => return Err(StoreError::Unavailable),
+            Route::Online => {}
         }
         let read = match one {
             true => self.store.read_one(&f),
             false => self.store.read(&f),
         };
         match read {
-            Err(e) if self.went_offline(&e, now) => match self.offline_login() {
-                Some(offline) => offline.store().read(&f),
-                None => Err(e),
+            Err(e) if self.went_offline(&e, now) => match self.login_route() {
+                Route::Offline(offline) => offline.store().read(&f),
+                _ => Err(e),
             },
             other => other,
         }
@@ -107,22 +107,18 @@ impl Engine {
         base: LoginBase,
         grace: Option<(String, String)>,
     ) -> Result<Option<(Outcome, ByAuthenticator)>, StoreError> {
-        let Some(cache) = &self.offline else {
-            let state = self.store.read_one(|tx| tx.login_state(name))?;
-            return self.evaluate_on(&self.store, state, false, name, code, now, base, grace);
-        };
-        let held = match cache.route() {
+        match self.login_route() {
             Route::Offline(offline) => {
                 return self.evaluate_offline(&offline, name, code, now, base)
             }
-            Route::Online(held) => held,
-        };
+            Route::Closed => return Err(StoreError::Unavailable),
+            Route::Online => {}
+        }
         let state = match self.store.read_one(|tx| tx.login_state(name)) {
             Ok(state) => state,
             Err(e) => {
-                drop(held);
                 if self.went_offline(&e, now) {
-                    if let Some(offline) = self.offline_login() {
+                    if let Route::Offline(offline) = self.login_route() {
                         return self.evaluate_offline(&offline, name, code, now, base);
                     }
                 }
@@ -130,15 +126,6 @@ impl Engine {
             }
         };
         let verdict = self.evaluate_on(&self.store, state, false, name, code, now, base, grace);
-        if let Ok(Some((Outcome::Accepted { .. }, Some((label, step))))) = &verdict {
-            cache.note(Noted::Mark {
-                name: name.to_string(),
-                label: label.clone(),
-                step: *step,
-            });
-        }
-        // Noted before letting go: no offline decision starts without what this one changed.
-        drop(held);
         if let Err(e) = &verdict {
             self.went_offline(e, now);
         }

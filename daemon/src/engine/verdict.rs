@@ -4,6 +4,7 @@
 //! exactly once.
 
 use super::*;
+use crate::offline::Noted;
 
 /// A typed answer hashed (outside the writer) under the salt of the one-time code it is
 /// checked against: a mailed login code, or a helpdesk code.
@@ -602,10 +603,19 @@ impl Engine {
         };
         let outcome = match input {
             Input::Totp(c) => {
+                let verdict = decide_totp(Some(&user), state, &c, now, window, &cfg);
+                if let (false, TotpVerdict::Accept(mark)) = (offline, &verdict) {
+                    // Noted before the fleet is asked: whatever becomes of its answer, this
+                    // host's copy will not take this code again (outage mode).
+                    self.note_online(Noted::Mark {
+                        name: name.to_string(),
+                        label: mark.label.clone(),
+                        step: mark.step,
+                    });
+                }
                 // Decided from the state read, when no mailed code is in play; the store applies
                 // that in one statement if it still holds, else decides again under the lock.
                 let first = email_try.is_none().then(|| {
-                    let verdict = decide_totp(Some(&user), state, &c, now, window, &cfg);
                     let (outcome, by, d) =
                         totp_decision(verdict, state, &base, grace.as_ref(), now, &cfg);
                     ((outcome, by), d)
@@ -617,6 +627,16 @@ impl Engine {
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok((outcome, by))
                 })?;
+                // Decided again under the lock, it may have taken another step.
+                if let (false, Outcome::Accepted { .. }, Some((label, step))) =
+                    (offline, outcome, &by)
+                {
+                    self.note_online(Noted::Mark {
+                        name: name.to_string(),
+                        label: label.clone(),
+                        step: *step,
+                    });
+                }
                 return Ok(Some((outcome, by)));
             }
             Input::Backup(c) => {
@@ -626,20 +646,19 @@ impl Engine {
                     return Ok(Some((blocked, None)));
                 }
                 let hash = self.hash_backup(Lane::Login, &c, &user.backup_salt);
-                let spent = hash.clone();
-                let outcome = store.write(move |tx| {
+                if let (Some(hash), false) = (&hash, offline) {
+                    // Noted first, as a TOTP code is (a code not stored is no change).
+                    self.note_online(Noted::BackupCode {
+                        name: name.to_string(),
+                        hash: hash.clone(),
+                    });
+                }
+                store.write(move |tx| {
                     let outcome = verify_backup_in_tx(tx, &owned, hash, now, &cfg)?;
                     record_login(tx, &base, outcome)?;
                     remember_in_tx(tx, &owned, outcome, grace.as_ref(), now)?;
                     Ok(outcome)
-                })?;
-                if let (Outcome::Accepted { .. }, Some(hash), false) = (outcome, spent, offline) {
-                    self.note_online(crate::offline::Noted::BackupCode {
-                        name: name.to_string(),
-                        hash,
-                    });
-                }
-                outcome
+                })?
             }
             Input::Helpdesk(c) => {
                 if let Some(blocked) = gate_outcome(&cfg, state, now) {

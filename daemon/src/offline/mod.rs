@@ -36,31 +36,34 @@ fn stamp_of(copy: &Path) -> PathBuf {
     PathBuf::from(stamp)
 }
 
-fn filled_at(stamp: &Path) -> Option<u64> {
-    std::fs::read_to_string(stamp)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|t| *t > 0)
+/// What the stamp says: when the copy was filled, and how many enrollments it then held.
+fn filled(stamp: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(stamp).ok()?;
+    let mut words = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    match (words.next()??, words.next()??) {
+        (0, _) => None,
+        (at, users) => Some((at, users)),
+    }
 }
 
 /// Whether twofoldd may start while the database does not answer: outage mode is on and this
-/// host's copy was filled before (an empty copy would find nobody enrolled).
+/// host's copy was filled before (an empty copy would find nobody enrolled; `Cache::new`
+/// checks that the copy is the one the stamp is of).
 pub fn can_start_offline(config: &crate::config::Config) -> bool {
     config.offline == crate::config::Offline::Cached
-        && filled_at(&stamp_of(&config.offline_cache_path())).is_some()
+        && filled(&stamp_of(&config.offline_cache_path())).is_some()
 }
 
 /// This host's copy of the fleet, and whether the fleet answers.
 #[derive(Debug)]
 pub struct Cache {
     copy: Store,
-    /// Every login holds it shared while it decides (online or offline); changing the link
-    /// takes it whole: going offline waits for the online decisions in flight (their accepted
-    /// codes are noted first), going online waits for the offline ones (all are merged).
+    /// Offline decisions hold it shared while they decide; changing the link takes it whole
+    /// (going online waits for every offline decision, and all are merged). Online decisions
+    /// hold nothing across the fleet's I/O (a hung connection must not keep a host from
+    /// going offline): what they may change is noted before they ask the fleet.
     link: RwLock<Link>,
-    /// What this host changed online and the copy does not have yet.
+    /// What this host changed (or may have changed) online and the copy does not have yet.
     noted: Mutex<Vec<Noted>>,
     /// When the copy was last filled from the fleet (0: never), kept across restarts in
     /// `stamp`: a copy never filled cannot decide anything (every enrollment would be missing).
@@ -89,18 +92,14 @@ pub struct Status {
     pub decided_offline: u64,
 }
 
-/// Where a login is decided, held for as long as it decides.
+/// Where a login is decided.
 #[derive(Debug)]
 pub enum Route<'a> {
-    /// On the fleet; what it changes is noted here (`Cache::note`) before it lets go.
-    Online(OnlineLogin<'a>),
+    /// On the fleet; what it may change is noted first (`Cache::note`).
+    Online,
     Offline(OfflineLogin<'a>),
-}
-
-/// A login decided on the fleet: held so that going offline waits for it.
-#[derive(Debug)]
-pub struct OnlineLogin<'a> {
-    _held: RwLockReadGuard<'a, Link>,
+    /// Offline, but the copy cannot be brought up to date: the login fails closed.
+    Closed,
 }
 
 /// A login decided offline: the copy to decide on, held so that the merge waits for it.
@@ -134,7 +133,13 @@ impl Cache {
         offline: bool,
     ) -> Result<Cache> {
         let stamp = stamp_of(path);
-        let refreshed_at = filled_at(&stamp).unwrap_or(0);
+        // The stamp counts for this copy only if it names as many enrollments as it holds
+        // (a copy deleted and made anew, empty, is no filled copy).
+        let users = copy.read(|tx| tx.user_names())?.len() as u64;
+        let refreshed_at = match filled(&stamp) {
+            Some((at, n)) if n == users => at,
+            _ => 0,
+        };
         let (pending, _) = copy.read(|tx| tx.audit_entries(None, 0, 1))?;
         let link = match (pending.is_empty(), offline) {
             (true, false) => Link::Online,
@@ -153,7 +158,7 @@ impl Cache {
             noted: Mutex::new(Vec::new()),
             refreshed_at: AtomicU64::new(refreshed_at),
             stamp,
-            users: AtomicU64::new(0),
+            users: AtomicU64::new(users),
             decided: AtomicU64::new(0),
             log,
         })
@@ -163,35 +168,24 @@ impl Cache {
         self.link.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where the login starting now is decided (see [`Route`]).
+    /// Where the login starting now is decided (see [`Route`]): offline, on the copy with
+    /// what this host changed online just before brought into it first.
     pub fn route(&self) -> Route<'_> {
         let held = self.link();
         if *held == Link::Online {
-            return Route::Online(OnlineLogin { _held: held });
+            return Route::Online;
         }
-        drop(held);
-        match self.offline() {
-            Some(offline) => Route::Offline(offline),
-            // Back online meanwhile.
-            None => Route::Online(OnlineLogin { _held: self.link() }),
-        }
-    }
-
-    /// While the fleet does not answer: the copy to decide a login on, with what this host
-    /// changed online just before brought into it first. `None` when online, or when the
-    /// copy cannot be brought up to date (then the login fails closed).
-    pub fn offline(&self) -> Option<OfflineLogin<'_>> {
-        let held = self.link();
-        if *held == Link::Online {
-            return None;
+        if self.refreshed_at.load(Ordering::Relaxed) == 0 {
+            // Offline with a copy never filled (or made anew): it would find nobody enrolled.
+            return Route::Closed;
         }
         if let Err(e) = self.apply_noted() {
             self.log.error(&format!(
                 "offline: this host's last online changes could not be written to its copy: {e}"
             ));
-            return None;
+            return Route::Closed;
         }
-        Some(OfflineLogin {
+        Route::Offline(OfflineLogin {
             cache: self,
             _held: held,
         })
@@ -211,7 +205,8 @@ impl Cache {
             );
             return false;
         }
-        if *self.link() == Link::Online && answers() {
+        let online = *self.link() == Link::Online;
+        if online && answers() {
             // One dead connection (a restart, a middlebox), not an outage.
             return false;
         }
@@ -246,18 +241,28 @@ impl Cache {
     /// offline, the database asked every [`PROBE_EVERY`], and once it answers, this host's
     /// decisions merged, the copy refreshed, and logins decided online again.
     pub fn keep(&self, fleet: &Store, refresh: impl Fn() -> (u64, bool)) -> ! {
+        let mut first = true;
+        let mut refused = String::new();
         loop {
             let now = crate::clock::now();
             let (every, backup_codes) = refresh();
             let offline = *self.link() != Link::Online;
             if offline {
-                if fleet.answers() {
-                    if let Err(e) = self.reconnect(fleet, backup_codes) {
+                let merged = match fleet.answers() {
+                    Ok(()) => self.reconnect(fleet, backup_codes),
+                    Err(e) if e.is_unreachable() => Ok(()),
+                    Err(e) => Err(e),
+                };
+                // Said once (until it changes): the database answers but cannot be used.
+                match merged {
+                    Err(e) if e.to_string() != refused => {
+                        refused = e.to_string();
                         self.log.error(&format!(
-                            "offline: the database answers, but this host's offline \
-                             decisions could not be merged into it yet: {e}"
+                            "offline: the database answers, but this host stays offline: {e}"
                         ));
                     }
+                    Err(_) => {}
+                    Ok(()) => refused.clear(),
                 }
                 std::thread::sleep(PROBE_EVERY);
                 continue;
@@ -270,10 +275,11 @@ impl Cache {
                 .refreshed_at
                 .load(Ordering::Relaxed)
                 .saturating_add(every);
-            if now >= due {
+            if first || now >= due {
+                first = false;
                 match self.refresh(fleet, backup_codes) {
                     Ok(()) => {}
-                    Err(e) if self.lost(&e, now, || fleet.answers()) => {}
+                    Err(e) if self.lost(&e, now, || fleet.answers().is_ok()) => {}
                     Err(e) => self.log.error(&format!(
                         "offline: refreshing this host's copy of the fleet failed: {e}"
                     )),

@@ -84,7 +84,7 @@ impl Cache {
         let now = crate::clock::now();
         // The copy is filled: kept across restarts (a copy never filled decides nothing).
         let fresh = self.stamp.with_extension("refreshed.tmp");
-        std::fs::write(&fresh, format!("{now}\n"))
+        std::fs::write(&fresh, format!("{now} {count}\n"))
             .and_then(|()| std::fs::rename(&fresh, &self.stamp))
             .map_err(|e| StoreError::Commit(format!("{}: {e}", self.stamp.display())))?;
         self.refreshed_at.store(now, Ordering::Relaxed);

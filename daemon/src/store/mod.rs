@@ -132,9 +132,9 @@ impl Store {
     }
 
     /// Whether the store answers now, on a fresh connection (PostgreSQL; SQLite always does).
-    pub fn answers(&self) -> bool {
+    pub fn answers(&self) -> Result<()> {
         match &*self.0 {
-            Backend::Sqlite(_) => true,
+            Backend::Sqlite(_) => Ok(()),
             Backend::Postgres(p) => p.answers(),
         }
     }

@@ -290,14 +290,11 @@ impl PgStore {
 
     /// Whether the database answers a new connection now (not a pooled one, which may be a
     /// dead one): a connect and `SELECT 1` within the timeout.
-    pub fn answers(&self) -> bool {
-        if self.check_deferred().is_err() {
-            return false;
-        }
-        match self.connector.connect(&self.config) {
-            Ok(mut c) => c.simple_query("SELECT 1").is_ok(),
-            Err(_) => false,
-        }
+    pub fn answers(&self) -> Result<()> {
+        self.check_deferred()?;
+        let mut client = self.connector.connect(&self.config)?;
+        client.simple_query("SELECT 1")?;
+        Ok(())
     }
 
     pub fn write<R>(&self, f: impl FnOnce(&dyn Tx) -> Result<R>) -> Result<R> {
