@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side measurements of twofold, google-authenticator-libpam and pam_oath (issue 6).
 #
-#   sudo scripts/bench.sh [--quick] [--json FILE]
+#   sudo scripts/bench.sh [--quick] [--json FILE] [--plot DIR]
+#   scripts/bench.sh --plot DIR --from FILE     (draw a saved JSON only)
 #
 # Per-login cost through libpam, in-process (pam_start / pam_authenticate / pam_end with a
 # conversation answering a currently valid, unused code; every login a different user) under
@@ -12,18 +13,27 @@
 # 1,000 wrong codes per second; twofoldd's memory and the module's size. Ratios come from the
 # same run: these machines are shared and noisy, absolute times are not stable.
 # --quick (CI): small N, finishes within about two minutes after the build; asserts nothing.
+# --plot DIR: per-login cost against users and against concurrency, as SVG charts in DIR.
 set -euo pipefail
 
 quick=false
 json=""
+plot=""
+from=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=true ;;
     --json) json=${2:?--json needs a file}; shift ;;
-    *) echo "usage: $0 [--quick] [--json FILE]" >&2; exit 2 ;;
+    --plot) plot=${2:?--plot needs a directory}; shift ;;
+    --from) from=${2:?--from needs a file}; shift ;;
+    *) echo "usage: $0 [--quick] [--json FILE] [--plot DIR] | --plot DIR --from FILE" >&2; exit 2 ;;
   esac
   shift
 done
+if [ -n "$from" ]; then
+  [ -n "$plot" ] || { echo "bench.sh: --from needs --plot DIR" >&2; exit 2; }
+  exec python3 "$(dirname "$0")/plot-bench.py" "$from" "$plot"
+fi
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (pam_google_authenticator reads its files as user=root)" >&2; exit 2; }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -264,6 +274,7 @@ cap=$("$bench" capacity "$target/twofoldd" "$cap_users" 32 "$secs")
 record capacity 0 32 "$cap"
 record so_size 0 0 "{\"bytes\": $(stat -c %s "$module")}"
 
+[ -z "$json" ] && [ -n "$plot" ] && json="$work/results.json"
 python3 - "$results" "$json" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -373,3 +384,6 @@ if fs and rt and ld:
 if sys.argv[2]:
     json.dump(out, open(sys.argv[2], "w"), indent=2)
 PY
+if [ -n "$plot" ]; then
+  python3 "$repo/scripts/plot-bench.py" "$json" "$plot"
+fi
