@@ -114,6 +114,28 @@ pub fn wait_for_socket(socket: &Path, child: &mut Child, what: &str, log: impl F
 }
 
 /// A path as the `&str` an argument list wants.
+/// A directory only its owner may enter (twofold refuses a seal key others can reach).
+pub fn private_dir() -> tempfile::TempDir {
+    let dir = open_tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// `twofold ARGS… CONFIG` (`["fleet", "init", "--config"]`, …), which must succeed.
+pub fn twofold_ok(args: &[&str], config: &Path) {
+    let out = Command::new(twofold_cli())
+        .args(args)
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "twofold {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }

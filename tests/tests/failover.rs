@@ -77,16 +77,7 @@ fn a_promoted_synchronous_standby_takes_over_with_no_replay_and_no_loss() {
     let dir = open_tempdir();
     let init = dir.path().join("init.toml");
     std::fs::write(&init, &config).unwrap();
-    let out = std::process::Command::new(twofold_cli())
-        .args(["fleet", "init", "--config"])
-        .arg(&init)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    twofold_ok(&["fleet", "init", "--config"], &init);
     let hosts = [
         Daemon::start("allow", &config),
         Daemon::start("allow", &config),

@@ -411,26 +411,12 @@ fn secrets_sealed_with_one_key_every_host_shares() {
     let Some(pg) = Postgres::start("secrets_sealed_with_one_key_every_host_shares") else {
         return;
     };
-    let keydir = open_tempdir();
-    std::fs::set_permissions(
-        keydir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    let keydir = private_dir();
     let key = keydir.path().join("seal.key");
     let extra = format!("seal_key_file = {key:?}\n");
     let init_config = keydir.path().join("init.toml");
     std::fs::write(&init_config, &extra).unwrap();
-    let init = std::process::Command::new(twofold_cli())
-        .args(["seal", "init", "--config"])
-        .arg(&init_config)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    twofold_ok(&["seal", "init", "--config"], &init_config);
     let (a, b) = two_hosts(&pg.socket_url(), &extra);
     let e = a.enroll("sealed");
     ensure_step_time(8);

@@ -82,12 +82,7 @@ fn import_hotp(host: &Daemon, user: &str) {
 /// A fleet schema sealed with one key, and two hosts in outage mode on `url` (`urls`: each
 /// host's own, when they differ).
 fn two_hosts(urls: [&str; 2], extra: &str) -> (tempfile::TempDir, Daemon, Daemon) {
-    let keydir = open_tempdir();
-    std::fs::set_permissions(
-        keydir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    let keydir = private_dir();
     let key = keydir.path().join("seal.key");
     let config = |url: &str| {
         format!(
@@ -98,18 +93,8 @@ fn two_hosts(urls: [&str; 2], extra: &str) -> (tempfile::TempDir, Daemon, Daemon
     };
     let init = keydir.path().join("init.toml");
     std::fs::write(&init, config(urls[0])).unwrap();
-    for args in [["seal", "init", "--config"], ["fleet", "init", "--config"]] {
-        let out = std::process::Command::new(twofold_cli())
-            .args(args)
-            .arg(&init)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    twofold_ok(&["seal", "init", "--config"], &init);
+    twofold_ok(&["fleet", "init", "--config"], &init);
     let a = Daemon::start("allow", &config(urls[0]));
     let b = Daemon::start("allow", &config(urls[1]));
     (keydir, a, b)

@@ -16,13 +16,17 @@
 //! empty database is refused until `twofold fleet init` (or `twofold migrate`) sets it up.
 
 mod connect;
+mod error;
 mod helpdesk;
 mod schema;
+mod session;
 mod tx;
 
 pub use connect::*;
+pub(crate) use error::*;
 use helpdesk::Table;
 pub use schema::*;
+use session::*;
 use tx::*;
 
 use crate::backup::BackupHash;
