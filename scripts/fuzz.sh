@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that read hostile input (issue 7): the frame decoder, the request parser,
-# what a user types at the prompt (TOTP, backup and mailed codes) and otpauth:// URIs.
+# what a user types at the prompt (TOTP, backup and mailed codes), otpauth:// URIs, and the
+# PAM module's hand codec against serde's (login).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 30; CI runs 20)
 #
@@ -26,7 +27,7 @@ work=$(mktemp -d /tmp/twofold-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 status=0
 printf '%-10s %12s %10s %10s %8s\n' target executions exec/s coverage result
-for target in frame request code otpauth; do
+for target in frame request login code otpauth; do
   mkdir -p "$work/$target" "$work/artifacts-$target"
   cp corpus/"$target"/* "$work/$target/"
   log="$work/$target.log"

@@ -282,7 +282,7 @@ pub(crate) fn ask(
     request: RequestBody,
 ) -> Result<ResponseBody, Outcome> {
     let op = request.op_name();
-    answered(pam, client, op, client.call(request))
+    answered(pam, client, op, client.call_login(&request))
 }
 
 /// The preflight. A twofoldd older than this module (between a package's unpack and the
@@ -310,7 +310,7 @@ fn ask_preflight(
         can_enroll: false,
         combined: false,
     };
-    match client.call(request) {
+    match client.call_login(&request) {
         Ok(ResponseBody::Error {
             kind: wire::ErrorKind::BadRequest,
             message,
@@ -374,7 +374,7 @@ fn ask_email(
         user: user.to_string(),
         pam: items.clone(),
     };
-    match client.call(request) {
+    match client.call_login(&request) {
         Ok(ResponseBody::EmailSent { masked }) => Ok(masked),
         Ok(ResponseBody::Error { kind, message }) => {
             pam.log(

@@ -4,6 +4,7 @@
 //! server's uid is read from the kernel (SO_PEERCRED) and checked, so a socket planted by another
 //! user never sees a code. Sockets are close-on-exec.
 
+use crate::login;
 use crate::wire::{self, FrameError, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -15,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 /// A stream whose reads and writes fail with `TimedOut` once `deadline` has passed, however
 /// slowly the peer trickles bytes. Used by both the client and the daemon.
@@ -138,6 +140,36 @@ impl Client {
 
     /// Sends one request and returns the daemon's answer. Opens and closes its own connection.
     pub fn call(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let frame = wire::encode_frame(&body.into_request(), wire::MAX_FRAME)?;
+        let payload = self.exchange(&frame)?;
+        if let Some(v) = wire::peek_version(&payload) {
+            if v != PROTOCOL_VERSION {
+                return Err(ClientError::VersionMismatch { daemon: v });
+            }
+        }
+        let response: Response = wire::decode(&payload)?;
+        Ok(response.body)
+    }
+
+    /// [`Client::call`] for a login's requests (preflight, verify, a mailed code, the first
+    /// code of an enrollment at login), through the hand codec of [`crate::login`]: the same
+    /// bytes on the wire, no serde in the caller. Any other request is refused unsent.
+    pub fn call_login(&self, body: &RequestBody) -> Result<ResponseBody, ClientError> {
+        let frame = login::encode_frame(body).ok_or_else(|| {
+            ClientError::Frame(FrameError::Json(format!(
+                "{} is not a login's request",
+                body.op_name()
+            )))
+        })?;
+        let payload = self.exchange(&frame)?;
+        login::decode_response(&payload).map_err(|e| match e {
+            login::DecodeError::Version(daemon) => ClientError::VersionMismatch { daemon },
+            login::DecodeError::Frame(e) => e.into(),
+        })
+    }
+
+    /// Connects, checks who serves the socket, sends one whole frame and reads the answer's.
+    fn exchange(&self, frame: &[u8]) -> Result<Zeroizing<Vec<u8>>, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let stream = connect(&self.socket, deadline)?;
         let uid = socket::getsockopt(&stream.as_fd(), PeerCredentials)
@@ -147,24 +179,19 @@ impl Client {
             return Err(ClientError::UntrustedServer { uid });
         }
         let mut stream = DeadlineStream::new(stream, deadline);
-        let sent = wire::write_frame(&mut stream, &body.into_request());
+        let sent = stream
+            .write_all(frame)
+            .map_err(|e| wire::io_to_frame(e, true));
         // A daemon that refuses early (too busy) answers and hangs up before reading: its
         // answer is still worth reading when our write failed.
-        let payload = match (
+        match (
             sent,
             wire::read_frame_limited(&mut stream, self.max_response),
         ) {
-            (_, Ok(payload)) => payload,
-            (Err(e), Err(_)) => return Err(e.into()),
-            (Ok(()), Err(e)) => return Err(e.into()),
-        };
-        if let Some(v) = wire::peek_version(&payload) {
-            if v != PROTOCOL_VERSION {
-                return Err(ClientError::VersionMismatch { daemon: v });
-            }
+            (_, Ok(payload)) => Ok(payload),
+            (Err(e), Err(_)) => Err(e.into()),
+            (Ok(()), Err(e)) => Err(e.into()),
         }
-        let response: Response = wire::decode(&payload)?;
-        Ok(response.body)
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`secret`]: the shared-secret type (zeroed on drop, never printed) and base32.
 //! - [`uri`]: otpauth:// URIs (Google's Key Uri Format), built and parsed.
 //! - [`wire`]: request/response types and the length-prefixed JSON framing.
+//! - [`login`]: a login's requests and answers coded by hand ([`json`]), for the PAM module.
 //! - [`display`]: what the CLI and the login prompt show a user who enrolls.
 //! - [`client`]: the blocking client used by the PAM module and the CLI.
 //!
@@ -13,6 +14,8 @@
 
 pub mod client;
 pub mod display;
+pub mod json;
+pub mod login;
 pub mod otp;
 pub mod secret;
 pub mod uri;

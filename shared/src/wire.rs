@@ -666,7 +666,7 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-fn io_to_frame(e: io::Error, partial: bool) -> FrameError {
+pub(crate) fn io_to_frame(e: io::Error, partial: bool) -> FrameError {
     match e.kind() {
         io::ErrorKind::UnexpectedEof if partial => FrameError::Truncated,
         io::ErrorKind::UnexpectedEof => FrameError::Closed,
@@ -733,6 +733,13 @@ pub fn write_frame_limited<T: Serialize>(
     msg: &T,
     limit: usize,
 ) -> Result<(), FrameError> {
+    let frame = encode_frame(msg, limit)?;
+    w.write_all(&frame).map_err(|e| io_to_frame(e, true))?;
+    w.flush().map_err(|e| io_to_frame(e, true))
+}
+
+/// `msg` as one frame (length and JSON) of at most `limit` bytes, zeroed on drop.
+pub fn encode_frame<T: Serialize>(msg: &T, limit: usize) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     let json =
         Zeroizing::new(serde_json::to_vec(msg).map_err(|e| FrameError::Json(e.to_string()))?);
     if json.len() > limit {
@@ -741,8 +748,7 @@ pub fn write_frame_limited<T: Serialize>(
     let mut frame = Zeroizing::new(Vec::with_capacity(4 + json.len()));
     frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
     frame.extend_from_slice(&json);
-    w.write_all(&frame).map_err(|e| io_to_frame(e, true))?;
-    w.flush().map_err(|e| io_to_frame(e, true))
+    Ok(frame)
 }
 
 /// Parses a frame payload. serde_json's messages name positions and fields, never values.

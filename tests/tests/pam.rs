@@ -299,3 +299,21 @@ fn no_answer_from_the_conversation_is_a_conversation_error() {
     let run = pam.authenticate(&user, None);
     assert_refused(&run, &[PROMPT, "Conversation error"]);
 }
+
+/// The module speaks the login's few messages through its own codec (twofold_shared::login):
+/// no serde, serde_json or wire encoder of another operation is linked into it. The symbol
+/// table of the built .so says so (the workspace's build keeps it).
+#[test]
+fn module_links_no_serde() {
+    let out = Command::new("nm")
+        .args(["--demangle", "--defined-only"])
+        .arg(pam_module())
+        .output()
+        .expect("nm (binutils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    assert!(symbols.contains("pam_sm_authenticate"), "no symbol table read");
+    assert!(symbols.contains("twofold_shared::login::decode_response"), "{symbols}");
+    let serde: Vec<&str> = symbols.lines().filter(|l| l.contains("serde")).collect();
+    assert!(serde.is_empty(), "serde in the module: {serde:#?}");
+}
