@@ -61,7 +61,10 @@ impl Logger {
                     Level::Warning => "warning",
                     Level::Error => "error",
                 };
-                eprintln!("twofoldd[{}]: {tag}: {line}", std::process::id());
+                // One write per line (eprintln! makes one per piece: seven system calls a
+                // line), and a full or closed stderr loses the line rather than the request.
+                let text = format!("twofoldd[{}]: {tag}: {line}\n", std::process::id());
+                let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
             }
         }
     }

@@ -310,10 +310,20 @@ fn module_links_no_serde() {
         .arg(pam_module())
         .output()
         .expect("nm (binutils)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let symbols = String::from_utf8_lossy(&out.stdout);
-    assert!(symbols.contains("pam_sm_authenticate"), "no symbol table read");
-    assert!(symbols.contains("twofold_shared::login::decode_response"), "{symbols}");
+    assert!(
+        symbols.contains("pam_sm_authenticate"),
+        "no symbol table read"
+    );
+    assert!(
+        symbols.contains("twofold_shared::login::decode_response"),
+        "{symbols}"
+    );
     let serde: Vec<&str> = symbols.lines().filter(|l| l.contains("serde")).collect();
     assert!(serde.is_empty(), "serde in the module: {serde:#?}");
 }
