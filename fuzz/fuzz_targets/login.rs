@@ -25,7 +25,10 @@ fn answer(data: &[u8]) {
     match login::decode_response(data) {
         Ok(ours) => {
             let theirs = theirs.expect("the hand decoder read what serde refuses");
-            assert!(same(&ours, &theirs.body), "the codecs read different answers");
+            assert!(
+                same(&ours, &theirs.body),
+                "the codecs read different answers"
+            );
         }
         Err(DecodeError::Version(v)) => assert_eq!(wire::peek_version(data), Some(v)),
         Err(DecodeError::Frame(_)) => {}
