@@ -161,6 +161,10 @@ impl Client {
                 body.op_name()
             )))
         })?;
+        let json_len = frame.len() - 4;
+        if json_len > wire::MAX_FRAME {
+            return Err(FrameError::TooLarge(json_len as u64, wire::MAX_FRAME).into());
+        }
         let payload = self.exchange(&frame)?;
         login::decode_response(&payload).map_err(|e| match e {
             login::DecodeError::Version(daemon) => ClientError::VersionMismatch { daemon },
@@ -225,4 +229,35 @@ fn connect(path: &Path, deadline: Instant) -> Result<UnixStream, ClientError> {
         .set_nonblocking(false)
         .map_err(ClientError::Unreachable)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::PamItems;
+
+    /// A login's request over the frame limit is refused before anything is sent, as
+    /// `write_frame` refuses it for every other request (no socket exists at that path).
+    #[test]
+    fn oversized_login_request_is_refused_unsent() {
+        let client = Client::new("/nonexistent/twofold.sock", Duration::from_secs(1), vec![0]);
+        let body = RequestBody::SendEmailCode {
+            user: "a".repeat(wire::MAX_FRAME),
+            pam: PamItems::default(),
+        };
+        match client.call_login(&body) {
+            Err(ClientError::Frame(FrameError::TooLarge(_, limit))) => {
+                assert_eq!(limit, wire::MAX_FRAME)
+            }
+            other => panic!("{other:?}"),
+        }
+        let small = RequestBody::SendEmailCode {
+            user: "alice".into(),
+            pam: PamItems::default(),
+        };
+        assert!(matches!(
+            client.call_login(&small),
+            Err(ClientError::Unreachable(_))
+        ));
+    }
 }
