@@ -114,6 +114,11 @@ pub enum DecodeError {
     Frame(FrameError),
 }
 
+/// A name from the answer (an answer's or a field's, never a value), as an error quotes it.
+fn cut(name: &str) -> String {
+    name.chars().take(40).collect()
+}
+
 fn bad(what: impl Into<String>) -> DecodeError {
     DecodeError::Frame(FrameError::Json(what.into()))
 }
@@ -177,8 +182,10 @@ pub fn decode_response(payload: &[u8]) -> Result<ResponseBody, DecodeError> {
             message: body.string("message")?,
         },
         other => {
-            let name: String = other.chars().take(40).collect();
-            return Err(bad(format!("an answer a login does not take: `{name}`")));
+            return Err(bad(format!(
+                "an answer a login does not take: `{}`",
+                cut(other)
+            )))
         }
     };
     body.finish()?;
@@ -321,10 +328,7 @@ impl Fields {
     fn finish(self) -> Result<(), DecodeError> {
         match self.0.first() {
             None => Ok(()),
-            Some((key, _)) => {
-                let key: String = key.chars().take(40).collect();
-                Err(bad(format!("unknown field `{key}`")))
-            }
+            Some((key, _)) => Err(bad(format!("unknown field `{}`", cut(key)))),
         }
     }
 }
