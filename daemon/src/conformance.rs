@@ -85,6 +85,8 @@ pub fn run(store: &Store) {
     email(store);
     mailed_codes(store);
     audit(store);
+    audit_rows(store);
+    meta(store);
     invitations_and_helpdesk_codes(store);
     login_decisions(store);
     rollback(store);
@@ -459,6 +461,91 @@ fn audit(s: &Store) {
         left.iter().map(|e| e.time).collect::<Vec<_>>(),
         [T + 3, T + 4]
     );
+}
+
+/// Rows in the order written, pruned up to one of them (outage mode's batches).
+fn audit_rows(s: &Store) {
+    w(s, |tx| tx.prune_audit(u64::MAX));
+    w(s, |tx| {
+        // Times out of order: rows keep the order they were written in.
+        for (i, t) in [T + 9, T + 1, T + 5].into_iter().enumerate() {
+            tx.audit(&AuditEntry {
+                detail: Some(format!("r{i}")),
+                ..entry(t, "offline-login", "alice", "rejected")
+            })?;
+        }
+        Ok(())
+    });
+    let rows = w(s, |tx| tx.audit_rows(i64::MAX));
+    let details = |rows: &[(i64, AuditEntry)]| {
+        rows.iter()
+            .map(|(_, e)| e.detail.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(details(&rows), ["r0", "r1", "r2"]);
+    assert!(rows.windows(2).all(|p| p[0].0 < p[1].0), "row numbers grow");
+    let second = rows[1].0;
+    assert_eq!(
+        details(&w(s, move |tx| tx.audit_rows(second))),
+        ["r0", "r1"]
+    );
+    assert_eq!(w(s, move |tx| tx.prune_audit_through(second)), 2);
+    w(s, |tx| {
+        tx.audit(&entry(T, "offline-login", "bob", "accepted"))
+    });
+    let left = w(s, |tx| tx.audit_rows(i64::MAX));
+    assert_eq!(left.len(), 2);
+    assert_eq!(left[0].0, rows[2].0, "the row kept keeps its number");
+    assert!(left[1].0 > rows[2].0, "a new row comes after it");
+    assert_eq!(left[1].1.user.as_deref(), Some("bob"));
+    w(s, |tx| tx.prune_audit(u64::MAX));
+}
+
+/// The database's facts about itself: kept once, forgotten by prefix and age.
+fn meta(s: &Store) {
+    assert!(w(s, |tx| tx.put_meta_once("merged:a", &[0, 1])));
+    assert!(
+        !w(s, |tx| tx.put_meta_once("merged:a", &[0, 9])),
+        "kept twice"
+    );
+    assert_eq!(w(s, |tx| tx.meta("merged:a")), Some(vec![0, 1]));
+    assert_eq!(w(s, |tx| tx.meta("merged:none")), None);
+    w(s, |tx| {
+        tx.put_meta_once("merged:b", &[0, 3])?;
+        tx.put_meta_once("merged_c", &[0, 0])?;
+        tx.put_meta_once("other", &[0, 0])
+    });
+    // Below [0, 2], under the prefix: only merged:a ("_" is no wildcard here).
+    assert_eq!(w(s, |tx| tx.forget_meta("merged:", &[0, 2])), 1);
+    assert_eq!(w(s, |tx| tx.meta("merged:a")), None);
+    assert_eq!(w(s, |tx| tx.meta("merged:b")), Some(vec![0, 3]));
+    assert_eq!(w(s, |tx| tx.meta("merged_c")), Some(vec![0, 0]));
+    assert!(w(s, |tx| tx.delete_meta("merged:b")));
+    assert!(!w(s, |tx| tx.delete_meta("merged:b")));
+    w(s, |tx| {
+        tx.delete_meta("merged_c")?;
+        tx.delete_meta("other")
+    });
+    // A key being kept by a transaction not yet committed: the second waits for it, and finds
+    // it kept.
+    let (kept, told) = std::sync::mpsc::channel();
+    let first = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            w(&s, move |tx| {
+                let first = tx.put_meta_once("race", &[1])?;
+                let _ = kept.send(());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                Ok(first)
+            })
+        })
+    };
+    told.recv().unwrap();
+    let second = w(s, |tx| tx.put_meta_once("race", &[2]));
+    assert!(first.join().unwrap(), "the first keeps it");
+    assert!(!second, "kept by both");
+    assert_eq!(w(s, |tx| tx.meta("race")), Some(vec![1]));
+    w(s, |tx| tx.delete_meta("race"));
 }
 
 fn invitations_and_helpdesk_codes(s: &Store) {

@@ -304,3 +304,54 @@ fn a_user_removed_while_a_host_was_cut_off_is_refused_there_once_it_reconnects()
         audit.stdout()
     );
 }
+
+#[test]
+fn a_merge_whose_commit_answer_is_lost_is_not_merged_twice() {
+    let Some(mut pg) = Postgres::start("outage::answer_lost") else {
+        return;
+    };
+    let relay = CommitRelay::to(&pg.dir.path().join("sock"), pg.port);
+    let through_relay = format!(
+        "host={} port={} user=twofold dbname=postgres",
+        relay.dir.path().display(),
+        pg.port
+    );
+    let (_key, a, b) = two_hosts([&through_relay, &pg.socket_url()]);
+    import_hotp(&a, "ou-fay");
+    for host in [&a, &b] {
+        copied(host, 1);
+    }
+    pg.stop();
+    assert!(accepted(&verify(&a, "ou-fay", &hotp(1))), "A offline");
+    for _ in 0..3 {
+        assert!(matches!(
+            verify(&a, "ou-fay", "000000"),
+            ResponseBody::Rejected
+        ));
+    }
+    // The database comes back, and A's first merge commits there but its answer is lost: A
+    // cannot tell, stays offline, and sends the same merge again.
+    relay.lose_next_commit_answer();
+    pg.restart();
+    online(&a);
+    assert_eq!(relay.lost(), 1, "no commit answer was lost");
+    assert!(a.log().contains("stays offline"), "{}", a.log());
+    assert!(
+        a.log().contains("offline decision(s) merged"),
+        "{}",
+        a.log()
+    );
+    let status = b.cli(&["status", "--user", "ou-fay", "--json"]).json();
+    assert_eq!(status["failures"], 3, "failures merged twice: {status}");
+    let audit = b.cli(&["audit", "--user", "ou-fay"]).stdout();
+    assert_eq!(
+        audit.matches("decided offline on").count(),
+        4,
+        "offline decisions audited twice:\n{audit}"
+    );
+    assert!(matches!(
+        verify(&b, "ou-fay", &hotp(1)),
+        ResponseBody::Rejected
+    ));
+    assert!(accepted(&verify(&b, "ou-fay", &hotp(2))));
+}

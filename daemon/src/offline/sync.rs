@@ -91,13 +91,59 @@ impl Cache {
         Ok(())
     }
 
-    /// Merges every offline decision into the fleet in one transaction (all or nothing), then
-    /// forgets them here. Returns how many logins were merged.
+    /// Merges every offline decision into the fleet, batch by batch, each in one transaction
+    /// (all or nothing), then forgets them here. Returns how many logins were merged.
+    ///
+    /// A batch is merged once even when the fleet's answer to its commit is lost: it is named
+    /// by a token kept in the copy before it is sent, and the fleet keeps the token in the
+    /// batch's own transaction; a batch sent again finds it there (or waits for the first
+    /// transaction to end, if it still runs) and is only forgotten here.
     pub(super) fn push(&self, fleet: &Store) -> Result<usize> {
-        let (entries, _) = self.copy.read(|tx| tx.audit_entries(None, 0, u32::MAX))?;
-        if entries.is_empty() {
-            return Ok(0);
+        let mut logins = 0;
+        while let Some(batch) = self.batch()? {
+            logins += self.merge_batch(fleet, &batch)?;
+            self.forget_batch(&batch)?;
         }
+        Ok(logins)
+    }
+
+    /// The batch to merge next: the one sent before, if it was not forgotten (its token and
+    /// last row are kept in the copy), or else every entry the copy holds, under a new token.
+    pub(super) fn batch(&self) -> Result<Option<Batch>> {
+        let pending = self.copy.write(|tx| {
+            if let Some(kept) = tx.meta(BATCH)? {
+                return parse_batch(&kept).map(Some);
+            }
+            let Some(&(last, _)) = tx.audit_rows(i64::MAX)?.last() else {
+                return Ok(None);
+            };
+            let mut token = [0u8; 16];
+            getrandom::getrandom(&mut token)
+                .map_err(|e| StoreError::Commit(format!("no randomness: {e}")))?;
+            let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            tx.put_meta_once(BATCH, format!("{token} {last}").as_bytes())?;
+            Ok(Some((token, last)))
+        })?;
+        let Some((token, through)) = pending else {
+            return Ok(None);
+        };
+        let entries = self
+            .copy
+            .read(|tx| tx.audit_rows(through))?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        Ok(Some(Batch {
+            token,
+            through,
+            entries,
+        }))
+    }
+
+    /// Merges `batch` into the fleet in one transaction, unless the fleet has it already.
+    /// Returns how many logins it holds.
+    pub(super) fn merge_batch(&self, fleet: &Store, batch: &Batch) -> Result<usize> {
+        let entries = batch.entries.clone();
         let logins = entries.iter().filter(|e| e.event == OFFLINE_LOGIN).count();
         let by_user = decisions_by_user(&entries);
         let decided = self.copy.read(|tx| {
@@ -120,7 +166,13 @@ impl Cache {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "this host".into());
         let now = crate::clock::now();
+        let key = format!("{MERGED}{}", batch.token);
         fleet.write(move |tx| {
+            // First, so that a batch sent twice waits here for the first to end.
+            if !tx.put_meta_once(&key, &now.to_be_bytes())? {
+                return Ok(());
+            }
+            tx.forget_meta(MERGED, &now.saturating_sub(KEEP_MERGED).to_be_bytes())?;
             for d in &decided {
                 merge(tx, d, now)?;
             }
@@ -135,9 +187,43 @@ impl Cache {
             }
             Ok(())
         })?;
-        self.copy.write(|tx| tx.prune_audit_beyond(0))?;
         Ok(logins)
     }
+
+    /// The batch is in the fleet: its entries and its token go from the copy.
+    pub(super) fn forget_batch(&self, batch: &Batch) -> Result<()> {
+        let through = batch.through;
+        self.copy.write(move |tx| {
+            tx.prune_audit_through(through)?;
+            tx.delete_meta(BATCH)?;
+            Ok(())
+        })
+    }
+}
+
+/// In the copy: the batch of offline decisions being merged, "TOKEN LAST-ROW".
+const BATCH: &str = "offline-batch";
+/// In the fleet: one key per batch merged, its token after this prefix, the time it was
+/// merged (8 bytes, big-endian) its value; kept [`KEEP_MERGED`] seconds.
+const MERGED: &str = "offline-merged:";
+/// A batch whose commit answer was lost is sent again within seconds; a month is plenty.
+const KEEP_MERGED: u64 = 30 * 86_400;
+
+/// The offline decisions merged in one transaction.
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub(super) token: String,
+    /// The copy's last audit row in it.
+    pub(super) through: i64,
+    pub(super) entries: Vec<AuditEntry>,
+}
+
+fn parse_batch(kept: &[u8]) -> Result<(String, i64)> {
+    let bad = || StoreError::Corrupt("the copy's batch of offline decisions is unreadable".into());
+    let text = std::str::from_utf8(kept).map_err(|_| bad())?;
+    let (token, through) = text.split_once(' ').ok_or_else(bad)?;
+    let through = through.parse().map_err(|_| bad())?;
+    Ok((token.to_string(), through))
 }
 
 /// Every enrollment of the fleet, read in one snapshot.

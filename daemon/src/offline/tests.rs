@@ -180,3 +180,56 @@ fn what_was_decided_offline_is_merged_once_and_survives_a_restart_until_it_is() 
     restarted.refresh(&s.fleet, true).unwrap();
     assert!(s.copy.read(|tx| tx.user("ann")).unwrap().is_none());
 }
+
+#[test]
+fn a_batch_whose_commit_answer_was_lost_is_merged_once() {
+    let s = setup();
+    s.cache.refresh(&s.fleet, true).unwrap();
+    assert!(s.cache.lost(&gone(), T, || false));
+    let rejected = |time: u64| AuditEntry {
+        time,
+        event: OFFLINE_LOGIN.into(),
+        user: Some("ann".into()),
+        outcome: "rejected".into(),
+        ..Default::default()
+    };
+    s.copy
+        .write(move |tx| {
+            tx.audit(&rejected(T + 1))?;
+            tx.audit(&rejected(T + 2))
+        })
+        .unwrap();
+    // The first push commits in the fleet, and its answer is lost: the copy keeps the batch.
+    let sent = s.cache.batch().unwrap().unwrap();
+    assert_eq!(s.cache.merge_batch(&s.fleet, &sent).unwrap(), 2);
+    // Still offline, one more failure here (the clock stepped back meanwhile).
+    s.copy.write(move |tx| tx.audit(&rejected(T))).unwrap();
+    // The same batch comes back (not the new entry with it), and the fleet has it already.
+    let again = s.cache.batch().unwrap().unwrap();
+    assert_eq!(again.token, sent.token);
+    assert_eq!(again.entries.len(), 2);
+    s.cache.merge_batch(&s.fleet, &again).unwrap();
+    let failures = || s.fleet.read(|tx| tx.throttle("ann")).unwrap().failures;
+    assert_eq!(failures(), 2, "a batch merged twice");
+    // twofoldd restarts, then the database is back: the rest is merged, once.
+    let restarted =
+        Cache::new(s.copy.clone(), &s.path, Arc::new(Logger::Stderr), T, false).unwrap();
+    restarted.reconnect(&s.fleet, true).unwrap();
+    assert!(matches!(restarted.route(), Route::Online));
+    assert_eq!(failures(), 3);
+    let (trail, _) = s
+        .fleet
+        .read(|tx| tx.audit_entries(Some("ann"), 0, 100))
+        .unwrap();
+    assert_eq!(trail.iter().filter(|e| e.event == OFFLINE_LOGIN).count(), 3);
+    let left = s.copy.read(|tx| tx.audit_rows(i64::MAX)).unwrap();
+    assert!(left.is_empty(), "the copy still holds {left:?}");
+    assert_eq!(s.copy.read(|tx| tx.meta("offline-batch")).unwrap(), None);
+    assert!(restarted.batch().unwrap().is_none());
+    // The fleet keeps one key per batch merged (two), and forgets them after a month.
+    let merged = s
+        .fleet
+        .write(|tx| tx.forget_meta("offline-merged:", &u64::MAX.to_be_bytes()))
+        .unwrap();
+    assert_eq!(merged, 2);
+}

@@ -66,6 +66,21 @@ pub trait Tx {
     fn prune_audit(&self, before: u64) -> Result<usize>;
     /// Deletes the oldest entries beyond the newest `keep`; returns how many.
     fn prune_audit_beyond(&self, keep: u64) -> Result<usize>;
+    /// Every entry up to row `through`, with its row number, in the order written (row
+    /// numbers only grow while rows are kept).
+    fn audit_rows(&self, through: i64) -> Result<Vec<(i64, AuditEntry)>>;
+    /// Deletes the entries up to row `through`; returns how many.
+    fn prune_audit_through(&self, through: i64) -> Result<usize>;
+    /// The value kept under `key` among the database's facts about itself (`meta`).
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Keeps `value` under `key` unless a value is there already, committed or being committed
+    /// by another transaction (which this one then waits for): true when it was kept.
+    fn put_meta_once(&self, key: &str, value: &[u8]) -> Result<bool>;
+    /// True when there was one.
+    fn delete_meta(&self, key: &str) -> Result<bool>;
+    /// Deletes the keys starting with `prefix` whose value is below `below`, compared byte by
+    /// byte; returns how many.
+    fn forget_meta(&self, prefix: &str, below: &[u8]) -> Result<usize>;
     /// Forgets remembered devices older than `before`.
     fn prune_grace(&self, before: u64) -> Result<usize>;
     /// Deletes pending enrollments created before `before`.

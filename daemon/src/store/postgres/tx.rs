@@ -60,6 +60,25 @@ fn audit_json(entries: &[AuditEntry]) -> String {
     .to_string()
 }
 
+/// The audit entry in `r`'s first ten columns: time, event, user, outcome, method, service,
+/// rhost, tty, caller_uid, detail.
+fn audit_entry(r: &Row) -> AuditEntry {
+    AuditEntry {
+        time: r.get::<_, i64>(0).max(0) as u64,
+        event: r.get(1),
+        user: r.get(2),
+        outcome: r.get(3),
+        method: r.get(4),
+        service: r.get(5),
+        rhost: r.get(6),
+        tty: r.get(7),
+        caller_uid: r
+            .get::<_, Option<i64>>(8)
+            .and_then(|u| u32::try_from(u).ok()),
+        detail: r.get(9),
+    }
+}
+
 pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 pub(crate) type Sql = &'static str;
@@ -810,20 +829,7 @@ impl Tx for PgTx<'_> {
                 &[&since, &user, &i64::from(limit)],
             )?
             .iter()
-            .map(|r| AuditEntry {
-                time: r.get::<_, i64>(0).max(0) as u64,
-                event: r.get(1),
-                user: r.get(2),
-                outcome: r.get(3),
-                method: r.get(4),
-                service: r.get(5),
-                rhost: r.get(6),
-                tty: r.get(7),
-                caller_uid: r
-                    .get::<_, Option<i64>>(8)
-                    .and_then(|u| u32::try_from(u).ok()),
-                detail: r.get(9),
-            })
+            .map(audit_entry)
             .collect();
         entries.reverse();
         let omitted = (total.max(0) as u64).saturating_sub(entries.len() as u64);
@@ -843,6 +849,49 @@ impl Tx for PgTx<'_> {
             None,
             "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET $1)",
             &[&to_i64(keep)],
+        )? as usize)
+    }
+
+    fn audit_rows(&self, through: i64) -> Result<Vec<(i64, AuditEntry)>> {
+        Ok(self
+            .all(
+                "SELECT time, event, \"user\", outcome, method, service, rhost, tty, caller_uid,
+                        detail, id FROM audit WHERE id <= $1 ORDER BY id",
+                &[&through],
+            )?
+            .iter()
+            .map(|r| (r.get(10), audit_entry(r)))
+            .collect())
+    }
+
+    fn prune_audit_through(&self, through: i64) -> Result<usize> {
+        Ok(self.exec(None, "DELETE FROM audit WHERE id <= $1", &[&through])? as usize)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .one(None, "SELECT value FROM meta WHERE key = $1", &[&key])?
+            .map(|r| r.get(0)))
+    }
+
+    fn put_meta_once(&self, key: &str, value: &[u8]) -> Result<bool> {
+        let kept = self.exec(
+            None,
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&key, &value],
+        )?;
+        Ok(kept == 1)
+    }
+
+    fn delete_meta(&self, key: &str) -> Result<bool> {
+        Ok(self.exec(None, "DELETE FROM meta WHERE key = $1", &[&key])? == 1)
+    }
+
+    fn forget_meta(&self, prefix: &str, below: &[u8]) -> Result<usize> {
+        Ok(self.exec(
+            None,
+            "DELETE FROM meta WHERE left(key, length($1::text)) = $1::text AND value < $2",
+            &[&prefix, &below],
         )? as usize)
     }
 

@@ -73,6 +73,23 @@ impl SqliteTx<'_> {
     }
 }
 
+/// The audit entry in `r`'s first ten columns: time, event, user, outcome, method, service,
+/// rhost, tty, caller_uid, detail.
+fn audit_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        time: r.get::<_, i64>(0)?.max(0) as u64,
+        event: r.get(1)?,
+        user: r.get(2)?,
+        outcome: r.get(3)?,
+        method: r.get(4)?,
+        service: r.get(5)?,
+        rhost: r.get(6)?,
+        tty: r.get(7)?,
+        caller_uid: r.get(8)?,
+        detail: r.get(9)?,
+    })
+}
+
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -479,18 +496,7 @@ impl Tx for SqliteTx<'_> {
         )?;
         let mut entries = stmt
             .query_map(params![to_i64(since), user, i64::from(limit)], |r| {
-                Ok(AuditEntry {
-                    time: r.get::<_, i64>(0)?.max(0) as u64,
-                    event: r.get(1)?,
-                    user: r.get(2)?,
-                    outcome: r.get(3)?,
-                    method: r.get(4)?,
-                    service: r.get(5)?,
-                    rhost: r.get(6)?,
-                    tty: r.get(7)?,
-                    caller_uid: r.get(8)?,
-                    detail: r.get(9)?,
-                })
+                audit_entry(r)
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         entries.reverse();
@@ -512,6 +518,57 @@ impl Tx for SqliteTx<'_> {
                 "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1)",
             )?
             .execute([to_i64(keep)])?)
+    }
+
+    fn audit_rows(&self, through: i64) -> Result<Vec<(i64, AuditEntry)>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT time, event, user, outcome, method, service, rhost, tty, caller_uid, detail, id
+             FROM audit WHERE id <= ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([through], |r| Ok((r.get(10)?, audit_entry(r)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn prune_audit_through(&self, through: i64) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached("DELETE FROM audit WHERE id <= ?1")?
+            .execute([through])?)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn put_meta_once(&self, key: &str, value: &[u8]) -> Result<bool> {
+        let kept = self
+            .0
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+            .execute(params![key, value])?;
+        Ok(kept == 1)
+    }
+
+    fn delete_meta(&self, key: &str) -> Result<bool> {
+        let gone = self
+            .0
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+            .execute([key])?;
+        Ok(gone == 1)
+    }
+
+    fn forget_meta(&self, prefix: &str, below: &[u8]) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "DELETE FROM meta WHERE substr(key, 1, length(?1)) = ?1 AND value < ?2",
+            )?
+            .execute(params![prefix, below])?)
     }
 
     fn remember(&self, name: &str, service: &str, origin: &str, at: u64) -> Result<()> {
