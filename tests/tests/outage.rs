@@ -355,3 +355,55 @@ fn a_merge_whose_commit_answer_is_lost_is_not_merged_twice() {
     ));
     assert!(accepted(&verify(&b, "ou-fay", &hotp(2))));
 }
+
+#[test]
+fn what_this_host_changes_is_in_its_copy_before_the_next_refresh() {
+    let Some(pg) = Postgres::start_tls("outage::followed") else {
+        return;
+    };
+    let relay = Relay::to(pg.port);
+    let through_relay = pg.tls_url().replace(
+        &format!("port={}", pg.port),
+        &format!("port={}", relay.port),
+    );
+    let (keydir, a, _b) = two_hosts([&through_relay, &pg.tls_url()]);
+    import_hotp(&a, "ou-gil");
+    import_hotp(&a, "ou-hal");
+    let ivy = a.enroll("ou-ivy");
+    copied(&a, 3);
+    // From now on A's copy is refreshed once a day: only what follows a change keeps it current.
+    a.reconfigure(
+        "allow",
+        &host_config(&through_relay, &keydir.path().join("seal.key"), 86_400),
+    );
+    // Online on A: gil's token resynchronised (counters 3 and 4 spent), hal's enrollment
+    // removed, ivy's backup codes replaced.
+    let resync = a.cli(&["resync", "ou-gil", &hotp(3), &hotp(4)]);
+    assert_eq!(resync.code(), 0, "{}", resync.stderr());
+    let removed = a.cli(&["disable", "--user", "ou-hal"]);
+    assert_eq!(removed.code(), 0, "{}", removed.stderr());
+    let codes = a
+        .cli(&["backup-codes", "--user", "ou-ivy", "--json"])
+        .json();
+    let fresh = codes["backup_codes"][0].as_str().unwrap().to_string();
+    relay.cut();
+    assert!(
+        matches!(verify(&a, "ou-gil", &hotp(4)), ResponseBody::Rejected),
+        "a code spent by the resync accepted offline"
+    );
+    assert_eq!(metric(&a, "twofold_offline"), Some(1), "A decided online");
+    assert!(accepted(&verify(&a, "ou-gil", &hotp(5))));
+    let r = verify(&a, "ou-hal", &hotp(1));
+    assert!(
+        !accepted(&r),
+        "a removed enrollment accepted offline: {r:?}"
+    );
+    assert!(
+        !accepted(&verify(&a, "ou-ivy", &ivy.backup_codes[0])),
+        "a replaced backup code accepted offline"
+    );
+    assert!(
+        accepted(&verify(&a, "ou-ivy", &fresh)),
+        "the new backup code"
+    );
+}

@@ -51,6 +51,38 @@ impl Engine {
         }
     }
 
+    /// Whether outage mode is on and `operation` changes an enrollment as the copy holds it
+    /// (removed, replaced, made at the login prompt, resynchronised, new backup codes,
+    /// unlocked): the copy then follows at once, not at its next refresh.
+    pub(super) fn copy_follows(&self, operation: Operation) -> bool {
+        use Operation::*;
+        self.offline.is_some()
+            && matches!(
+                operation,
+                Confirm
+                    | ConfirmLogin
+                    | RemoveAuthenticator
+                    | BackupCodes
+                    | Disable
+                    | Import
+                    | Resync
+                    | Unlock
+            )
+    }
+
+    /// Brings `name`'s entry in the copy up to the fleet's (see [`Engine::copy_follows`]).
+    /// When the fleet does not answer, the copy keeps what it has until its next refresh.
+    pub(super) fn refresh_copy_of(&self, name: &str) {
+        let Some(cache) = &self.offline else { return };
+        let backup_codes = self.config().offline_backup_codes;
+        if let Err(e) = cache.refresh_user(&self.store, name, backup_codes) {
+            self.log.warn(&format!(
+                "offline: this host's copy of user={} could not follow its change: {e}",
+                audit::field(name)
+            ));
+        }
+    }
+
     /// The throttle a login is decided under: offline, the lockout comes sooner.
     pub(super) fn login_throttle(&self, offline: bool) -> throttle::ThrottleConfig {
         let cfg = self.config();

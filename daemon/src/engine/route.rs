@@ -128,10 +128,15 @@ impl Engine {
             Ok(a) => a,
             Err(refusal) => return (*refusal, operation),
         };
+        let changed = self.copy_follows(operation).then(|| account.name.clone());
         let reply = match self.admit(caller, operation, body.op_name(), &account, now) {
             Ok(needs_code) => self.dispatch(body, account, needs_code, uid, pid, now),
             Err(refusal) => *refusal,
         };
+        let failed = matches!(reply, ResponseBody::Error { .. });
+        if let Some(name) = changed.filter(|n| !n.is_empty() && !failed) {
+            self.refresh_copy_of(&name);
+        }
         (reply, operation)
     }
 

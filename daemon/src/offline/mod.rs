@@ -65,6 +65,9 @@ pub struct Cache {
     link: RwLock<Link>,
     /// What this host changed (or may have changed) online and the copy does not have yet.
     noted: Mutex<Vec<Noted>>,
+    /// Held by a refresh from its read of the fleet to its write of the copy, so that an
+    /// older read is never written over a newer one.
+    refreshing: Mutex<()>,
     /// When the copy was last filled from the fleet (0: never), kept across restarts in
     /// `stamp`: a copy never filled cannot decide anything (every enrollment would be missing).
     refreshed_at: AtomicU64,
@@ -156,6 +159,7 @@ impl Cache {
             copy,
             link: RwLock::new(link),
             noted: Mutex::new(Vec::new()),
+            refreshing: Mutex::new(()),
             refreshed_at: AtomicU64::new(refreshed_at),
             stamp,
             users: AtomicU64::new(users),
@@ -292,6 +296,7 @@ impl Cache {
     /// Back online: with every offline decision finished and none starting, merges them
     /// all, refreshes the copy, and only then lets logins go to the fleet again.
     fn reconnect(&self, fleet: &Store, backup_codes: bool) -> Result<()> {
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
         let Link::Offline { since } = *link else {
             return Ok(());

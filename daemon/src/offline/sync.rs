@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::backup::BackupHash;
-use crate::store::{ThrottleRecord, UserRecord};
+use crate::store::{ThrottleRecord, Tx, UserRecord};
 use std::collections::{BTreeMap, HashSet};
 use twofold_shared::wire::AuditEntry;
 
@@ -35,12 +35,32 @@ impl Cache {
     /// fleet no longer has goes. Not once this host has gone offline meanwhile: what it
     /// decided since must not be overwritten (the copy is refreshed after the push).
     pub(super) fn refresh(&self, fleet: &Store, backup_codes: bool) -> Result<()> {
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let copied = fetch(fleet, backup_codes)?;
         let link = self.link.write().unwrap_or_else(|p| p.into_inner());
         if *link != Link::Online {
             return Ok(());
         }
         self.write_copy(copied)
+    }
+
+    /// Brings one user's entry in the copy up to the fleet's at once (this host changed the
+    /// enrollment: removed, replaced, resynchronised, new codes), as [`Cache::refresh`] does
+    /// for all; not once this host has gone offline.
+    pub fn refresh_user(&self, fleet: &Store, name: &str, backup_codes: bool) -> Result<()> {
+        // After a whole refresh that read the fleet before this change, never before it.
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let owned = name.to_string();
+        let copied = fleet.read(move |tx| fetch_one(tx, &owned, backup_codes))?;
+        let link = self.link.write().unwrap_or_else(|p| p.into_inner());
+        if *link != Link::Online {
+            return Ok(());
+        }
+        let owned = name.to_string();
+        self.copy.write(move |tx| match &copied {
+            Some(c) => copy_one(tx, c),
+            None => tx.delete_user(&owned).map(|_| ()),
+        })
     }
 
     /// [`Cache::refresh`] for a caller that holds the link already (going back online).
@@ -57,28 +77,7 @@ impl Cache {
                     tx.delete_user(&gone)?;
                 }
             }
-            for c in &copied {
-                let name = &c.user.name;
-                let mine = tx.user(name)?;
-                tx.put_user(&c.user)?;
-                tx.delete_authenticators(name)?;
-                for a in &c.user.authenticators {
-                    let mut a = a.clone();
-                    let same = mine.iter().flat_map(|m| &m.authenticators).find(|m| {
-                        m.label == a.label && m.added_at == a.added_at && m.kind == a.kind
-                    });
-                    if let Some(m) = same {
-                        a.last_step = a.last_step.max(m.last_step);
-                    }
-                    tx.put_authenticator(name, &a)?;
-                }
-                tx.replace_backup_codes(name, &c.user.backup_salt, &c.backup_codes)?;
-                match c.throttle == ThrottleRecord::default() {
-                    true => tx.clear_throttle(name)?,
-                    false => tx.set_throttle(name, c.throttle)?,
-                }
-            }
-            Ok(())
+            copied.iter().try_for_each(|c| copy_one(tx, c))
         })?;
         self.users.store(count, Ordering::Relaxed);
         let now = crate::clock::now();
@@ -231,20 +230,50 @@ fn fetch(fleet: &Store, backup_codes: bool) -> Result<Vec<Copied>> {
     fleet.read(|tx| {
         let mut all = Vec::new();
         for name in tx.user_names()? {
-            let Some(user) = tx.user(&name)? else {
-                continue;
-            };
-            all.push(Copied {
-                throttle: tx.throttle(&name)?,
-                backup_codes: match backup_codes {
-                    true => tx.backup_hashes(&name)?,
-                    false => Vec::new(),
-                },
-                user,
-            });
+            all.extend(fetch_one(tx, &name, backup_codes)?);
         }
         Ok(all)
     })
+}
+
+/// `name`'s enrollment as the fleet has it (`None`: not enrolled).
+fn fetch_one(tx: &dyn Tx, name: &str, backup_codes: bool) -> Result<Option<Copied>> {
+    let Some(user) = tx.user(name)? else {
+        return Ok(None);
+    };
+    Ok(Some(Copied {
+        throttle: tx.throttle(name)?,
+        backup_codes: match backup_codes {
+            true => tx.backup_hashes(name)?,
+            false => Vec::new(),
+        },
+        user,
+    }))
+}
+
+/// One enrollment of the fleet written into the copy; a mark already higher in the copy (of
+/// the same authenticator) stays.
+fn copy_one(tx: &dyn Tx, c: &Copied) -> Result<()> {
+    let name = &c.user.name;
+    let mine = tx.user(name)?;
+    tx.put_user(&c.user)?;
+    tx.delete_authenticators(name)?;
+    for a in &c.user.authenticators {
+        let mut a = a.clone();
+        let same = mine
+            .iter()
+            .flat_map(|m| &m.authenticators)
+            .find(|m| m.label == a.label && m.added_at == a.added_at && m.kind == a.kind);
+        if let Some(m) = same {
+            a.last_step = a.last_step.max(m.last_step);
+        }
+        tx.put_authenticator(name, &a)?;
+    }
+    tx.replace_backup_codes(name, &c.user.backup_salt, &c.backup_codes)?;
+    match c.throttle == ThrottleRecord::default() {
+        true => tx.clear_throttle(name),
+        false => tx.set_throttle(name, c.throttle),
+    }
 }
 
 /// One user's offline decisions merged: the marks raised (of the same authenticators only:
