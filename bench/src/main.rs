@@ -441,6 +441,7 @@ fn pam_logins(
         "succeeded": ok,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
         "logins_per_s": times.len() as f64 / wall,
         "flood_requests_per_s": flooded.load(Ordering::Relaxed) as f64 / wall,
     }))

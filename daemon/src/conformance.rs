@@ -90,6 +90,7 @@ pub fn run(store: &Store) {
     invitations_and_helpdesk_codes(store);
     login_decisions(store);
     rollback(store);
+    enrollment_copies(store);
 }
 
 fn enrollments(s: &Store) {
@@ -807,4 +808,75 @@ fn postgres_sealed() {
     let (store, which) = Store::open_postgres(&url, None, vec![key]).unwrap();
     assert_eq!(which, Some(0));
     run(&store);
+}
+
+/// Outage mode's read of the whole fleet: the same as one user at a time.
+fn enrollment_copies(s: &Store) {
+    w(s, |tx| {
+        let mut a = user("cp-a", Some(7));
+        let mut second = a.authenticators[0].clone();
+        second.label = "fob".into();
+        second.secret = Secret::from_bytes(vec![9; 20]);
+        second.last_step = 12;
+        second.added_at = T + 1;
+        a.authenticators.push(second);
+        tx.activate(&a, &[code_hash("c1"), code_hash("c2")])?;
+        tx.set_throttle(
+            "cp-a",
+            ThrottleRecord {
+                failures: 3,
+                last_failure: T + 5,
+            },
+        )?;
+        tx.activate(&user("cp-b", None), &[])?;
+        // A failure count of a name with no enrollment is no enrollment.
+        tx.set_throttle(
+            "cp-none",
+            ThrottleRecord {
+                failures: 1,
+                last_failure: T,
+            },
+        )
+    });
+    type Summary = (
+        String,
+        Option<u32>,
+        Vec<(String, Vec<u8>, i64)>,
+        ThrottleRecord,
+        usize,
+    );
+    let summary = |c: &crate::store::EnrollmentCopy| -> Summary {
+        let authenticators = c
+            .user
+            .authenticators
+            .iter()
+            .map(|a| (a.label.clone(), a.secret.as_bytes().to_vec(), a.last_step))
+            .collect();
+        (
+            c.user.name.clone(),
+            c.user.uid,
+            authenticators,
+            c.throttle,
+            c.backup_codes.len(),
+        )
+    };
+    for backup_codes in [true, false] {
+        let all = w(s, move |tx| tx.enrollment_copies(backup_codes));
+        let names: Vec<String> = all.iter().map(|c| c.user.name.clone()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "by name");
+        assert!(!names.contains(&"cp-none".to_string()));
+        for name in ["cp-a", "cp-b"] {
+            let one = w(s, move |tx| tx.enrollment_copy(name, backup_codes)).unwrap();
+            let bulk = all.iter().find(|c| c.user.name == name).unwrap();
+            assert_eq!(summary(bulk), summary(&one), "{name}");
+            assert_eq!(bulk.backup_codes, one.backup_codes);
+        }
+        let a = all.iter().find(|c| c.user.name == "cp-a").unwrap();
+        assert_eq!(a.user.authenticators.len(), 2);
+        assert_eq!(a.throttle.failures, 3);
+        assert_eq!(a.backup_codes.len(), if backup_codes { 2 } else { 0 });
+    }
+    assert!(w(s, |tx| tx.enrollment_copy("cp-none", true)).is_none());
 }

@@ -331,6 +331,14 @@ impl Metrics {
                     family(name, kind, help, &one(v));
                 }
             }
+            if let Some(ms) = o.refresh_ms {
+                family(
+                    "twofold_offline_copy_refresh_seconds",
+                    "gauge",
+                    "How long the last refresh of the copy took (reading the fleet, writing the copy).",
+                    &[(String::new(), format!("{:.3}", ms as f64 / 1000.0))],
+                );
+            }
         }
         let mut rows = Vec::new();
         for (op, h) in lock(&self.requests).iter() {

@@ -22,7 +22,7 @@ pub use sync::OFFLINE_LOGIN;
 use crate::audit::{self, Logger};
 use crate::store::{Result, Store, StoreError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -63,6 +63,11 @@ pub struct Cache {
     /// hold nothing across the fleet's I/O (a hung connection must not keep a host from
     /// going offline): what they may change is noted before they ask the fleet.
     link: RwLock<Link>,
+    /// Whether `link` is `Online`, changed only under its write lock: what a refresh checks
+    /// inside the copy's write transaction, so that it needs no lock that logins wait for
+    /// (once offline, decisions are written to the copy after that transaction, or the
+    /// refresh sees it and writes nothing).
+    online: Arc<AtomicBool>,
     /// What this host changed (or may have changed) online and the copy does not have yet.
     noted: Mutex<Vec<Noted>>,
     /// Held by a refresh from its read of the fleet to its write of the copy, so that an
@@ -76,6 +81,8 @@ pub struct Cache {
     users: AtomicU64,
     /// Logins decided offline since twofoldd started.
     decided: AtomicU64,
+    /// How long the last refresh took, in milliseconds plus one (0: none yet).
+    refresh_took: AtomicU64,
     log: Arc<Logger>,
 }
 
@@ -93,6 +100,8 @@ pub struct Status {
     pub refreshed_at: Option<u64>,
     pub users: u64,
     pub decided_offline: u64,
+    /// How long the last refresh took, in milliseconds (`None`: none since twofoldd started).
+    pub refresh_ms: Option<u64>,
 }
 
 /// Where a login is decided.
@@ -157,6 +166,7 @@ impl Cache {
         };
         Ok(Cache {
             copy,
+            online: Arc::new(AtomicBool::new(link == Link::Online)),
             link: RwLock::new(link),
             noted: Mutex::new(Vec::new()),
             refreshing: Mutex::new(()),
@@ -164,6 +174,7 @@ impl Cache {
             stamp,
             users: AtomicU64::new(users),
             decided: AtomicU64::new(0),
+            refresh_took: AtomicU64::new(0),
             log,
         })
     }
@@ -217,6 +228,7 @@ impl Cache {
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
         if *link == Link::Online {
             *link = Link::Offline { since: now };
+            self.online.store(false, Ordering::SeqCst);
             self.log.warn(&format!(
                 "offline: the database does not answer ({}); logins are decided from this \
                  host's copy of the fleet (refreshed {} s before) until it does",
@@ -237,6 +249,7 @@ impl Cache {
             refreshed_at: at(&self.refreshed_at),
             users: self.users.load(Ordering::Relaxed),
             decided_offline: self.decided.load(Ordering::Relaxed),
+            refresh_ms: self.refresh_took.load(Ordering::Relaxed).checked_sub(1),
         }
     }
 
@@ -304,6 +317,7 @@ impl Cache {
         let pushed = self.push(fleet)?;
         self.refresh_held(fleet, backup_codes)?;
         *link = Link::Online;
+        self.online.store(true, Ordering::SeqCst);
         self.log.info(&format!(
             "offline: the database answers again after {} s; {pushed} offline decision(s) \
              merged into it; logins are decided by the fleet again",

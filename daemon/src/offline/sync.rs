@@ -3,19 +3,13 @@
 
 use super::*;
 use crate::backup::BackupHash;
-use crate::store::{ThrottleRecord, Tx, UserRecord};
+use crate::store::{EnrollmentCopy, ThrottleRecord, Tx, UserRecord};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use twofold_shared::wire::AuditEntry;
 
 /// The event of a login decided offline, in the audit trail.
 pub const OFFLINE_LOGIN: &str = "offline-login";
-
-/// One enrollment as the fleet has it.
-struct Copied {
-    user: UserRecord,
-    throttle: ThrottleRecord,
-    backup_codes: Vec<BackupHash>,
-}
 
 /// What one user's offline decisions left in the copy, to merge into the fleet.
 struct Decided {
@@ -33,15 +27,19 @@ impl Cache {
     /// Copies every enrollment of the fleet (backup-code hashes only when `backup_codes`),
     /// with its throttle, into the copy; a mark already higher in the copy stays; a user the
     /// fleet no longer has goes. Not once this host has gone offline meanwhile: what it
-    /// decided since must not be overwritten (the copy is refreshed after the push).
+    /// decided since must not be overwritten (the copy is refreshed after the push). Logins
+    /// do not wait for it (see `Cache::online`).
     pub(super) fn refresh(&self, fleet: &Store, backup_codes: bool) -> Result<()> {
         let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
         let copied = fetch(fleet, backup_codes)?;
-        let link = self.link.write().unwrap_or_else(|p| p.into_inner());
-        if *link != Link::Online {
+        if !self.write_copy(copied, Some(self.online.clone()))? {
             return Ok(());
         }
-        self.write_copy(copied)
+        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.refresh_took
+            .store(took.saturating_add(1), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Brings one user's entry in the copy up to the fleet's at once (this host changed the
@@ -51,34 +49,49 @@ impl Cache {
         // After a whole refresh that read the fleet before this change, never before it.
         let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let owned = name.to_string();
-        let copied = fleet.read(move |tx| fetch_one(tx, &owned, backup_codes))?;
-        let link = self.link.write().unwrap_or_else(|p| p.into_inner());
-        if *link != Link::Online {
-            return Ok(());
-        }
-        let owned = name.to_string();
-        self.copy.write(move |tx| match &copied {
-            Some(c) => copy_one(tx, c),
-            None => tx.delete_user(&owned).map(|_| ()),
+        let copied = fleet.read(move |tx| tx.enrollment_copy(&owned, backup_codes))?;
+        let (owned, online) = (name.to_string(), self.online.clone());
+        self.copy.write(move |tx| {
+            if !online.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            match &copied {
+                Some(c) => copy_one(tx, c),
+                None => tx.delete_user(&owned).map(|_| ()),
+            }
         })
     }
 
     /// [`Cache::refresh`] for a caller that holds the link already (going back online).
     pub(super) fn refresh_held(&self, fleet: &Store, backup_codes: bool) -> Result<()> {
-        self.write_copy(fetch(fleet, backup_codes)?)
+        self.write_copy(fetch(fleet, backup_codes)?, None)
+            .map(|_| ())
     }
 
-    fn write_copy(&self, copied: Vec<Copied>) -> Result<()> {
+    /// Writes `copied` over the copy, unless `online` says this host has gone offline (checked
+    /// inside the copy's transaction): true when it did.
+    fn write_copy(
+        &self,
+        copied: Vec<EnrollmentCopy>,
+        online: Option<Arc<AtomicBool>>,
+    ) -> Result<bool> {
         let count = copied.len() as u64;
-        self.copy.write(move |tx| {
+        let written = self.copy.write(move |tx| {
+            if online.is_some_and(|o| !o.load(Ordering::SeqCst)) {
+                return Ok(false);
+            }
             let fleet: HashSet<&str> = copied.iter().map(|c| c.user.name.as_str()).collect();
             for gone in tx.user_names()? {
                 if !fleet.contains(gone.as_str()) {
                     tx.delete_user(&gone)?;
                 }
             }
-            copied.iter().try_for_each(|c| copy_one(tx, c))
+            copied.iter().try_for_each(|c| copy_one(tx, c))?;
+            Ok(true)
         })?;
+        if !written {
+            return Ok(false);
+        }
         self.users.store(count, Ordering::Relaxed);
         let now = crate::clock::now();
         // The copy is filled: kept across restarts (a copy never filled decides nothing).
@@ -87,7 +100,7 @@ impl Cache {
             .and_then(|()| std::fs::rename(&fresh, &self.stamp))
             .map_err(|e| StoreError::Commit(format!("{}: {e}", self.stamp.display())))?;
         self.refreshed_at.store(now, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     /// Merges every offline decision into the fleet, batch by batch, each in one transaction
@@ -226,34 +239,13 @@ fn parse_batch(kept: &[u8]) -> Result<(String, i64)> {
 }
 
 /// Every enrollment of the fleet, read in one snapshot.
-fn fetch(fleet: &Store, backup_codes: bool) -> Result<Vec<Copied>> {
-    fleet.read(|tx| {
-        let mut all = Vec::new();
-        for name in tx.user_names()? {
-            all.extend(fetch_one(tx, &name, backup_codes)?);
-        }
-        Ok(all)
-    })
-}
-
-/// `name`'s enrollment as the fleet has it (`None`: not enrolled).
-fn fetch_one(tx: &dyn Tx, name: &str, backup_codes: bool) -> Result<Option<Copied>> {
-    let Some(user) = tx.user(name)? else {
-        return Ok(None);
-    };
-    Ok(Some(Copied {
-        throttle: tx.throttle(name)?,
-        backup_codes: match backup_codes {
-            true => tx.backup_hashes(name)?,
-            false => Vec::new(),
-        },
-        user,
-    }))
+fn fetch(fleet: &Store, backup_codes: bool) -> Result<Vec<EnrollmentCopy>> {
+    fleet.read(move |tx| tx.enrollment_copies(backup_codes))
 }
 
 /// One enrollment of the fleet written into the copy; a mark already higher in the copy (of
 /// the same authenticator) stays.
-fn copy_one(tx: &dyn Tx, c: &Copied) -> Result<()> {
+fn copy_one(tx: &dyn Tx, c: &EnrollmentCopy) -> Result<()> {
     let name = &c.user.name;
     let mine = tx.user(name)?;
     tx.put_user(&c.user)?;

@@ -233,3 +233,27 @@ fn a_batch_whose_commit_answer_was_lost_is_merged_once() {
         .unwrap();
     assert_eq!(merged, 2);
 }
+
+#[test]
+fn a_refresh_once_offline_writes_nothing() {
+    let s = setup();
+    s.cache.refresh(&s.fleet, true).unwrap();
+    assert!(s.cache.lost(&gone(), T, || false));
+    // Decided offline here: four failures. The fleet (as a refresh would read it) has none.
+    let throttled = ThrottleRecord {
+        failures: 4,
+        last_failure: T,
+    };
+    s.copy
+        .write(move |tx| tx.set_throttle("ann", throttled))
+        .unwrap();
+    s.cache.refresh(&s.fleet, true).unwrap();
+    s.cache.refresh_user(&s.fleet, "ann", true).unwrap();
+    assert_eq!(s.copy.read(|tx| tx.throttle("ann")).unwrap(), throttled);
+    // Online again (nothing to merge but the copy's own state), a refresh writes again.
+    s.cache.reconnect(&s.fleet, true).unwrap();
+    assert_eq!(
+        s.copy.read(|tx| tx.throttle("ann")).unwrap(),
+        ThrottleRecord::default()
+    );
+}

@@ -141,6 +141,15 @@ pub struct PendingRecord {
     pub label: String,
 }
 
+/// One enrollment as outage mode's copy of the fleet holds it.
+#[derive(Debug, Clone)]
+pub struct EnrollmentCopy {
+    pub user: UserRecord,
+    pub throttle: ThrottleRecord,
+    /// Empty unless the copy keeps backup codes (`offline_backup_codes`).
+    pub backup_codes: Vec<BackupHash>,
+}
+
 /// Consecutive failures of one user, across services and restarts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThrottleRecord {

@@ -175,6 +175,32 @@ pub trait Tx {
         Ok(true)
     }
 
+    /// `name`'s enrollment with its throttle and (when `backup_codes`) its backup-code
+    /// hashes, as outage mode's copy holds it (`None`: not enrolled).
+    fn enrollment_copy(&self, name: &str, backup_codes: bool) -> Result<Option<EnrollmentCopy>> {
+        let Some(user) = self.user(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(EnrollmentCopy {
+            throttle: self.throttle(name)?,
+            backup_codes: match backup_codes {
+                true => self.backup_hashes(name)?,
+                false => Vec::new(),
+            },
+            user,
+        }))
+    }
+
+    /// [`Tx::enrollment_copy`] of every enrollment, by name (PostgreSQL reads them in three
+    /// statements, not three a user).
+    fn enrollment_copies(&self, backup_codes: bool) -> Result<Vec<EnrollmentCopy>> {
+        let mut all = Vec::new();
+        for name in self.user_names()? {
+            all.extend(self.enrollment_copy(&name, backup_codes)?);
+        }
+        Ok(all)
+    }
+
     /// Makes `user` the active enrollment (replacing any) with these backup codes. A new
     /// secret: devices remembered under the old one are asked again, and the pending
     /// enrollment is spent.
